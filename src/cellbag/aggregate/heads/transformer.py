@@ -1,0 +1,103 @@
+"""Transformer pooling: a CLS token attends over the cells (no positional encoding, so the
+output is invariant to the order of cells). Attention runs through
+``F.scaled_dot_product_attention`` with a key-padding mask (batch-first tensors), whose CPU
+kernel does not materialise the full attention matrix, so bags of thousands of cells fit;
+training draws at most ``max_cells_train`` cells per bag per step, inference uses all."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellbag.aggregate.registry import register_head
+from cellbag.aggregate.torch_head import ClassifierOnPooled, TorchHead
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block over (B, L, d) tokens; ``mask`` (B, L) True = real token."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
+        )
+
+    def _qkv(self, x: torch.Tensor):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self._qkv(x)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.proj(o.transpose(1, 2).reshape(b, n, d))
+        return x + self.ffn(self.ln2(x))
+
+    def cls_attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention of the CLS query (token 0) over all tokens, averaged over heads: (B, L)."""
+        q, k, _ = self._qkv(x)
+        s = (q[:, :, :1] @ k.transpose(-1, -2)).squeeze(2) / (q.shape[-1] ** 0.5)
+        s = s.masked_fill(~mask[:, None, :], float("-inf"))
+        return torch.softmax(s, dim=-1).mean(1)
+
+
+class TransformerPool(nn.Module):
+    def __init__(self, dim, n_clinical, width, heads, layers, dropout):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(dim, width), nn.Dropout(dropout))
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.cls, std=0.02)
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.classifier = ClassifierOnPooled(width, n_clinical, dropout)
+
+    def forward(self, x, mask, clin, return_weights: bool = False):
+        b = x.shape[0]
+        h = torch.cat([self.cls.expand(b, -1, -1), self.embed(x)], dim=1)
+        m = torch.cat([torch.ones(b, 1, dtype=torch.bool), mask], dim=1)
+        weights = None
+        for i, block in enumerate(self.blocks):
+            if return_weights and i == len(self.blocks) - 1:
+                a = block.cls_attention(h, m)[:, 1:]
+                weights = a / a.sum(1, keepdim=True).clamp_min(1e-12)
+            h = block(h, m)
+        return self.classifier(self.norm(h[:, 0]), clin), weights
+
+
+@register_head("transformer")
+class TransformerHead(TorchHead):
+    """Small transformer over the cells with a CLS token; ``cell_weights`` are the last
+    layer's CLS attention over the cells (heads averaged, CLS self-weight removed)."""
+
+    has_cell_weights = True
+
+    def __init__(
+        self,
+        clinical: bool = True,
+        seed: int = 0,
+        width: int = 64,
+        heads: int = 4,
+        layers: int = 1,
+        dropout: float = 0.1,
+        **train,
+    ) -> None:
+        super().__init__(clinical=clinical, seed=seed, **train)
+        self.width = width
+        self.heads = heads
+        self.layers = layers
+        self.dropout = dropout
+
+    def build_module(self, dim: int, n_clinical: int) -> nn.Module:
+        return TransformerPool(dim, n_clinical, self.width, self.heads, self.layers, self.dropout)

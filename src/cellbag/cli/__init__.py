@@ -1,0 +1,34 @@
+"""Command-line interface. Each stage registers its commands in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+from cellbag.cli.app import app, fail
+
+# importing the modules registers their commands on `app`
+from cellbag.cli import (  # noqa: E402,F401  isort: skip
+    data_cmds,
+    featurize_cmds,
+    aggregate_cmds,
+    retrieval_cmds,
+    adapt_cmds,
+    distill_cmds,
+    report_cmds,
+    demo_cmd,
+)
+
+__all__ = ["app", "fail", "main"]
+
+
+def main() -> None:
+    """Console-script entry point; known input errors become one-line messages."""
+    from cellbag.errors import CellbagError
+
+    try:
+        app()
+    except CellbagError as e:
+        from cellbag.cli.app import err_console
+
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,89 @@
+"""Data commands: `inspect` and `demo-data`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cellbag.cli.app import app, console
+
+
+@app.command("inspect")
+def inspect_cmd(
+    data: Path = typer.Argument(..., help="Cohort: a challenge-layout folder or a manifest CSV."),
+    clinical: Path | None = typer.Option(
+        None, help="Clinical CSV for a manifest (default: clinical.csv beside it)."
+    ),
+    check_images: bool = typer.Option(
+        False, "--check-images", help="Decode every image and list unreadable ones."
+    ),
+) -> None:
+    """Print a summary of a cohort: patients per split and label, bag sizes, clinical ranges, problems."""
+    from cellbag.data import read_cohort
+    from cellbag.data.inspect import check_images as _check
+    from cellbag.data.inspect import summarize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort = read_cohort(data, clinical)
+    extra = _check(cohort) if check_images else []
+    s = summarize(cohort, extra)
+    console.print(
+        f"[bold]{cohort.root}[/] ({cohort.layout} layout): {cohort.n_patients} patients, {cohort.n_cells} cells"
+    )
+    t = Table(title="Patients per split and label")
+    t.add_column("split")
+    for c in s.counts.columns:
+        t.add_column(str(c), justify="right")
+    t.add_column("cells/patient min / median / max", justify="right")
+    for split, row in s.counts.iterrows():
+        mn, md, mx = s.bag_sizes.get(split, (0, 0, 0))
+        t.add_row(str(split), *[str(int(v)) for v in row], f"{mn} / {md:g} / {mx}")
+    console.print(t)
+    t = Table(title="Clinical values")
+    for c in ("variable", "min", "median", "max", "missing"):
+        t.add_column(c, justify="left" if c == "variable" else "right")
+    for r in s.clinical.to_dict("records"):
+        if isinstance(r.get("note"), str):
+            t.add_row(r["variable"], "", r["note"], "", str(r["missing"]))
+        else:
+            t.add_row(
+                r["variable"], *(f"{r[k]:.1f}" for k in ("min", "median", "max")), str(r["missing"])
+            )
+    console.print(t)
+    if s.problems:
+        console.print(f"[bold yellow]{len(s.problems)} problem(s) found:[/]")
+        for p in s.problems:
+            console.print(f"  - {p}", highlight=False, soft_wrap=True)
+    else:
+        console.print("[green]No problems found.[/]")
+
+
+@app.command("demo-data")
+def demo_data_cmd(
+    out: Path = typer.Argument(..., help="Output folder (challenge layout)."),
+    patients: int = typer.Option(
+        40, "--patients", min=2, help="Patients in all (about a fifth go to the test split)."
+    ),
+    cells_per_patient: int = typer.Option(
+        40, "--cells-per-patient", min=1, help="Cells per patient (bag sizes vary ±25%)."
+    ),
+    seed: int = typer.Option(0, help="Random seed (same seed, same cohort)."),
+    preview: Path | None = typer.Option(
+        None, help="Also write a contact sheet PNG of every cell type."
+    ),
+) -> None:
+    """Write a synthetic cohort of smear crops with a known ground truth (OUT/ground_truth.csv)."""
+    from cellbag.data.demo import contact_sheet, make_demo_cohort
+
+    with console.status(f"Drawing {patients} patients × ~{cells_per_patient} cells"):
+        make_demo_cohort(out, patients=patients, cells_per_patient=cells_per_patient, seed=seed)
+    console.print(
+        f"Demo cohort written to [bold]{out}[/] (ground truth: {out / 'ground_truth.csv'})"
+    )
+    if preview is not None:
+        contact_sheet(preview, seed=seed)
+        console.print(f"Contact sheet: [bold]{preview}[/]")

@@ -1,0 +1,97 @@
+"""Clinical features, computed reproducibly and scaled on training patients only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_REFERENCE_DATE = "2020-01-01"
+FEATURE_NAMES = ("age", "age_missing", "gender_M", "gender_F", "log_lymph_count", "lymph_missing")
+
+
+def raw_clinical(
+    patients: pd.DataFrame, reference_date: str = DEFAULT_REFERENCE_DATE
+) -> pd.DataFrame:
+    """Unscaled features per patient: age (years at ``reference_date``), gender one-hot,
+    log1p lymphocyte count, and missing-value indicators. Index: ``patient_id``."""
+    ref = pd.Timestamp(reference_date)
+    dob = (
+        pd.to_datetime(patients["dob"])
+        if "dob" in patients
+        else pd.Series(pd.NaT, index=patients.index)
+    )
+    age = (ref - dob).dt.days / 365.25
+    gender = patients["gender"] if "gender" in patients else pd.Series(None, index=patients.index)
+    count = (
+        patients["lymph_count"].astype(float)
+        if "lymph_count" in patients
+        else pd.Series(np.nan, index=patients.index)
+    )
+    out = pd.DataFrame(
+        {
+            "age": age.astype(float),
+            "age_missing": age.isna().astype(float),
+            "gender_M": (gender == "M").astype(float),
+            "gender_F": (gender == "F").astype(float),
+            "log_lymph_count": np.log1p(count),
+            "lymph_missing": count.isna().astype(float),
+        }
+    )
+    out.index = patients["patient_id"].astype(str).to_numpy()
+    out.index.name = "patient_id"
+    return out
+
+
+@dataclass
+class ClinicalScaler:
+    """sklearn-style transformer: fit on training patients, transform any patients.
+
+    Continuous features (age, log count) are imputed with the training median and
+    standardised with the training mean/std; indicators pass through.
+    """
+
+    reference_date: str = DEFAULT_REFERENCE_DATE
+
+    def fit(self, patients: pd.DataFrame) -> ClinicalScaler:
+        raw = raw_clinical(patients, self.reference_date)
+        self.median_ = {}
+        self.mean_ = {}
+        self.std_ = {}
+        for col in ("age", "log_lymph_count"):
+            v = raw[col]
+            med = float(v.median()) if v.notna().any() else 0.0
+            filled = v.fillna(med)
+            self.median_[col] = med
+            self.mean_[col] = float(filled.mean()) if len(filled) else 0.0
+            sd = float(filled.std(ddof=0)) if len(filled) else 1.0
+            self.std_[col] = sd if sd > 1e-8 else 1.0
+        self.feature_names_ = list(FEATURE_NAMES)
+        return self
+
+    def transform(self, patients: pd.DataFrame) -> np.ndarray:
+        if not hasattr(self, "mean_"):
+            raise RuntimeError("ClinicalScaler: call fit() first")
+        raw = raw_clinical(patients, self.reference_date)
+        for col in ("age", "log_lymph_count"):
+            raw[col] = (raw[col].fillna(self.median_[col]) - self.mean_[col]) / self.std_[col]
+        return raw[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+
+    def fit_transform(self, patients: pd.DataFrame) -> np.ndarray:
+        return self.fit(patients).transform(patients)
+
+    def to_dict(self) -> dict:
+        return {
+            "reference_date": self.reference_date,
+            "median": self.median_,
+            "mean": self.mean_,
+            "std": self.std_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClinicalScaler:
+        s = cls(reference_date=d["reference_date"])
+        s.median_, s.mean_, s.std_ = dict(d["median"]), dict(d["mean"]), dict(d["std"])
+        s.feature_names_ = list(FEATURE_NAMES)
+        return s

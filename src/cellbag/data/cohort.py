@@ -1,0 +1,439 @@
+"""Cohort readers: the challenge layout and the manifest layout.
+
+A :class:`Cohort` is a plain value: a patients table, a cells table and a list of
+problems found while reading (skips a user may want to go on with).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellbag.errors import CellbagError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+SPLITS = ("train", "test")
+CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
+
+
+class CohortError(CellbagError, ValueError):
+    """Bad input that stops reading: the message names the file and the patient."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong that was skipped (a warning, recorded and listed by ``inspect``)."""
+
+    kind: str
+    file: str
+    patient_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        who = f" patient {self.patient_id}" if self.patient_id else ""
+        return f"{self.kind}: {self.file}{who}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Patients (one row each) and their cells (one row per image).
+
+    ``patients`` columns: ``patient_id``, ``split`` (``train``/``test``), ``label``
+    (nullable Int64: 1 tumoral, 0 reactive, <NA> unknown), ``gender`` (``M``/``F``/None),
+    ``dob`` (datetime64, NaT if unknown), ``lymph_count`` (float, NaN if unknown).
+    Rows are ordered train first, then test, patients in natural order.
+
+    ``cells`` columns: ``cell_id`` (``<patient_id>/<file name>``), ``patient_id``,
+    ``path`` (absolute). Cells are grouped by patient in the patients' order and sorted
+    by file name inside a patient, so cell ids and row order are reproducible.
+    """
+
+    root: Path
+    layout: str
+    patients: pd.DataFrame
+    cells: pd.DataFrame
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patients)
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """Patients of one split."""
+        return self.patients[self.patients["split"] == name]
+
+    def offsets(self) -> np.ndarray:
+        """CSR offsets (n_patients + 1) of each patient's cells in ``cells``."""
+        counts = self.cells.groupby("patient_id", sort=False).size()
+        counts = counts.reindex(self.patients["patient_id"]).fillna(0).astype(np.int64)
+        return np.concatenate([[0], np.cumsum(counts.to_numpy())]).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """A digest of the cohort's membership (patient ids and cell ids, in order)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for pid in self.patients["patient_id"]:
+            h.update(str(pid).encode() + b"\0")
+        h.update(b"\1")
+        for cid in self.cells["cell_id"]:
+            h.update(str(cid).encode() + b"\0")
+        return h.hexdigest()[:16]
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that puts ``P2`` before ``P10``."""
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text)))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder (any case of .jpg/.jpeg/.png/.tif), hidden files ignored, sorted."""
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+# ---------------------------------------------------------------- value parsing
+
+
+def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
+    """Parse a date of birth written ``M/D/YYYY`` or ``D-M-YYYY`` (or ISO ``YYYY-MM-DD``)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return pd.NaT
+    text = str(value).strip()
+    for pattern, order in (
+        (r"^(\d{1,2})/(\d{1,2})/(\d{4})$", "mdy"),
+        (r"^(\d{1,2})-(\d{1,2})-(\d{4})$", "dmy"),
+        (r"^(\d{4})-(\d{1,2})-(\d{1,2})$", "ymd"),
+    ):
+        m = re.match(pattern, text)
+        if not m:
+            continue
+        a, b, c = (int(x) for x in m.groups())
+        y, mo, d = {"mdy": (c, a, b), "dmy": (c, b, a), "ymd": (a, b, c)}[order]
+        try:
+            return pd.Timestamp(year=y, month=mo, day=d)
+        except ValueError:
+            break
+    raise CohortError(
+        f"{file}: patient {patient_id}: unparseable DOB {text!r} (expected M/D/YYYY or D-M-YYYY)"
+    )
+
+
+def parse_gender(value: object, *, file: str, patient_id: str) -> str | None:
+    """``M``/``F`` in any case (also ``male``/``female``); empty is unknown."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().upper()
+    if text == "":
+        return None
+    mapping = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+    if text not in mapping:
+        raise CohortError(
+            f"{file}: patient {patient_id}: unknown GENDER {value!r} (expected M or F)"
+        )
+    return mapping[text]
+
+
+def parse_count(value: object, *, file: str, patient_id: str) -> float:
+    """A non-negative lymphocyte count (×10⁹/L); empty is unknown."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return float("nan")
+    try:
+        x = float(str(value).strip().replace(",", "."))
+    except ValueError:
+        raise CohortError(
+            f"{file}: patient {patient_id}: non-numeric LYMPH_COUNT {value!r}"
+        ) from None
+    if not np.isfinite(x) or x < 0:
+        raise CohortError(f"{file}: patient {patient_id}: invalid LYMPH_COUNT {value!r}")
+    return x
+
+
+def parse_label(value: object, *, file: str, patient_id: str) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return pd.NA
+    try:
+        x = int(float(str(value).strip()))
+    except ValueError:
+        raise CohortError(f"{file}: patient {patient_id}: invalid LABEL {value!r}") from None
+    if x == -1:
+        return pd.NA
+    if x not in (0, 1):
+        raise CohortError(f"{file}: patient {patient_id}: invalid LABEL {value!r} (0, 1 or -1)")
+    return x
+
+
+def _norm_columns(df: pd.DataFrame) -> pd.DataFrame:
+    rename = {}
+    for c in df.columns:
+        key = str(c).strip().lower()
+        key = {"id": "patient_id", "patient": "patient_id"}.get(key, key)
+        rename[c] = key
+    return df.rename(columns=rename)
+
+
+def _clinical_rows(df: pd.DataFrame, file: Path, split: str) -> list[dict]:
+    df = _norm_columns(df)
+    if "patient_id" not in df.columns:
+        raise CohortError(f"{file}: no ID/patient_id column")
+    ids = df["patient_id"].astype(str).str.strip()
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise CohortError(f"{file}: patient {dup[0]}: duplicated ID")
+    rows = []
+    for (_, r), pid in zip(df.iterrows(), ids, strict=True):
+        kw = {"file": str(file), "patient_id": pid}
+        rows.append(
+            {
+                "patient_id": pid,
+                "split": split,
+                "label": parse_label(r.get("label"), **kw) if "label" in df.columns else pd.NA,
+                "gender": parse_gender(r.get("gender"), **kw) if "gender" in df.columns else None,
+                "dob": parse_dob(r.get("dob"), **kw) if "dob" in df.columns else pd.NaT,
+                "lymph_count": parse_count(r.get("lymph_count"), **kw)
+                if "lymph_count" in df.columns
+                else float("nan"),
+            }
+        )
+    return rows
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise CohortError(f"{path}: empty CSV") from None
+    except pd.errors.ParserError as e:
+        raise CohortError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+
+
+def _finish(root: Path, layout: str, rows: list[dict], cells: list[dict], problems: list[Problem]):
+    patients = pd.DataFrame(
+        rows, columns=["patient_id", "split", "label", "gender", "dob", "lymph_count"]
+    )
+    if len(patients):
+        order = sorted(
+            range(len(patients)),
+            key=lambda i: (
+                SPLITS.index(patients.at[i, "split"]),
+                natural_key(patients.at[i, "patient_id"]),
+            ),
+        )
+        patients = patients.iloc[order].reset_index(drop=True)
+    patients["label"] = patients["label"].astype("Int64")
+    patients["dob"] = pd.to_datetime(patients["dob"])
+    patients["lymph_count"] = patients["lymph_count"].astype(float)
+    patients["gender"] = patients["gender"].astype(object)
+    cell_df = pd.DataFrame(cells, columns=["cell_id", "patient_id", "path"])
+    rank = {pid: i for i, pid in enumerate(patients["patient_id"])}
+    cell_df = cell_df[cell_df["patient_id"].isin(rank)]
+    if len(cell_df):
+        cell_df = (
+            cell_df.assign(_r=cell_df["patient_id"].map(rank))
+            .sort_values("_r", kind="stable")
+            .drop(columns="_r")
+            .reset_index(drop=True)
+        )
+    dup = cell_df["cell_id"][cell_df["cell_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"{root}: duplicated cell id {dup.iloc[0]!r}")
+    for p in problems:
+        warnings.warn(str(p), stacklevel=3)
+    return Cohort(
+        root=root, layout=layout, patients=patients, cells=cell_df, problems=tuple(problems)
+    )
+
+
+# ---------------------------------------------------------------- challenge layout
+
+
+def read_challenge(root: str | Path) -> Cohort:
+    """Read ``ROOT/trainset/trainset_true.csv`` + ``ROOT/trainset/<ID>/*`` and the test split."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise CohortError(f"{root}: no such folder")
+    rows: list[dict] = []
+    cells: list[dict] = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for split, folder_name, csv_name in (
+        ("train", "trainset", "trainset_true.csv"),
+        ("test", "testset", "testset_data.csv"),
+    ):
+        folder = root / folder_name
+        csv = folder / csv_name
+        if split == "train" and not csv.is_file():
+            raise CohortError(f"{csv}: missing training CSV")
+        if split == "test" and not folder.exists():
+            continue  # a cohort may have no test split
+        if split == "test" and not csv.is_file():
+            subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            if subdirs:
+                raise CohortError(f"{csv}: missing test CSV ({len(subdirs)} patient folders found)")
+            continue
+        df = _read_csv(csv)
+        split_rows = _clinical_rows(df, csv, split)
+        if split == "test":
+            for r in split_rows:
+                r["label"] = pd.NA  # test labels are never read
+        kept = []
+        for r in split_rows:
+            pid = r["patient_id"]
+            if pid in seen:
+                raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
+            seen[pid] = str(csv)
+            pdir = folder / pid
+            if not pdir.is_dir():
+                problems.append(
+                    Problem(
+                        "no-folder", str(pdir), pid, "patient in CSV has no image folder; skipped"
+                    )
+                )
+                continue
+            imgs = list_images(pdir)
+            if not imgs:
+                problems.append(Problem("empty-folder", str(pdir), pid, "no images; skipped"))
+                continue
+            kept.append(r)
+            cells.extend(
+                {"cell_id": f"{pid}/{p.name}", "patient_id": pid, "path": str(p)} for p in imgs
+            )
+        rows.extend(kept)
+        listed = {r["patient_id"] for r in split_rows}
+        for d in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+            if d.is_dir() and not d.name.startswith(".") and d.name not in listed:
+                problems.append(
+                    Problem(
+                        "no-csv-row", str(d), d.name, f"folder has no row in {csv.name}; skipped"
+                    )
+                )
+    return _finish(root, "challenge", rows, cells, problems)
+
+
+# ---------------------------------------------------------------- manifest layout
+
+
+def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> Cohort:
+    """Read a CSV ``patient_id,image_path[,split]`` (paths relative to the CSV) + clinical CSV.
+
+    The clinical CSV (default: ``clinical.csv`` beside the manifest, if present) is keyed by
+    ``patient_id`` and may hold ``label``, ``gender``, ``dob``, ``lymph_count``.
+    Patients without a split are ``train``.
+    """
+    manifest = Path(manifest).resolve()
+    if not manifest.is_file():
+        raise CohortError(f"{manifest}: missing manifest CSV")
+    df = _norm_columns(_read_csv(manifest))
+    for col in ("patient_id", "image_path"):
+        if col not in df.columns:
+            raise CohortError(f"{manifest}: missing column {col!r}")
+    base = manifest.parent
+    if clinical is None and (base / "clinical.csv").is_file():
+        clinical = base / "clinical.csv"
+    clin_rows: dict[str, dict] = {}
+    if clinical is not None:
+        clinical = Path(clinical).resolve()
+        if not clinical.is_file():
+            raise CohortError(f"{clinical}: missing clinical CSV")
+        for r in _clinical_rows(_read_csv(clinical), clinical, "train"):
+            clin_rows[r["patient_id"]] = r
+    problems: list[Problem] = []
+    cells: list[dict] = []
+    splits: dict[str, str] = {}
+    for _, r in df.iterrows():
+        pid = str(r["patient_id"]).strip()
+        split = str(r.get("split", "") or "train").strip().lower() or "train"
+        if split not in SPLITS:
+            raise CohortError(f"{manifest}: patient {pid}: unknown split {split!r} (train or test)")
+        if splits.setdefault(pid, split) != split:
+            raise CohortError(f"{manifest}: patient {pid}: cells in both train and test")
+        path = Path(str(r["image_path"]).strip())
+        path = path if path.is_absolute() else (base / path)
+        if not path.is_file():
+            problems.append(
+                Problem(
+                    "missing-image", str(path), pid, "image listed in manifest not found; skipped"
+                )
+            )
+            continue
+        cells.append(
+            {"cell_id": f"{pid}/{path.name}", "patient_id": pid, "path": str(path.resolve())}
+        )
+    cell_df = pd.DataFrame(cells, columns=["cell_id", "patient_id", "path"])
+    if len(cell_df):
+        cell_df = cell_df.assign(_k=cell_df["path"].map(lambda s: natural_key(Path(s).name)))
+        cell_df = cell_df.sort_values(["patient_id", "_k"], kind="stable").drop(columns="_k")
+        # the same file name under two folders of one patient: make ids unique by relative path
+        dup = cell_df["cell_id"].duplicated(keep=False)
+        if dup.any():
+            cell_df.loc[dup, "cell_id"] = [
+                f"{p}/{Path(s).relative_to(base) if Path(s).is_relative_to(base) else Path(s)}"
+                for p, s in zip(
+                    cell_df.loc[dup, "patient_id"], cell_df.loc[dup, "path"], strict=True
+                )
+            ]
+    rows = []
+    with_cells = set(cell_df["patient_id"])
+    for pid, split in splits.items():
+        if pid not in with_cells:
+            problems.append(
+                Problem("empty-folder", str(manifest), pid, "no readable image listed; skipped")
+            )
+            continue
+        base_row = clin_rows.get(pid)
+        if base_row is None:
+            if clin_rows:
+                problems.append(
+                    Problem(
+                        "no-clinical-row", str(clinical), pid, "no clinical row; values unknown"
+                    )
+                )
+            base_row = {
+                "patient_id": pid,
+                "label": pd.NA,
+                "gender": None,
+                "dob": pd.NaT,
+                "lymph_count": float("nan"),
+            }
+        row = dict(base_row, split=split)
+        if split == "test":
+            row["label"] = pd.NA
+        rows.append(row)
+    for pid in clin_rows:
+        if pid not in splits:
+            problems.append(
+                Problem(
+                    "no-images",
+                    str(clinical),
+                    pid,
+                    "clinical row has no images in manifest; skipped",
+                )
+            )
+    return _finish(manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems)
+
+
+def read_cohort(path: str | Path, clinical: str | Path | None = None) -> Cohort:
+    """Read a cohort from a challenge-layout folder or a manifest CSV (detected)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return read_manifest(path, clinical)
+    if path.is_dir():
+        if (path / "trainset").is_dir():
+            return read_challenge(path)
+        if (path / "manifest.csv").is_file():
+            return read_manifest(path / "manifest.csv", clinical)
+        raise CohortError(f"{path}: neither a challenge layout (trainset/) nor a manifest.csv")
+    raise CohortError(f"{path}: no such file or folder")
