@@ -1,3 +1,185 @@
-"""Commands of this stage (registered on the shared app)."""
+"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store export-h5`."""
 
-from cellbag.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cellbag.cli.app import app, console, store_app
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@app.command("featurize")
+def featurize_cmd(
+    data: Path = typer.Argument(..., help="Cohort: a challenge-layout folder or a manifest CSV."),
+    store: str = typer.Argument(
+        ..., help="Feature store (a folder, or an fsspec URL); created if missing."
+    ),
+    encoder: str = typer.Option(
+        "tf_efficientnet_lite0",
+        "--encoder",
+        "-e",
+        help="Preset (see `cellbag encoders`) or any timm model name.",
+    ),
+    weights: str = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        help="none | hub | package:efficientnet-lite0 | a .safetensors/.pth file. Default: the preset's.",
+    ),
+    image_size: int = typer.Option(
+        None, "--image-size", help="Input size in pixels (default: the preset's, 224)."
+    ),
+    adapter: Path = typer.Option(
+        None, "--adapter", help="Adapter folder saved by `cellbag finetune`."
+    ),
+    batch_size: int = typer.Option(
+        64, "--batch-size", "-b", min=1, help="Images per forward pass."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Recompute this encoder's embeddings from scratch."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed every cell of a cohort once into the feature store (resumable; a rerun is a no-op)."""
+    from cellbag.featurize.pipeline import run_featurize
+
+    report = run_featurize(
+        data,
+        store,
+        encoder,
+        weights=weights,
+        image_size=image_size,
+        adapter=adapter,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        workers=workers,
+        force=force,
+        progress=not quiet,
+    )
+    s = report.store
+    if report.created_store:
+        console.print(f"created store {s.path} ({s.n_cells} cells)")
+    if report.took_over_lock:
+        t = report.took_over_lock
+        console.print(
+            f"[yellow]took over the lock of a dead job (pid {t.get('pid')}, {t.get('started')})"
+        )
+    if report.cells_computed:
+        console.print(
+            f"embedded {report.cells_computed} cells in {report.seconds:.1f} s "
+            f"({report.cells_per_s:.1f} cells/s), {report.blocks_computed} blocks"
+        )
+    else:
+        console.print("nothing to do: every block of this encoder is already stored")
+    if len(report.unreadable):
+        console.print(f"[yellow]{len(report.unreadable)} unreadable image(s), skipped:")
+        for row in report.unreadable.head(10).itertuples():
+            console.print(f"  {row.path}: {row.reason}", highlight=False)
+        if len(report.unreadable) > 10:
+            console.print(f"  ... see `cellbag store info {s.path}`")
+    if report.changed:
+        console.print(
+            f"[yellow]{len(report.changed)} image(s) changed since an earlier encoder read them "
+            f"(e.g. {report.changed[0]})"
+        )
+    state = "complete" if report.complete else "incomplete"
+    console.print(f"encoder id: [bold]{report.encoder_id}[/] ({state})", highlight=False)
+
+
+@app.command("encoders")
+def encoders_cmd() -> None:
+    """List the encoder presets (any timm model name works too)."""
+    from rich.table import Table
+
+    from cellbag.featurize.registry import list_presets
+
+    table = Table(title="encoder presets (any timm model name works too)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("default weights", no_wrap=True)
+    table.add_column("dim", justify="right")
+    table.add_column("description", overflow="fold")
+    for p in list_presets():
+        table.add_row(p.name, p.weights, str(p.dim), p.description)
+    console.print(table)
+
+
+@store_app.command("info")
+def store_info_cmd(
+    store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
+) -> None:
+    """Cohort, encoders (dims, completeness), unreadable cells and size on disk."""
+    from cellbag.store import Store
+
+    s = Store.open(store)
+    a = s.attrs
+    c = a["cohort"]
+    pts = s.patients()
+    by_split = pts.groupby("split").size().to_dict()
+    splits = ", ".join(f"{k} {v}" for k, v in by_split.items())
+    console.print(
+        f"[bold]{s.path}[/]  ({a.get('created_with')}, created {a.get('created')})", highlight=False
+    )
+    console.print(
+        f"cohort: {c['root']} ({c['layout']}), fingerprint {c['fingerprint']}", highlight=False
+    )
+    console.print(f"patients: {len(pts)} ({splits}); cells: {s.n_cells}")
+    encoders = s.encoders()
+    if not encoders:
+        console.print(
+            f"no encoders yet: run `cellbag featurize {c['root']} {s.path}`", highlight=False
+        )
+    else:
+        console.print(f"encoders ({len(encoders)}):")
+    for eid in encoders:
+        info = s.encoder_info(eid)
+        state = "complete" if info["complete"] else "[yellow]unfinished[/]"
+        console.print(
+            f"  [bold]{eid}[/]  {state} ({info['done_blocks']}/{info['n_blocks']} blocks)  "
+            f"dim {info.get('dim')}, {info.get('image_size', '-')} px, "
+            f"{_human_bytes(s.size_bytes(eid))}",
+            highlight=False,
+        )
+        console.print(
+            f"      model {info.get('model', '?')}, weights {info.get('weights', '?')} "
+            f"(sha256 {str(info.get('weights_sha256', ''))[:12]})",
+            highlight=False,
+        )
+    bad = s.problems()
+    if len(bad):
+        console.print(f"[yellow]{len(bad)} unreadable cell(s):")
+        for row in bad.head(20).itertuples():
+            console.print(f"  {row.cell_id}: {row.reason}", highlight=False)
+    console.print(f"size on disk: {_human_bytes(s.size_bytes())}")
+
+
+@store_app.command("export-h5")
+def store_export_cmd(
+    store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
+    out_dir: Path = typer.Argument(..., help="Folder for one <patient_id>.h5 per patient."),
+    encoder: str = typer.Option(
+        ..., "--encoder", "-e", help="Encoder id (see `cellbag store info`)."
+    ),
+) -> None:
+    """Write one <patient>.h5 per patient (`features`, `cell_ids`, encoder metadata as attributes)."""
+    from cellbag.store import Store, export_h5
+
+    s = Store.open(store)
+    files = export_h5(s, encoder, out_dir)
+    console.print(f"wrote {len(files)} files to {out_dir}", highlight=False)

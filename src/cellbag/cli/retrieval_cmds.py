@@ -1,3 +1,169 @@
-"""Commands of this stage (registered on the shared app)."""
+"""Retrieval commands: `index` (build a cell index) and `neighbors` (most similar cells)."""
 
-from cellbag.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from cellbag.cli.app import app, console, err_console, fail
+
+
+@contextmanager
+def _notices():
+    """Show retrieval warnings (stale index rebuilt, fewer hits than k) as notices."""
+    from cellbag.retrieval import RetrievalWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RetrievalWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, RetrievalWarning):
+                    err_console.print(f"[yellow]notice:[/] {w.message}", highlight=False, soft_wrap=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _open(store_path: str) -> Any:
+    from cellbag.store import Store
+
+    return Store.open(store_path, mode="r")
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+@app.command("index")
+def index_cmd(
+    store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+    ),
+    kind: str = typer.Option(
+        "auto",
+        "--kind",
+        help="auto (exact up to 100,000 cells, IVF above), flat (exact), ivf or hnsw.",
+    ),
+    nlist: int | None = typer.Option(None, help="IVF lists (default: 4*sqrt(n))."),
+    nprobe: int | None = typer.Option(None, help="IVF lists scanned a query (default: nlist/40)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW beam width (default 128)."),
+    threads: int | None = typer.Option(None, help="faiss threads (default: the usable cores)."),
+    seed: int = typer.Option(0, help="Seed of the IVF training sample and k-means."),
+) -> None:
+    """Build the cosine-similarity index of one encoder (ok cells only) and save it beside the store."""
+    from cellbag.retrieval import KINDS, build_index
+    from cellbag.retrieval.query import resolve_encoder
+
+    if kind not in KINDS:
+        fail(f"unknown --kind {kind!r}: choose one of {', '.join(KINDS)}")
+    overrides = {
+        k: v for k, v in {"nlist": nlist, "nprobe": nprobe, "ef_search": ef_search}.items() if v
+    }
+    s = _open(store)
+    enc = resolve_encoder(s, encoder)
+    with _progress() as prog:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                label = "sampling + k-means" if stage == "train" else "adding vectors"
+                tasks[stage] = prog.add_task(label, total=total)
+            prog.update(tasks[stage], completed=done, total=total)
+
+        index = build_index(s, enc, kind, seed=seed, threads=threads, progress=report, **overrides)
+    from cellbag.retrieval import index_dir
+
+    params = ", ".join(f"{k}={v}" for k, v in index.params.to_dict().items() if k != "kind")
+    console.print(
+        f"[bold]{index.kind}[/] index of {enc}: {index.n:,} cells, dim {index.dim}"
+        + (f" ({params})" if params else "")
+        + f", built in {index.meta['build_seconds']:.1f} s, {index.nbytes / 2**20:.1f} MiB"
+        + f" -> {index_dir(s, enc)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("neighbors")
+def neighbors_cmd(
+    store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+    ),
+    cell: str | None = typer.Option(None, "--cell", help="Query cell id, e.g. P26/000012.jpg."),
+    image: Path | None = typer.Option(
+        None, "--image", help="Query image file (embedded with the store's encoder)."
+    ),
+    k: int = typer.Option(10, "-k", "--k", help="How many neighbours."),
+    other_patients: bool = typer.Option(
+        False, "--other-patients", help="Exclude the query's own patient."
+    ),
+    split: str = typer.Option("all", help="Keep cells of one split: train, test or all."),
+    html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page."),
+    montage_png: Path | None = typer.Option(None, "--montage", help="Write a montage PNG."),
+    no_rebuild: bool = typer.Option(
+        False, "--no-rebuild", help="Refuse a stale index instead of rebuilding it."
+    ),
+    threads: int | None = typer.Option(None, help="faiss threads (default: the usable cores)."),
+) -> None:
+    """Show the cells most similar to a cell of the store or to a new image."""
+    from cellbag.retrieval import Retriever, html_page, label_name, montage
+
+    if (cell is None) == (image is None):
+        fail("give exactly one of --cell CELL_ID or --image PATH")
+    if split not in ("all", "train", "test"):
+        fail(f"unknown --split {split!r}: choose train, test or all")
+    s = _open(store)
+    with _notices():
+        retriever = Retriever(s, encoder, on_stale="error" if no_rebuild else "rebuild", threads=threads)
+        df = retriever.query(
+            cell_id=cell, image=image, k=k, other_patients=other_patients, split=split
+        )
+    q = df.attrs["query"]
+    what = q["cell_id"] if q["kind"] == "cell" else str(image)
+    t = Table(
+        title=f"{len(df)} nearest cells to {what} "
+        f"({retriever.encoder_id}, {retriever.index.kind} index)",
+        title_justify="left",
+    )
+    for col, just in [
+        ("rank", "right"),
+        ("cell id", "left"),
+        ("patient", "left"),
+        ("split", "left"),
+        ("label", "left"),
+        ("similarity", "right"),
+        ("path", "left"),
+    ]:
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col != "path")
+    for r in df.itertuples(index=False):
+        t.add_row(
+            str(r.rank),
+            r.cell_id,
+            r.patient_id,
+            r.split,
+            label_name(r.label),
+            f"{r.similarity:.4f}",
+            r.path,
+        )
+    console.print(t)
+    if montage_png is not None:
+        console.print(f"montage -> {montage(df, montage_png)}", highlight=False)
+    if html is not None:
+        console.print(f"html page -> {html_page(df, html)}", highlight=False)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from cellbag.errors import CellbagError
+from cellbag.featurize.training import atomic_write_bytes, file_sha256
 
 ADAPTER_KINDS = ("lora", "bottleneck", "adaptformer", "prompt")
 ADAPTER_JSON = "adapter.json"
@@ -413,6 +413,19 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
 
 
+def base_digest(model: nn.Module) -> str:
+    """sha256 of the base model's parameters (float32; ``pos_embed`` left out because it is
+    resampled with the image size): ties an adapter to the weights it was trained on."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if is_adapter_param(name) or name.split(".")[-1] == "pos_embed":
+            continue
+        t = p.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -421,21 +434,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- save / load
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_adapter(model: nn.Module, path: str | Path, **meta: Any) -> Path:
@@ -456,7 +454,7 @@ def save_adapter(model: nn.Module, path: str | Path, **meta: Any) -> Path:
         raise AdapterError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}
-    _atomic_write_bytes(out / ADAPTER_WEIGHTS, save(tensors, metadata={"format": FORMAT}))
+    atomic_write_bytes(out / ADAPTER_WEIGHTS, save(tensors, metadata={"format": FORMAT}))
     doc = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -464,13 +462,12 @@ def save_adapter(model: nn.Module, path: str | Path, **meta: Any) -> Path:
         "config": info["config"],
         "base_model": meta.pop("base_model", None) or _model_name(model),
         "base_weights": meta.pop("base_weights", None) or {"source": None, "sha256": None},
+        "base_digest": base_digest(model),
         "trainable_parameters": int(sum(t.numel() for t in tensors.values())),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    _atomic_write_bytes(
-        out / ADAPTER_JSON, (json.dumps(doc, indent=2, default=str) + "\n").encode()
-    )
+    atomic_write_bytes(out / ADAPTER_JSON, (json.dumps(doc, indent=2, default=str) + "\n").encode())
     return out
 
 
@@ -520,6 +517,13 @@ def load_adapter(model: nn.Module, path: str | Path) -> dict[str, Any]:
     name = _model_name(model)
     if base and name != type(model).__name__ and base != name:
         raise AdapterError(f"{st}: adapter was trained for {base}, not {name}")
+    want = doc.get("base_digest")
+    if want and base_digest(model) != want:
+        bw = doc.get("base_weights") or {}
+        fix = f"--weights {Path(path) / bw['file']}" if bw.get("file") else bw.get("source")
+        raise AdapterError(
+            f"{st}: the model's weights are not those the adapter was trained on; use {fix}"
+        )
     try:
         add_adapter(model, doc["kind"], **doc.get("config", {}))
     except TypeError as e:  # pragma: no cover - config validated by make_config

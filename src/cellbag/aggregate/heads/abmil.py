@@ -28,7 +28,7 @@ class GatedAttentionPool(nn.Module):
 class ABMIL(nn.Module):
     def __init__(self, dim: int, n_clinical: int, hidden: int, attn_dim: int, dropout: float):
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
         self.pool = GatedAttentionPool(hidden, attn_dim)
         self.classifier = ClassifierOnPooled(hidden, n_clinical, dropout)
 
@@ -41,7 +41,8 @@ class ABMIL(nn.Module):
 @register_head("abmil")
 class ABMILHead(TorchHead):
     """Gated attention-MIL: cells -> Linear+ReLU -> gated attention pooling -> linear on
-    [pooled ; clinical]. ``cell_weights`` are the attention weights."""
+    [pooled ; clinical]. ``cell_weights`` are the attention weights. Dropout acts on the
+    pooled vector only (per-cell dropout cost a quarter of the training time on CPU)."""
 
     has_cell_weights = True
 

@@ -17,19 +17,16 @@ from cellbag.aggregate.torch_head import ClassifierOnPooled, TorchHead
 class Block(nn.Module):
     """Pre-norm transformer block over (B, L, d) tokens; ``mask`` (B, L) True = real token."""
 
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
-        self.dropout = dropout
         self.ln1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.ln2 = nn.LayerNorm(width)
-        self.ffn = nn.Sequential(
-            nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
-        )
+        self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
     def _qkv(self, x: torch.Tensor):
         b, n, d = x.shape
@@ -39,9 +36,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self._qkv(x)
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
-        )
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         x = x + self.proj(o.transpose(1, 2).reshape(b, n, d))
         return x + self.ffn(self.ln2(x))
 
@@ -56,10 +51,10 @@ class Block(nn.Module):
 class TransformerPool(nn.Module):
     def __init__(self, dim, n_clinical, width, heads, layers, dropout):
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, width), nn.Dropout(dropout))
+        self.embed = nn.Linear(dim, width)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.normal_(self.cls, std=0.02)
-        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.classifier = ClassifierOnPooled(width, n_clinical, dropout)
 
@@ -79,7 +74,9 @@ class TransformerPool(nn.Module):
 @register_head("transformer")
 class TransformerHead(TorchHead):
     """Small transformer over the cells with a CLS token; ``cell_weights`` are the last
-    layer's CLS attention over the cells (heads averaged, CLS self-weight removed)."""
+    layer's CLS attention over the cells (heads averaged, CLS self-weight removed).
+    Dropout acts on the pooled CLS vector only (token-level dropout is slow on CPU and
+    the bags are already subsampled during training)."""
 
     has_cell_weights = True
 

@@ -1,0 +1,228 @@
+"""Distillation on the demo cohort: teacher vs student, accuracy and speed, in one run.
+
+1. A demo cohort whose training split is the default demo's size (32 patients x ~40
+   cells) plus a larger held-out split (48 patients) with known labels.
+2. Teacher: the offline default encoder (tf_efficientnet_lite0, package weights, 224 px)
+   featurized into a store; `abmil` with clinical features, 5-fold x 3-repeat cv (its
+   out-of-fold targets teach the student) and fitted on all training patients (its
+   held-out predictions are the teacher's figure).
+3. Student: `cellbag distill` defaults (tf_efficientnet_lite0 at 112 px, attention-MIL +
+   clinical, all four loss terms), then `predict-images` on the held-out patients' raw
+   images.
+4. Encoder inference cells/s of the teacher's encoder and the student's, same batches,
+   same threads (and ViT-S/16 at 224 px as a reference teacher encoder, speed only).
+
+    python benchmarks/distill.py                  # 2 CPU cores
+    python benchmarks/distill.py --device cuda    # per-epoch time on a GPU
+
+Targets: student encoder >= 3x the teacher's cells/s with a held-out balanced-accuracy
+loss <= 0.02; the distillation run under 10 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def encoder_speed(model, pixels, batch_size: int, device: str, repeats: int = 2) -> float:
+    """Cells/s of an encoder forward (normalise + features) on pre-decoded uint8 pixels."""
+    import torch
+
+    x = torch.from_numpy(pixels)
+    model(x[:batch_size])  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = max(best, len(x) / (time.perf_counter() - t))
+    return best
+
+
+def balanced_accuracy(y_true, prob, threshold: float) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(y_true, (np.asarray(prob) >= threshold).astype(int)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train-patients", type=int, default=32)
+    ap.add_argument("--heldout-patients", type=int, default=48)
+    ap.add_argument("--cells-per-patient", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="device of the distillation run")
+    ap.add_argument("--epochs", type=int, default=None, help="default: cellbag distill's")
+    ap.add_argument("--speed-cells", type=int, default=256)
+    ap.add_argument("--work", type=Path, default=None, help="keep the files here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cellbag.aggregate import fit_model, run_cv
+    from cellbag.data import read_cohort
+    from cellbag.data.demo import make_demo_cohort
+    from cellbag.distill import DistillConfig, distill, load_student, predict_images, read_teacher
+    from cellbag.distill.train import training_patients
+    from cellbag.featurize import create_encoder, run_featurize
+    from cellbag.featurize.images import decode_file
+    from cellbag.store import Store
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="cellbag-distill-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    n = args.train_patients + args.heldout_patients
+    fig: dict[str, object] = {"threads": args.threads, "device": args.device}
+    t0 = time.perf_counter()
+    root = work / "demo"
+    if not (root / "ground_truth.csv").is_file():
+        make_demo_cohort(
+            root,
+            patients=n,
+            cells_per_patient=args.cells_per_patient,
+            seed=args.seed,
+            test_fraction=args.heldout_patients / n,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort = read_cohort(root)
+    truth = (
+        __import__("pandas")
+        .read_csv(root / "ground_truth.csv", dtype={"patient_id": str})
+        .groupby("patient_id")["label"]
+        .first()
+    )
+    n_train = int((cohort.patients["split"] == "train").sum())
+    n_test = int((cohort.patients["split"] == "test").sum())
+    train_cells = int(cohort.cells["patient_id"].isin(cohort.split("train")["patient_id"]).sum())
+    print(f"cohort: {n_train} training patients ({train_cells} cells), {n_test} held-out")
+    print(f"  written in {time.perf_counter() - t0:.1f} s")
+
+    # ---- teacher: featurize, cv (out-of-fold targets), fit (held-out predictions)
+    t = time.perf_counter()
+    rep = run_featurize(cohort, work / "store.zarr", "tf_efficientnet_lite0", device="cpu")
+    store = Store.open(work / "store.zarr")
+    eid = rep.encoder_id
+    fig["teacher_featurize_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    run_cv(store, eid, "abmil", work / "run", folds=5, repeats=3, seed=args.seed, quiet=True)
+    fig["teacher_cv_s"] = round(time.perf_counter() - t, 1)
+    model = fit_model(store, "abmil", work / "teacher_model", encoder_id=eid, seed=args.seed)
+    pred_t = model.predict_store(store, split="test")
+    y_test = truth.loc[pred_t["patient_id"]].to_numpy()
+    fig["teacher_bacc"] = balanced_accuracy(y_test, pred_t["probability"], 0.5)
+    oof = __import__("pandas").read_csv(work / "run" / "abmil" / "oof_predictions.csv")
+    fig["teacher_oof_bacc"] = float(
+        np.mean(
+            [balanced_accuracy(g["label"], g["probability"], 0.5) for _, g in oof.groupby("repeat")]
+        )
+    )
+    print(
+        f"teacher {eid} + abmil: cv {fig['teacher_cv_s']} s, OOF balanced accuracy "
+        f"{fig['teacher_oof_bacc']:.3f}, held-out {fig['teacher_bacc']:.3f}"
+    )
+
+    # ---- student: distill with the CLI's defaults, on the training patients only
+    pids, _ = training_patients(cohort.patients)
+    teacher = read_teacher(work / "run", store, pids)
+    cfg = DistillConfig(device=args.device, seed=args.seed)
+    if args.epochs:
+        cfg = DistillConfig(device=args.device, seed=args.seed, epochs=args.epochs)
+    shutil.rmtree(work / "student", ignore_errors=True)
+    t = time.perf_counter()
+    res = distill(store, cohort, teacher, cfg, out=work / "student", progress=True)
+    fig["distill_wall_s"] = round(time.perf_counter() - t, 1)
+    fig["distill_epoch_s"] = [h["seconds"] for h in res.history]
+    fig["distill_loss"] = [round(h["total"], 4) for h in res.history]
+    student = load_student(work / "student")
+    t = time.perf_counter()
+    pred_s = predict_images(student, cohort, split="test")
+    predict_s = time.perf_counter() - t
+    y_s = truth.loc[pred_s["patient_id"]].to_numpy()
+    fig["student_bacc"] = balanced_accuracy(y_s, pred_s["probability"], student.threshold)
+    fig["student_predict_images_cells_per_s"] = round(pred_s["n_cells"].sum() / predict_s, 1)
+    fig["agreement"] = float(
+        np.mean(
+            (pred_t.set_index("patient_id").loc[pred_s["patient_id"], "probability"] >= 0.5)
+            .to_numpy()
+            .astype(int)
+            == pred_s["predicted"].to_numpy()
+        )
+    )
+
+    # ---- encoder inference speed, same pixels (decoded once per size), same threads
+    paths = list(cohort.cells["path"].iloc[: args.speed_cells])
+    teacher_enc = create_encoder("tf_efficientnet_lite0", device="cpu")
+    vit = create_encoder("vit_small_patch16_224", weights="none", device="cpu")
+    px224 = np.stack([decode_file(p, 224).pixels for p in paths])
+    px_s = np.stack(
+        [decode_file(p, student.image_size, student.interpolation).pixels for p in paths]
+    )
+    speeds = {
+        "teacher tf_efficientnet_lite0 @224": encoder_speed(
+            teacher_enc.forward_pixels, px224, 64, "cpu"
+        ),
+        "ref. vit_small_patch16_224 @224": encoder_speed(vit.forward_pixels, px224, 64, "cpu"),
+        f"student {student.config['encoder']['name']} @{student.image_size}": encoder_speed(
+            lambda x: student.embed(x.numpy(), 64), px_s, 64, "cpu"
+        ),
+    }
+    fig["cells_per_s"] = {k: round(v, 1) for k, v in speeds.items()}
+    s_speed = list(speeds.values())[-1]
+    fig["speedup_vs_teacher"] = round(s_speed / list(speeds.values())[0], 2)
+    fig["speedup_vs_vit_small"] = round(s_speed / list(speeds.values())[1], 2)
+    fig["bacc_loss"] = round(fig["teacher_bacc"] - fig["student_bacc"], 4)
+
+    print()
+    print(f"{'':38s} {'cells/s':>9s}")
+    for k, v in speeds.items():
+        print(f"{k:38s} {v:9.1f}")
+    print()
+    print(
+        f"held-out balanced accuracy ({n_test} patients): teacher {fig['teacher_bacc']:.3f}, "
+        f"student {fig['student_bacc']:.3f} (loss {fig['bacc_loss']:+.3f}); "
+        f"decision agreement {fig['agreement']:.2f}"
+    )
+    print(
+        f"student encoder speed-up: {fig['speedup_vs_teacher']:.2f}x vs the teacher's encoder, "
+        f"{fig['speedup_vs_vit_small']:.2f}x vs ViT-S/16"
+    )
+    print(
+        f"distillation ({len(res.history)} epochs, {args.device}, {args.threads} threads): "
+        f"{fig['distill_wall_s']} s wall; per epoch {fig['distill_epoch_s']} s; "
+        f"loss {fig['distill_loss']}"
+    )
+    print(
+        f"predict-images (files -> probability): "
+        f"{fig['student_predict_images_cells_per_s']} cells/s"
+    )
+    ok = fig["speedup_vs_teacher"] >= 3 and fig["bacc_loss"] <= 0.02
+    print(
+        f"targets: speed-up >= 3x and loss <= 0.02: {'met' if ok else 'NOT met'}; "
+        f"distillation < 600 s: {'met' if fig['distill_wall_s'] < 600 else 'NOT met'}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(fig, indent=2))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

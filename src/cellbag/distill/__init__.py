@@ -1,0 +1,46 @@
+"""Distillation: a small end-to-end student (encoder + attention-MIL head + clinical
+fusion) taught by a cached-feature teacher, saved as a deployable model folder.
+
+Names are imported lazily, so importing :mod:`cellbag.distill` does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "DistillError": "cellbag.distill.errors",
+    "LossWeights": "cellbag.distill.losses",
+    "label_loss": "cellbag.distill.losses",
+    "kd_loss": "cellbag.distill.losses",
+    "attention_loss": "cellbag.distill.losses",
+    "embedding_loss": "cellbag.distill.losses",
+    "distillation_loss": "cellbag.distill.losses",
+    "BagSampler": "cellbag.distill.sampler",
+    "HeadConfig": "cellbag.distill.student",
+    "StudentModel": "cellbag.distill.student",
+    "StudentSpec": "cellbag.distill.student",
+    "build_student": "cellbag.distill.student",
+    "Teacher": "cellbag.distill.teacher",
+    "read_teacher": "cellbag.distill.teacher",
+    "DistillConfig": "cellbag.distill.train",
+    "DistillResult": "cellbag.distill.train",
+    "distill": "cellbag.distill.train",
+    "prepare_training_set": "cellbag.distill.train",
+    "DeployedStudent": "cellbag.distill.model_dir",
+    "load_student": "cellbag.distill.model_dir",
+    "export_encoder": "cellbag.distill.model_dir",
+    "predict_images": "cellbag.distill.predict",
+    "write_predictions": "cellbag.distill.predict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cellbag.distill' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

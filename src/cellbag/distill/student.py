@@ -1,0 +1,249 @@
+"""The student: a small timm encoder (optionally with an adapter) + a gated attention-MIL
+head with clinical fusion, trained end to end on raw image bags.
+
+The encoder is built by the encoder registry (:func:`cellbag.featurize.create_encoder`),
+so the student reads pixels exactly as ``cellbag featurize`` does (same decoding, resize,
+normalisation and pooled ``pre_logits`` features): a student's cell embeddings equal
+those of featurizing with its encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cellbag.distill.errors import DistillError
+
+DEFAULT_STUDENT = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Sizes of the student's attention-MIL head."""
+
+    hidden: int = 128
+    attn_dim: int = 64
+    dropout: float = 0.1
+
+
+class GatedAttentionMIL(nn.Module):
+    """Gated attention-MIL (Ilse et al. 2018) over cell embeddings, with clinical fusion.
+
+    cells -> LayerNorm -> Linear+ReLU -> a_i = softmax_i(w^T(tanh(V h_i) * sigmoid(U h_i)))
+    -> pooled = sum_i a_i h_i -> logit = Linear([pooled ; clinical]).
+    Clinical features join after pooling (concatenation), so attention stays image-driven.
+    """
+
+    def __init__(self, dim: int, n_clinical: int, cfg: HeadConfig = HeadConfig()) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.embed = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.V = nn.Linear(cfg.hidden, cfg.attn_dim)
+        self.U = nn.Linear(cfg.hidden, cfg.attn_dim)
+        self.w = nn.Linear(cfg.attn_dim, 1)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden + n_clinical, 1)
+        self.n_clinical = n_clinical
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, clinical: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, L, D), ``mask`` (B, L) True for real cells, ``clinical`` (B, C) ->
+        (logits (B,), attention (B, L) summing to 1 over the real cells)."""
+        h = self.embed(self.norm(x.float()))
+        scores = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
+        a = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        pooled = torch.bmm(a.unsqueeze(1), h).squeeze(1)
+        z = self.drop(pooled)
+        if self.n_clinical:
+            z = torch.cat([z, clinical.float()], dim=1)
+        return self.out(z).squeeze(1), a
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Everything that rebuilds a student's architecture (saved in ``config.json``)."""
+
+    encoder: str = DEFAULT_STUDENT
+    weights: str | None = None  # the source the encoder started from (None: preset default)
+    image_size: int | None = None
+    adapter: dict[str, Any] | None = None  # {"kind", "config"} or None
+    head: HeadConfig = field(default_factory=HeadConfig)
+    n_clinical: int = 6
+    teacher_dim: int | None = None  # width of the projection for the embedding loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudentSpec:
+        d = dict(d)
+        d["head"] = HeadConfig(**d.get("head", {}))
+        return cls(**d)
+
+
+def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Lmax, D) zero-padded batch and (B, Lmax) bool mask of real cells."""
+    lens = torch.tensor([b.shape[0] for b in bags], device=bags[0].device)
+    x = nn.utils.rnn.pad_sequence(bags, batch_first=True)
+    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]
+    return x, mask
+
+
+class StudentModel(nn.Module):
+    """Encoder + attention-MIL head (+ a projection to the teacher's embedding space,
+    used only by the embedding loss and not part of the deployed model)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        spec: StudentSpec,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = GatedAttentionMIL(dim, spec.n_clinical, spec.head)
+        self.projection = nn.Linear(dim, spec.teacher_dim) if spec.teacher_dim else None
+        self.spec = spec
+        self.dim = dim
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.channels_last = not hasattr(encoder, "patch_embed")
+        self.freeze_norm = True
+
+    def train(self, mode: bool = True) -> StudentModel:
+        """Train mode, but batch-norm layers keep their running statistics (bags give small,
+        correlated batches; frozen statistics also make train and eval features agree)."""
+        super().train(mode)
+        if mode and self.freeze_norm:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, S, S, 3) -> normalised float (N, 3, S, S), as the featurizer does."""
+        x = pixels.to(self.mean.device).permute(0, 3, 1, 2).float().div(255.0)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+
+    def embed_cells(
+        self,
+        pixels: torch.Tensor,
+        chunk: int = 64,
+        grad_checkpointing: bool = False,
+        autocast: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Cell embeddings (N, dim) float32 of uint8 pixels, in sub-batches of ``chunk``.
+
+        With ``grad_checkpointing`` each sub-batch's activations are recomputed in the
+        backward pass, so memory grows with ``chunk``, not with the number of cells.
+        """
+        out = []
+        ctx = (
+            torch.autocast(device_type=self.mean.device.type, dtype=autocast)
+            if autocast is not None
+            else contextlib.nullcontext()
+        )
+        for s in range(0, pixels.shape[0], chunk):
+            x = self.normalise(pixels[s : s + chunk])
+            with ctx:
+                if grad_checkpointing and torch.is_grad_enabled():
+                    f = checkpoint(self._features, x, use_reentrant=False)
+                else:
+                    f = self._features(x)
+            out.append(f.float())
+        return torch.cat(out) if out else torch.zeros(0, self.dim, device=self.mean.device)
+
+    def forward_bags(
+        self, embeddings: list[torch.Tensor], clinical: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Head over a list of per-bag embeddings -> (logits (B,), attention (B, L), mask)."""
+        x, mask = pad_bags(embeddings)
+        logits, att = self.head(x, mask, clinical)
+        return logits, att, mask
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def trainable_parameters(model: StudentModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(encoder parameters that train, head + projection parameters)."""
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    rest = list(model.head.parameters())
+    if model.projection is not None:
+        rest += list(model.projection.parameters())
+    return enc, rest
+
+
+def build_student(
+    spec: StudentSpec,
+    adapter: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    weights: str | None = None,
+) -> tuple[StudentModel, Any]:
+    """Build a trainable student and the registry :class:`Encoder` it came from.
+
+    ``adapter``: None, an adapter kind (``lora``, ``bottleneck``, ``adaptformer``,
+    ``prompt``: a fresh one is added and only it trains in the encoder) or a folder saved
+    by ``save_adapter`` (loaded, then trained further). ``weights`` overrides
+    ``spec.weights`` (e.g. ``none`` when rebuilding a saved student).
+    """
+    from cellbag.featurize import EncoderError, create_encoder
+    from cellbag.featurize.adapters import ADAPTER_KINDS, AdapterError, add_adapter, freeze_base
+
+    is_kind = adapter in ADAPTER_KINDS
+    try:
+        enc = create_encoder(
+            spec.encoder,
+            weights=weights if weights is not None else spec.weights,
+            image_size=spec.image_size,
+            adapter=None if (adapter is None or is_kind) else adapter,
+            device=device,
+            precision="fp32",
+            seed=seed,
+        )
+    except EncoderError as e:
+        raise DistillError(f"student encoder: {e}") from None
+    model = enc.model
+    info = None
+    if adapter is not None:
+        try:
+            if is_kind:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    add_adapter(model, adapter)
+        except AdapterError as e:
+            raise DistillError(f"student encoder {spec.encoder}: {e}") from None
+        freeze_base(model)
+        from cellbag.featurize.adapters import adapter_info
+
+        info = adapter_info(model)
+    else:
+        model.requires_grad_(True)
+    spec = StudentSpec(
+        encoder=spec.encoder,
+        weights=spec.weights if spec.weights is not None else enc.metadata.get("weights"),
+        image_size=enc.image_size,
+        adapter=info if info is not None else spec.adapter,
+        head=spec.head,
+        n_clinical=spec.n_clinical,
+        teacher_dim=spec.teacher_dim,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = StudentModel(model, enc.dim, enc.mean, enc.std, spec)
+    return student.to(device), enc

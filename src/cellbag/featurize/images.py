@@ -1,0 +1,80 @@
+"""Reading cell images: any PIL mode to RGB, resized to the encoder's input, as uint8.
+
+Decoding happens in worker threads (PIL releases the GIL while decoding and resizing);
+normalisation happens later on the model's device, on whole batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: alpha is composited on white, 16-bit/float
+    grayscale is rescaled to 0..255, palette and CMYK are converted."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if img.mode.startswith("I;16") and lo >= 0 and hi <= 65535:
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        g = np.clip((a - lo) * scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(g, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def prepare(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """RGB ``(size, size, 3)`` uint8 array of ``img`` (converted, then resized if needed)."""
+    rgb = to_rgb(img)
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), RESAMPLE.get(interpolation, Image.Resampling.BICUBIC))
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (torch refuses read-only)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One cell image, ready for the model, or the reason it could not be read."""
+
+    pixels: np.ndarray | None
+    reason: str
+    sha256: str
+
+
+def decode_file(path: str | Path, size: int, interpolation: str = "bicubic") -> Decoded:
+    """Read, hash and prepare one image file; never raises for a bad file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return Decoded(None, f"cannot read file: {e.strerror or e}", "")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            pixels = prepare(img, size, interpolation)
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return Decoded(None, f"unreadable image: {msg}", digest)
+    return Decoded(pixels, "", digest)

@@ -1,0 +1,518 @@
+"""Masked-autoencoder (MAE) pretraining of a timm ViT on unlabelled cells.
+
+The encoder *is* the timm ``VisionTransformer``: its own ``patch_embed``, ``pos_embed``,
+``cls_token`` (and register tokens), ``blocks`` and ``norm`` process the visible patches,
+so the trained weights are a plain timm state dict. A light decoder (a few narrow
+transformer blocks, fixed 2-D sin-cos positions) reconstructs the masked patches; the
+loss is the MSE on per-patch normalised pixels of the masked patches only.
+
+Checkpoint folder ``CKPT_DIR``:
+
+- ``checkpoint.pt``: model (encoder + decoder), optimiser, epoch / step, config; written
+  atomically every ``save_every`` steps and at each epoch end; a rerun resumes from it;
+- ``encoder.safetensors``: the encoder alone, a timm state dict (``num_classes=0``) at the
+  trained image size (metadata: model, image_size);
+- ``mae.json``: config, loss per epoch, throughput, encoder sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellbag.featurize.training import (
+    CellImages,
+    TrainingError,
+    atomic_torch_save,
+    augment,
+    build_backbone,
+    cohort_cells,
+    cosine_lr,
+    default_workers,
+    make_loader,
+    n_batches,
+    normalize,
+    resolve_device,
+    save_safetensors,
+    seed_everything,
+    set_lr,
+    write_json,
+)
+
+CHECKPOINT = "checkpoint.pt"
+ENCODER_FILE = "encoder.safetensors"
+SUMMARY = "mae.json"
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions ``(grid_h * grid_w, dim)`` (MAE's decoder positions)."""
+    if dim % 4:
+        raise TrainingError(f"MAE decoder dim {dim} must be divisible by 4")
+    gh, gw = grid
+    ys, xs = torch.meshgrid(
+        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+    )
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+
+    def emb(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    return torch.cat([emb(ys), emb(xs)], dim=1).float()
+
+
+def patchify(imgs: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(B, C, H, W)`` to ``(B, N, patch*patch*C)`` in row-major patch order."""
+    b, c, h, w = imgs.shape
+    gh, gw = h // patch, w // patch
+    x = imgs.reshape(b, c, gh, patch, gw, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, patch * patch * c)
+
+
+def _check_vit(encoder: nn.Module) -> None:
+    needed = ("patch_embed", "pos_embed", "blocks", "norm", "num_prefix_tokens")
+    missing = [a for a in needed if getattr(encoder, a, None) is None]
+    if missing:
+        name = getattr(encoder, "pretrained_cfg", {}).get("architecture", type(encoder).__name__)
+        raise TrainingError(
+            f"MAE needs a timm ViT with absolute positions; {name} lacks {', '.join(missing)}"
+        )
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE around a timm ViT encoder with a light decoder."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_dim: int = 256,
+        decoder_depth: int = 2,
+        decoder_heads: int = 8,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        _check_vit(encoder)
+        self.encoder = encoder
+        pe = encoder.patch_embed
+        self.patch = int(pe.patch_size[0])
+        self.grid = tuple(int(g) for g in pe.grid_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        dim = int(encoder.embed_dim)
+        chans = int(pe.proj.in_channels)
+        self.norm_pix_loss = norm_pix_loss
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer(
+            "decoder_pos", sincos_pos_embed(decoder_dim, self.grid).unsqueeze(0), persistent=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * chans)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks, self.decoder_norm]:
+            m.apply(_init_weights)
+
+    # -- encoder ---------------------------------------------------------------------
+    def random_masking(
+        self, batch: int, mask_ratio: float, generator: torch.Generator | None, device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids_keep (B, K), mask (B, N) 1=masked, ids_restore (B, N))``."""
+        n = self.num_patches
+        keep = max(1, int(round(n * (1.0 - mask_ratio))))
+        noise = torch.rand(batch, n, generator=generator).to(device)
+        ids_shuffle = noise.argsort(dim=1)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        ids_keep = ids_shuffle[:, :keep]
+        mask = torch.ones(batch, n, device=device)
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        return ids_keep, mask, ids_restore
+
+    def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Visible patches through the timm ViT; returns ``(B, prefix + K, dim)``."""
+        enc = self.encoder
+        x = enc.patch_embed(imgs)
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        npt = int(enc.num_prefix_tokens)
+        pos = enc.pos_embed
+        if getattr(enc, "no_embed_class", False):
+            x = x + pos
+            prefix_pos = None
+        else:
+            x = x + pos[:, npt:]
+            prefix_pos = pos[:, :npt]
+        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        prefix = []
+        if getattr(enc, "cls_token", None) is not None:
+            prefix.append(enc.cls_token.expand(x.shape[0], -1, -1))
+        if getattr(enc, "reg_token", None) is not None:
+            prefix.append(enc.reg_token.expand(x.shape[0], -1, -1))
+        if prefix:
+            p = torch.cat(prefix, dim=1)
+            if prefix_pos is not None and prefix_pos.shape[1]:
+                p = p + prefix_pos
+            x = torch.cat([p, x], dim=1)
+        x = enc.pos_drop(x)
+        x = enc.norm_pre(x)
+        x = enc.blocks(x)
+        return enc.norm(x)
+
+    # -- decoder ---------------------------------------------------------------------
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict every patch's pixels ``(B, N, patch*patch*C)``."""
+        npt = int(self.encoder.num_prefix_tokens)
+        x = self.decoder_embed(latent)
+        prefix, vis = x[:, :npt], x[:, npt:]
+        b, k, d = vis.shape
+        masks = self.mask_token.to(vis.dtype).expand(b, self.num_patches - k, -1)
+        full = torch.cat([vis, masks], dim=1)
+        full = torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        full = full + self.decoder_pos.to(full.dtype)
+        x = torch.cat([prefix, full], dim=1)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x[:, npt:])
+
+    def loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on (per-patch normalised) pixels of the masked patches."""
+        target = patchify(imgs, self.patch).float()
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, pred, mask)`` for a batch of normalised images."""
+        ids_keep, mask, ids_restore = self.random_masking(
+            imgs.shape[0], mask_ratio, generator, imgs.device
+        )
+        latent = self.forward_encoder(imgs, ids_keep)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.loss(imgs, pred, mask), pred, mask
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """What a run is; a resumed run must match on the fields in ``IDENTITY``."""
+
+    model: str = "vit_small_patch16_224"
+    weights: str = "none"
+    image_size: int = 224
+    mask_ratio: float = 0.75
+    epochs: int = 20
+    batch_size: int = 64
+    base_lr: float = 1.5e-4  # per 256 images (MAE's scaling rule)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    norm_pix_loss: bool = True
+    include_test: bool = False
+    seed: int = 0
+    save_every: int = 500
+
+    IDENTITY = (
+        "model",
+        "weights",
+        "image_size",
+        "mask_ratio",
+        "batch_size",
+        "decoder_dim",
+        "decoder_depth",
+        "decoder_heads",
+        "norm_pix_loss",
+        "include_test",
+        "seed",
+    )
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+
+def export_encoder(mae: MaskedAutoencoder, path: str | Path, config: MAEConfig) -> str:
+    """Save the encoder as a plain timm state dict; returns its sha256."""
+    sd = mae.encoder.state_dict()
+    return save_safetensors(
+        sd, path, format="timm", model=config.model, image_size=config.image_size, source="mae"
+    )
+
+
+def pretrain_mae(
+    data: Any,
+    out: str | Path,
+    model: str = "vit_small_patch16_224",
+    weights: str | None = None,
+    epochs: int = 20,
+    mask_ratio: float = 0.75,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    include_test: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    workers: int | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Pretrain ``model`` as an MAE on the cells of ``data``; resumes from ``out`` if it can.
+
+    ``weights`` None means the preset's default source (``hub`` for ViTs); ``image_size``
+    None the preset's size. Images come from the training split only unless ``include_test`` (a transductive
+    choice: the test images, never their labels, shape the encoder). ``max_steps`` stops
+    early after that many optimiser steps in this call (a checkpoint is written), which
+    is how tests simulate an interruption. Returns the summary written to ``mae.json``.
+    """
+    if not 0.0 < mask_ratio < 1.0:
+        raise TrainingError(f"mask ratio must be in (0, 1), got {mask_ratio}")
+    if epochs < 1:
+        raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    precision = resolve_device(device)
+    bs = batch_size or (256 if precision.is_cuda else 32)
+    if image_size is None:
+        from cellbag.featurize.registry import get_preset
+
+        preset = get_preset(model)
+        image_size = preset.image_size if preset else 224
+    cfg = MAEConfig(
+        model=model,
+        weights=str(weights) if weights is not None else "default",
+        image_size=int(image_size),
+        mask_ratio=float(mask_ratio),
+        epochs=int(epochs),
+        batch_size=int(bs),
+        include_test=bool(include_test),
+        seed=int(seed),
+        **options,
+    )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    state = None
+    if ckpt_path.exists():
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise TrainingError(f"{ckpt_path}: unreadable checkpoint ({e}); remove it") from None
+        old = state["config"]
+        diff = [k for k in MAEConfig.IDENTITY if old.get(k) != getattr(cfg, k)]
+        if diff:
+            raise TrainingError(
+                f"{ckpt_path}: checkpoint was made with other settings ({', '.join(diff)}); "
+                "use another --out or remove it"
+            )
+
+    seed_everything(cfg.seed)
+    splits = ("train", "test") if cfg.include_test else ("train",)
+    cells = cohort_cells(data, splits=splits)
+    if len(cells) < cfg.batch_size:
+        raise TrainingError(
+            f"only {len(cells)} cells in split(s) {', '.join(splits)}, fewer than the batch size "
+            f"{cfg.batch_size}; lower --batch-size"
+        )
+    backbone = build_backbone(cfg.model, weights, cfg.image_size, seed=cfg.seed)
+    encoder, wsource = backbone.model, backbone.weights
+    mean, std = backbone.mean, backbone.std
+    mae = MaskedAutoencoder(
+        encoder,
+        decoder_dim=cfg.decoder_dim,
+        decoder_depth=cfg.decoder_depth,
+        decoder_heads=cfg.decoder_heads,
+        norm_pix_loss=cfg.norm_pix_loss,
+    )
+    decay, no_decay = [], []
+    for name, p in mae.named_parameters():
+        (no_decay if p.ndim < 2 or "token" in name or "pos_embed" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    history: list[dict[str, Any]] = []
+    epoch_losses: list[float] = []
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if state is not None:
+        mae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        global_step, history = state["global_step"], state["history"]
+        epoch_losses = list(state.get("epoch_losses", [])) if step_in_epoch else []
+        del state
+    mae.to(precision.device)
+
+    dataset = CellImages(
+        cells,
+        cfg.image_size,
+        backbone.interpolation,
+        cache=workers in (None, 0) and not precision.is_cuda,
+    )
+    n_workers = default_workers(precision) if workers is None else int(workers)
+    per_epoch = n_batches(len(dataset), cfg.batch_size, drop_last=True)
+    total = per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * per_epoch))
+    summary_path = out / SUMMARY
+
+    def save_checkpoint() -> None:
+        atomic_torch_save(
+            {
+                "config": asdict(cfg),
+                "model": mae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "history": history,
+                "epoch_losses": epoch_losses,
+                "weights_source": wsource,
+            },
+            ckpt_path,
+        )
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    steps_now = 0
+    t_train, images_seen = 0.0, 0
+    stopped = False
+    with Progress(
+        TextColumn("[bold]MAE[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=total, completed=global_step, loss=float("nan"))
+        while epoch < cfg.epochs and not stopped:
+            mae.train()
+            loader = make_loader(
+                dataset,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                epoch=epoch,
+                workers=n_workers,
+                skip_batches=step_in_epoch,
+                drop_last=True,
+                pin_memory=precision.is_cuda,
+            )
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            if step_in_epoch == 0:
+                epoch_losses = []
+            for batch in loader:
+                if batch is None:
+                    continue
+                t0 = time.perf_counter()
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + global_step)
+                imgs = augment(batch[0], g).to(precision.device, non_blocking=True)
+                imgs = normalize(imgs, mean, std)
+                set_lr(optimizer, cosine_lr(global_step, total, warmup, cfg.lr))
+                with precision.context():
+                    loss, _, _ = mae(imgs, cfg.mask_ratio, generator=g)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                if precision.is_cuda:
+                    torch.cuda.synchronize()
+                t_train += time.perf_counter() - t0
+                images_seen += imgs.shape[0]
+                if not np.isfinite(value):
+                    raise TrainingError(
+                        f"MAE loss became {value} at step {global_step}; lower the learning rate"
+                    )
+                epoch_losses.append(value)
+                global_step += 1
+                step_in_epoch += 1
+                steps_now += 1
+                bar.update(task, advance=1, loss=value)
+                if max_steps is not None and steps_now >= max_steps:
+                    stopped = True
+                    break
+                if cfg.save_every and global_step % cfg.save_every == 0:
+                    save_checkpoint()
+            if stopped and step_in_epoch < per_epoch:
+                save_checkpoint()
+                break
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+                    "steps": global_step,
+                }
+            )
+            epoch, step_in_epoch = epoch + 1, 0
+            save_checkpoint()
+
+    sha = export_encoder(mae, out / ENCODER_FILE, cfg)
+    unreadable = dict(dataset.unreadable)
+    summary = {
+        "config": asdict(cfg),
+        "weights_source": wsource,
+        "n_images": len(dataset),
+        "splits": list(splits),
+        "transductive": cfg.include_test,
+        "epochs_done": epoch,
+        "global_step": global_step,
+        "finished": epoch >= cfg.epochs,
+        "history": history,
+        "last_step_losses": epoch_losses[-20:],
+        "encoder": {"path": str((out / ENCODER_FILE).resolve()), "sha256": sha},
+        "device": str(precision.device),
+        "autocast": str(precision.autocast) if precision.autocast else None,
+        "step_time_s": (t_train / steps_now) if steps_now else None,
+        "images_per_s": (images_seen / t_train) if t_train else None,
+        "unreadable": unreadable,
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def read_summary(out: str | Path) -> dict[str, Any]:
+    """The ``mae.json`` of a checkpoint folder."""
+    p = Path(out) / SUMMARY
+    if not p.is_file():
+        raise TrainingError(f"{p}: not found (run cellbag pretrain-mae first)")
+    return json.loads(p.read_text())

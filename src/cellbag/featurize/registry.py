@@ -1,0 +1,444 @@
+"""Encoder registry: presets registered with a decorator, and ``create_encoder`` for any name.
+
+An :class:`Encoder` is a frozen value: its id (a readable prefix plus a digest of
+everything that changes the numbers), the eval-mode model, the eval transform, its
+output dimension and precision, and the metadata recorded in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cellbag import __version__
+from cellbag.errors import CellbagError
+from cellbag.featurize.images import prepare
+from cellbag.featurize.weights import Weights, WeightsError, apply_weights, normalize_source
+
+DEFAULT_ENCODER = "tf_efficientnet_lite0"
+PREPROCESSING_VERSION = 1  # bump when decoding/conversion changes the pixels
+REQUIRES_FILE = "file"
+
+
+class EncoderError(CellbagError, ValueError):
+    """An encoder cannot be built as asked (names the encoder)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named encoder: the timm model, its default weight source and input size."""
+
+    name: str
+    model: str
+    weights: str
+    image_size: int
+    dim: int
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+def register_encoder(fn: Callable[[], Preset]) -> Callable[[], Preset]:
+    """Register a preset under its function's name (timm style)."""
+    _PRESETS[fn.__name__] = fn
+    return fn
+
+
+def list_presets() -> list[Preset]:
+    """All registered presets, in registration order."""
+    return [fn() for fn in _PRESETS.values()]
+
+
+def get_preset(name: str) -> Preset | None:
+    fn = _PRESETS.get(name)
+    return fn() if fn else None
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@register_encoder
+def tf_efficientnet_lite0() -> Preset:
+    return Preset(
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite0",
+        "package:efficientnet-lite0",
+        224,
+        1280,
+        "EfficientNet-Lite0, ImageNet; weights ship in a package (offline)",
+    )
+
+
+@register_encoder
+def resnet18() -> Preset:
+    return Preset("resnet18", "resnet18", "hub", 224, 512, "ResNet-18, ImageNet")
+
+
+@register_encoder
+def resnet50() -> Preset:
+    return Preset("resnet50", "resnet50", "hub", 224, 2048, "ResNet-50, ImageNet")
+
+
+@register_encoder
+def efficientnet_b0() -> Preset:
+    return Preset(
+        "efficientnet_b0", "efficientnet_b0", "hub", 224, 1280, "EfficientNet-B0, ImageNet"
+    )
+
+
+@register_encoder
+def vit_tiny_patch16_224() -> Preset:
+    return Preset(
+        "vit_tiny_patch16_224", "vit_tiny_patch16_224", "hub", 224, 192, "ViT-Ti/16, ImageNet"
+    )
+
+
+@register_encoder
+def vit_small_patch16_224() -> Preset:
+    return Preset(
+        "vit_small_patch16_224", "vit_small_patch16_224", "hub", 224, 384, "ViT-S/16, ImageNet"
+    )
+
+
+@register_encoder
+def vit_base_patch16_224() -> Preset:
+    return Preset(
+        "vit_base_patch16_224", "vit_base_patch16_224", "hub", 224, 768, "ViT-B/16, ImageNet"
+    )
+
+
+@register_encoder
+def vit_base_patch16_224_mae() -> Preset:
+    return Preset(
+        "vit_base_patch16_224_mae",
+        "vit_base_patch16_224.mae",
+        "hub",
+        224,
+        768,
+        "ViT-B/16, MAE self-supervised",
+    )
+
+
+@register_encoder
+def vit_small_patch14_dinov2() -> Preset:
+    return Preset(
+        "vit_small_patch14_dinov2",
+        "vit_small_patch14_dinov2",
+        "hub",
+        224,
+        384,
+        "DINOv2 ViT-S/14 at 224 px",
+    )
+
+
+@register_encoder
+def vit_base_patch14_dinov2() -> Preset:
+    return Preset(
+        "vit_base_patch14_dinov2",
+        "vit_base_patch14_dinov2",
+        "hub",
+        224,
+        768,
+        "DINOv2 ViT-B/14 at 224 px",
+    )
+
+
+@register_encoder
+def dinobloom_s() -> Preset:
+    return Preset(
+        "dinobloom_s",
+        "vit_small_patch14_dinov2",
+        REQUIRES_FILE,
+        224,
+        384,
+        "DinoBloom-S, blood cells; --weights DinoBloom-S.pth",
+    )
+
+
+@register_encoder
+def dinobloom_b() -> Preset:
+    return Preset(
+        "dinobloom_b",
+        "vit_base_patch14_dinov2",
+        REQUIRES_FILE,
+        224,
+        768,
+        "DinoBloom-B, blood cells; --weights DinoBloom-B.pth",
+    )
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    return not hasattr(model, "patch_embed")
+
+
+@dataclass(frozen=True, eq=False)
+class Encoder:
+    """A frozen encoder: identity, eval model, eval transform, dim, precision, metadata."""
+
+    id: str
+    name: str
+    model: nn.Module
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    dim: int
+    precision: str
+    device: str
+    metadata: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.id!r}, dim={self.dim}, device={self.device!r}, {self.precision})"
+
+    @property
+    def channels_last(self) -> bool:
+        return _is_cnn(self.model)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        """RGB uint8 ``(size, size, 3)`` pixels of an image (any mode, any size)."""
+        return prepare(img, self.image_size, self.interpolation)
+
+    def transform(self, img: Image.Image) -> torch.Tensor:
+        """The eval transform: PIL image -> normalised float tensor ``(3, size, size)``."""
+        return self._normalize(torch.from_numpy(self.prepare(img))[None])[0].contiguous()
+
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = x.sub_(mean).div_(std)
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of the encoder's precision on its device."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
+    def forward_pixels(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Embeddings (float32, on CPU) of a uint8 batch ``(n, size, size, 3)``."""
+        x = torch.as_tensor(pixels)
+        with torch.inference_mode(), self.autocast():
+            x = self._normalize(x)
+            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return f.float().cpu()
+
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Embeddings ``(n, dim)`` float32 of PIL images (the pipeline's exact path)."""
+        out = [np.zeros((0, self.dim), np.float32)]
+        for i in range(0, len(images), batch_size):
+            batch = np.stack([self.prepare(im) for im in images[i : i + batch_size]])
+            out.append(self.forward_pixels(batch).numpy())
+        return np.concatenate(out)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; 'cuda' without a GPU is an error."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EncoderError(f"device {device!r} asked, but no CUDA GPU is available")
+    if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
+        raise EncoderError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> bf16 on GPU, fp32 on CPU (bf16 autocast is slow on most CPUs)."""
+    precision = (precision or "auto").lower()
+    if precision == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise EncoderError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
+    return precision
+
+
+def identity(
+    model: str,
+    weights_sha256: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str,
+    adapter_sha256: str | None = None,
+) -> dict[str, Any]:
+    """What changes the numbers: model, weights digest, input size, normalisation, adapter."""
+    return {
+        "model": model,
+        "weights_sha256": weights_sha256,
+        "image_size": int(image_size),
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+        "interpolation": interpolation,
+        "adapter_sha256": adapter_sha256,
+        "features": "pre_logits",
+        "preprocessing": PREPROCESSING_VERSION,
+    }
+
+
+def encoder_id(prefix: str, ident: dict[str, Any]) -> str:
+    """``<prefix>-<8 hex>``: the digest of the identity dict."""
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
+def _build_model(model_name: str, image_size: int, source: str, seed: int) -> nn.Module:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    base = model_name.split(".")[0]
+    if not timm.is_model(base):
+        raise EncoderError(
+            f"unknown encoder {model_name!r}: not a preset (see `cellbag encoders`) nor a timm model"
+        )
+    kwargs: dict[str, Any] = {}
+    cfg = get_pretrained_cfg(model_name) or get_pretrained_cfg(base)
+    if cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = image_size
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise EncoderError(f"cannot build {model_name} at {image_size} px ({e})") from None
+    return model
+
+
+def create_encoder(
+    name: str = DEFAULT_ENCODER,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    adapter: str | os.PathLike | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    seed: int = 0,
+) -> Encoder:
+    """Build an encoder from a preset or any timm model name (timm's ``create_model`` verb).
+
+    ``weights``: None (the preset's default; ``hub`` for plain timm names), ``none``,
+    ``hub``, ``package:efficientnet-lite0`` or a local ``.safetensors``/``.pth`` file.
+    ``adapter``: a folder saved by :func:`cellbag.featurize.adapters.save_adapter`.
+    """
+    preset = get_preset(name)
+    model_name = preset.model if preset else name
+    default_weights = preset.weights if preset else "hub"
+    default_size = preset.image_size if preset else 224
+    size = int(image_size or default_size)
+    if size < 16 or size > 4096:
+        raise EncoderError(f"{name}: image size {size} out of range (16..4096)")
+    if weights is None:
+        if default_weights == REQUIRES_FILE:
+            raise EncoderError(
+                f"{name} needs a local weights file: --weights PATH ({preset.description})"
+            )
+        weights = default_weights
+    try:
+        source = normalize_source(weights)
+    except WeightsError as e:
+        raise EncoderError(f"{name}: {e}") from None
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model = _build_model(model_name, size, source, seed)
+    w: Weights = apply_weights(model, source, model_name, seed=seed)
+    adapter_doc: dict[str, Any] | None = None
+    if adapter is not None:
+        from cellbag.featurize.adapters import load_adapter
+
+        adapter_doc = load_adapter(model, adapter)
+    model.eval().requires_grad_(False)
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    mean = tuple(float(m) for m in cfg["mean"])
+    std = tuple(float(s) for s in cfg["std"])
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    adapter_sha = adapter_doc.get("sha256") if adapter_doc else None
+    ident = identity(model_name, w.sha256, size, mean, std, interpolation, adapter_sha)
+    eid = encoder_id(name if preset else model_name.replace("/", "_"), ident)
+    if _is_cnn(model):
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(dev)
+    dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    import timm as _timm
+
+    metadata = {
+        "encoder_id": eid,
+        "name": name,
+        "model": model_name,
+        "weights": w.source,
+        "default_weights": default_weights,
+        "weights_sha256": w.sha256,
+        "weights_file": w.file,
+        "image_size": size,
+        "default_image_size": default_size,
+        "mean": list(mean),
+        "std": list(std),
+        "interpolation": interpolation,
+        "preprocessing": f"RGB, resize {size}x{size} {interpolation}, normalize mean/std",
+        "dim": dim,
+        "dtype": "float16",
+        "precision": prec,
+        "adapter_path": str(adapter_doc["path"]) if adapter_doc else None,
+        "adapter_sha256": adapter_sha,
+        "adapter": {k: v for k, v in adapter_doc.items() if k not in ("path",)}
+        if adapter_doc
+        else None,
+        "identity": ident,
+        "seed": seed,
+        "versions": {"cellbag": __version__, "torch": torch.__version__, "timm": _timm.__version__},
+    }
+    return Encoder(
+        id=eid,
+        name=name,
+        model=model,
+        image_size=size,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        interpolation=interpolation,
+        dim=dim,
+        precision=prec,
+        device=dev,
+        metadata=metadata,
+    )
+
+
+def encoder_from_metadata(info: dict[str, Any], device: str = "cpu") -> Encoder:
+    """Rebuild the encoder a store recorded (``store.encoder_info(id)``); check its id."""
+    try:
+        enc = create_encoder(
+            info["name"],
+            weights=info.get("weights"),
+            image_size=info.get("image_size"),
+            adapter=info.get("adapter_path"),
+            device=device,
+            precision="auto" if device == "cpu" else info.get("precision", "auto"),
+            seed=int(info.get("seed", 0)),
+        )
+    except KeyError as e:
+        raise EncoderError(f"encoder metadata lacks {e}; cannot rebuild the encoder") from None
+    want = info.get("encoder_id")
+    if want and enc.id != want:
+        raise EncoderError(
+            f"rebuilt encoder {enc.id} differs from the store's {want}: its weights "
+            f"({info.get('weights')}) or adapter changed since featurization"
+        )
+    return enc

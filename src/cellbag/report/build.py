@@ -1,0 +1,262 @@
+"""Assemble the report of a cv run: figures, thumbnails, look-alike cells, ``index.html``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cellbag.report import render
+from cellbag.report.errors import ReportError
+from cellbag.report.figures import roc_figure
+from cellbag.report.neighbors import NeighborFinder
+from cellbag.report.run import HeadRun, Run, load_run
+from cellbag.report.thumbs import Thumbnails
+
+#: bookkeeping fields of a store's encoder record, not worth a reader's time
+_ENCODER_SKIP = {
+    "arrays",
+    "generation",
+    "completion_id",
+    "done_blocks",
+    "n_blocks",
+    "chunk_rows",
+    "block_rows",
+    "encoder_id",
+}
+#: keys shown first in the run configuration table
+_CONFIG_FIRST = ("encoder_id", "encoder", "store", "clinical", "folds", "repeats", "seed")
+
+
+def _open_store(store: Any) -> Any:
+    if store is None or hasattr(store, "cells"):
+        return store
+    from cellbag.store import Store
+
+    return Store.open(store, mode="r")
+
+
+def _split_config(run: Run) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Configuration shared by every head (plus the run's own) and what each head adds."""
+    flat = [render.flatten(h.config) for h in run.heads]
+    common: dict[str, str] = dict(render.flatten(run.config))
+    if flat:
+        for k, v in flat[0].items():
+            if all(f.get(k) == v for f in flat[1:]) and k != "head":
+                common.setdefault(k, v)
+    own = {
+        h.name: {k: v for k, v in f.items() if k not in common and k != "head"}
+        for h, f in zip(run.heads, flat, strict=True)
+    }
+    ordered = {k: common[k] for k in _CONFIG_FIRST if k in common}
+    ordered.update({k: common[k] for k in sorted(common) if k not in ordered})
+    return ordered, own
+
+
+def _cell_view(thumbs: Thumbnails, row: Any, attrs: dict[str, str], caption: str, title: str):
+    url = thumbs.get(str(row.cell_id), str(row.path))
+    return render.CellView(str(row.cell_id), url, caption, title, attrs)
+
+
+def _weight_view(thumbs: Thumbnails, row: Any) -> render.CellView:
+    rel = float(row.weight) * int(row.n_cells)
+    return _cell_view(
+        thumbs,
+        row,
+        {"weight": render.dv(float(row.weight))},
+        f"×{rel:.1f}",
+        f"{row.cell_id} · mean attention {float(row.weight):.4f} (×{rel:.2f} uniform)",
+    )
+
+
+def _hit_view(thumbs: Thumbnails, row: Any) -> render.CellView:
+    y = None if pd.isna(row.label) else int(row.label)
+    lab = "?" if y is None else str(y)
+    score = "" if pd.isna(row.score) else f" · {row.score:.2f}"
+    kind = f" {row.score_kind}" if row.score_kind else ""
+    return _cell_view(
+        thumbs,
+        row,
+        {"patient": str(row.patient_id), "label": "" if y is None else str(y)},
+        f"{render.esc(row.patient_id)} · y={lab}{score}",
+        f"{row.cell_id} · patient {row.patient_id} · label {render.label_text(y)}"
+        f" ({row.split or 'split ?'}){kind}{score}",
+    )
+
+
+def _head_view(
+    h: HeadRun,
+    out: Path,
+    thumbs: Thumbnails,
+    top_k: int,
+    finder: NeighborFinder | None,
+    neighbor_note: str | None,
+    n_queries: int,
+    n_neighbors: int,
+    head_config: dict[str, str],
+    progress: Callable[[str], None],
+) -> render.HeadView:
+    table = h.patient_table()
+    galleries = h.top_cells(top_k)
+    patients: list[render.PatientView] = []
+    for r in table.itertuples(index=False):
+        pid = str(r.patient_id)
+        top_df, bottom_df = galleries.get(pid, (None, None))
+        top = [] if top_df is None else [_weight_view(thumbs, c) for c in top_df.itertuples()]
+        bottom = (
+            [] if bottom_df is None else [_weight_view(thumbs, c) for c in bottom_df.itertuples()]
+        )
+        nn: list[render.NeighborRow] | None = None
+        if finder is not None and not bool(r.correct) and top_df is not None:
+            progress(f"{h.name}: look-alike cells of {pid}")
+            nn = []
+            for c, view in zip(top_df.head(n_queries).itertuples(), top, strict=False):
+                hits = finder.query(str(c.cell_id), n_neighbors)
+                nn.append(
+                    render.NeighborRow(view, [_hit_view(thumbs, x) for x in hits.itertuples()])
+                )
+        patients.append(
+            render.PatientView(
+                pid,
+                int(r.label),
+                float(r.probability),
+                float(r.probability_std),
+                int(r.repeats),
+                int(r.predicted),
+                bool(r.correct),
+                top,
+                bottom,
+                nn,
+            )
+        )
+    roc_url = None
+    if h.roc_png is not None:
+        roc_url = f"heads/{h.name}_roc.png"
+        dest = out / roc_url
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(h.roc_png, dest)
+    note = neighbor_note
+    if h.attention is None:
+        note = "Look-alike cells need an attention head (its top cells are the queries)."
+    return render.HeadView(h, patients, h.confusion(), roc_url, head_config, note)
+
+
+def write_report(
+    run_dir: str | Path,
+    out: str | Path,
+    store: Any = None,
+    top_k: int = 8,
+    n_queries: int = 3,
+    n_neighbors: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the static HTML report of a cv run to ``out/index.html`` (plus figures and
+    thumbnails beside it) and return the path of ``index.html``.
+
+    ``store`` (a path, URL or open ``Store``) adds the encoder's details and, for each
+    misclassified patient, the nearest cells of other patients to its ``n_queries`` top cells.
+    """
+    if top_k < 1:
+        raise ReportError(f"top_k must be at least 1, got {top_k}")
+    progress = progress or (lambda _msg: None)
+    run = load_run(run_dir)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"report folder {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    store = _open_store(store)
+
+    encoder_id = run.encoder_id
+    notes: list[str] = []
+    encoder_items: list[tuple[str, Any]] | None = None
+    finder: NeighborFinder | None = None
+    neighbor_note: str | None = None
+    if store is None:
+        neighbor_note = "Pass --store STORE (the run's feature store) to list look-alike cells."
+    elif encoder_id is None:
+        raise ReportError(f"{run.folder}: the run's config.json names no encoder (encoder_id)")
+    else:
+        if encoder_id not in store.encoders():
+            raise ReportError(
+                f"store {store.path} has no encoder {encoder_id} (the run's encoder); "
+                "was the run made from another store?"
+            )
+        info = store.encoder_info(encoder_id)
+        shown = {k: v for k, v in info.items() if k not in _ENCODER_SKIP}
+        encoder_items = [("encoder_id", encoder_id), *render.flatten(shown).items()]
+        try:
+            finder = NeighborFinder(store, encoder_id)
+        except ImportError as e:
+            neighbor_note = f"Retrieval is not available in this installation ({e})."
+
+    common, own = _split_config(run)
+    thumbs = Thumbnails(out)
+    views = []
+    for h in run.heads:
+        progress(f"{h.name}: galleries")
+        views.append(
+            _head_view(
+                h,
+                out,
+                thumbs,
+                top_k,
+                finder,
+                neighbor_note,
+                n_queries,
+                n_neighbors,
+                own.get(h.name, {}),
+                progress,
+            )
+        )
+    progress("ROC curves")
+    aucs = roc_figure(run.heads, out / "roc.png")
+    roc_url = "roc.png" if any(a == a for a in aucs.values()) else None
+    if thumbs.missing:
+        first = next(iter(thumbs.missing.values()))
+        notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
+
+    n_patients = len({p for h in run.heads for p in h.oof["patient_id"]})
+    subtitle = (
+        f"run <code>{render.esc(run.folder)}</code> · {len(run.heads)} head(s) · "
+        f"{n_patients} training patients (out-of-fold)"
+        + (f" · encoder <code>{render.esc(encoder_id)}</code>" if encoder_id else "")
+    )
+    data = {
+        "run": str(run.folder),
+        "encoder_id": encoder_id,
+        "top_k": top_k,
+        "heads": {
+            v.head.name: {
+                "metrics": {
+                    m.key: {"mean": m.mean, "std": m.std, "lo": m.lo, "hi": m.hi}
+                    for m in v.head.metrics
+                },
+                "threshold": v.head.threshold,
+                "confusion": v.confusion,
+                "roc_auc_mean_probability": aucs.get(v.head.name),
+                "patients": render.patient_records(v.patients),
+            }
+            for v in views
+        },
+    }
+    html = render.page(
+        title=f"cellbag report: {run.folder.name}",
+        subtitle=subtitle,
+        config_items=list(common.items()),
+        encoder_items=encoder_items,
+        heads=run.heads,
+        roc_url=roc_url,
+        head_views=views,
+        top_k=top_k,
+        notes=notes,
+        data=data,
+    )
+    index = out / "index.html"
+    tmp = out / f".index.html.{os.getpid()}.tmp"
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, index)
+    return index

@@ -1,0 +1,500 @@
+"""HTML of the report: one self-contained page (inline CSS and a few lines of vanilla JS).
+
+Every number shown also sits, at full precision, in a ``data-value`` attribute of its cell,
+so the page can be sorted and a test can check the figures against the run's files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import pandas as pd
+
+from cellbag.report.run import HeadRun, Metric
+
+LABELS = {1: "tumoral", 0: "reactive"}
+
+
+def esc(x: Any) -> str:
+    return escape(str(x), quote=True)
+
+
+def fmt(x: float | None, nd: int = 3) -> str:
+    """A number for display (``–`` for missing)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def dv(x: float | None) -> str:
+    """Full-precision value for a ``data-value`` attribute (``repr`` round-trips floats)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return repr(float(x))
+
+
+def label_text(y: int | None) -> str:
+    return "unknown" if y is None else f"{y} {LABELS.get(int(y), '')}".strip()
+
+
+@dataclass
+class CellView:
+    """A cell to show: its id, thumbnail URL (None if unreadable) and a caption."""
+
+    cell_id: str
+    url: str | None
+    caption: str
+    title: str
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class NeighborRow:
+    query: CellView
+    hits: list[CellView]
+
+
+@dataclass
+class PatientView:
+    patient_id: str
+    label: int
+    probability: float
+    probability_std: float
+    repeats: int
+    predicted: int
+    correct: bool
+    top: list[CellView]
+    bottom: list[CellView]
+    neighbors: list[NeighborRow] | None = None  # None: not asked / not available
+
+
+@dataclass
+class HeadView:
+    head: HeadRun
+    patients: list[PatientView]
+    confusion: dict[str, int]
+    roc_url: str | None
+    config: dict[str, Any]
+    neighbor_note: str | None
+
+
+def _kv_table(items: Iterable[tuple[str, Any]], cls: str) -> str:
+    rows = "".join(
+        f'<tr><th scope="row">{esc(k)}</th><td data-key="{esc(k)}">{esc(v)}</td></tr>'
+        for k, v in items
+    )
+    return f'<table class="kv {cls}"><tbody>{rows}</tbody></table>'
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config as ``a.b: value`` strings (lists and scalars JSON-encoded)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        elif isinstance(v, str):
+            out[key] = v
+        else:
+            out[key] = json.dumps(v, default=str)
+    return out
+
+
+def _cell(c: CellView, cls: str) -> str:
+    attrs = "".join(f' data-{esc(k)}="{esc(v)}"' for k, v in c.attrs.items())
+    if c.url is None:
+        img = '<div class="noimg">image<br>unreadable</div>'
+    else:
+        img = (
+            f'<a href="{esc(c.url)}"><img src="{esc(c.url)}" alt="{esc(c.cell_id)}" '
+            f'width="64" height="64"></a>'
+        )
+    return (
+        f'<figure class="{cls}" data-cell-id="{esc(c.cell_id)}"{attrs} title="{esc(c.title)}">'
+        f"{img}<figcaption>{c.caption}</figcaption></figure>"
+    )
+
+
+def _gallery(cells: list[CellView], which: str) -> str:
+    if not cells:
+        return '<span class="muted">–</span>'
+    ids = " ".join(c.cell_id for c in cells)
+    inner = "".join(_cell(c, "cell") for c in cells)
+    return f'<div class="gallery {which}" data-cells="{esc(ids)}">{inner}</div>'
+
+
+def metrics_comparison(heads: list[HeadRun]) -> str:
+    """Heads × metrics: mean ± std and 95% interval."""
+    keys: list[str] = []
+    titles: dict[str, str] = {}
+    for h in heads:
+        for m in h.metrics:
+            if m.key not in titles:
+                keys.append(m.key)
+                titles[m.key] = m.title
+    head_row = "".join(f"<th>{esc(titles[k])}</th>" for k in keys)
+    body = []
+    for h in heads:
+        by = {m.key: m for m in h.metrics}
+        tds = []
+        for k in keys:
+            m = by.get(k)
+            if m is None:
+                tds.append("<td>–</td>")
+                continue
+            tds.append(
+                f'<td data-head="{esc(h.name)}" data-metric="{esc(k)}" data-value="{dv(m.mean)}" '
+                f'data-std="{dv(m.std)}" data-lo="{dv(m.lo)}" data-hi="{dv(m.hi)}">'
+                f'<b>{fmt(m.mean)}</b> <span class="muted">± {fmt(m.std)}</span><br>'
+                f'<span class="ci">[{fmt(m.lo)}, {fmt(m.hi)}]</span></td>'
+            )
+        body.append(
+            f'<tr><th scope="row"><a href="#head-{esc(h.name)}">{esc(h.name)}</a></th>'
+            f"{''.join(tds)}</tr>"
+        )
+    return (
+        '<table id="metrics-table" class="metrics">'
+        f"<thead><tr><th>Head</th>{head_row}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _metric_rows(h: HeadRun, metrics: list[Metric]) -> str:
+    rows = []
+    for m in metrics:
+        stats = (("mean", m.mean), ("std", m.std), ("lo", m.lo), ("hi", m.hi))
+        tds = "".join(
+            f'<td data-head="{esc(h.name)}" data-metric="{esc(m.key)}" data-stat="{s}" '
+            f'data-value="{dv(v)}">{fmt(v)}</td>'
+            for s, v in stats
+        )
+        n = "" if m.n is None else str(m.n)
+        rows.append(f'<tr><th scope="row">{esc(m.title)}</th>{tds}<td>{n}</td></tr>')
+    return (
+        f'<table class="metrics head-metrics" data-head="{esc(h.name)}">'
+        "<thead><tr><th>Metric</th><th>Mean</th><th>Std</th><th>95% low</th><th>95% high</th>"
+        "<th>n</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _confusion(h: HeadRun, c: dict[str, int]) -> str:
+    def td(key: str, ok: bool) -> str:
+        return f'<td class="{"ok" if ok else "bad"}" data-cm="{key}" data-value="{c[key]}">{c[key]}</td>'
+
+    return (
+        f'<table class="confusion" data-head="{esc(h.name)}" data-threshold="{dv(h.threshold)}">'
+        f"<caption>Confusion at threshold {fmt(h.threshold, 2)} (mean OOF probability per patient)</caption>"
+        "<thead><tr><th></th><th>predicted 1 tumoral</th><th>predicted 0 reactive</th></tr></thead>"
+        f"<tbody><tr><th scope='row'>true 1 tumoral</th>{td('tp', True)}{td('fn', False)}</tr>"
+        f"<tr><th scope='row'>true 0 reactive</th>{td('fp', False)}{td('tn', True)}</tr></tbody>"
+        "</table>"
+    )
+
+
+def _neighbors_block(head: str, p: PatientView) -> str:
+    rows = []
+    for r in p.neighbors or []:
+        hits = "".join(_cell(c, "cell hit") for c in r.hits) or '<span class="muted">none</span>'
+        rows.append(
+            f'<div class="nn-row" data-query="{esc(r.query.cell_id)}">'
+            f'<div class="nn-query">{_cell(r.query, "cell query")}</div>'
+            f'<div class="nn-arrow">→</div><div class="gallery hits">{hits}</div></div>'
+        )
+    return (
+        f'<div class="nn-patient" id="nn-{esc(head)}-{esc(p.patient_id)}" '
+        f'data-head="{esc(head)}" data-patient="{esc(p.patient_id)}">'
+        f"<h4>{esc(p.patient_id)}: label {esc(label_text(p.label))}, "
+        f"mean OOF probability {fmt(p.probability)}</h4>{''.join(rows)}</div>"
+    )
+
+
+def _patients(v: HeadView, top_k: int) -> str:
+    h = v.head
+    has_att = h.attention is not None
+    rows = []
+    for p in v.patients:
+        mark = "✓" if p.correct else "✗"
+        nn_link = (
+            f' <a href="#nn-{esc(h.name)}-{esc(p.patient_id)}" title="look-alike cells">look-alikes</a>'
+            if p.neighbors
+            else ""
+        )
+        galleries = (
+            f'<td class="g">{_gallery(p.top, "top")}</td><td class="g">{_gallery(p.bottom, "bottom")}</td>'
+            if has_att
+            else ""
+        )
+        rows.append(
+            f'<tr data-patient="{esc(p.patient_id)}" data-label="{p.label}" '
+            f'data-correct="{int(p.correct)}" class="{"ok" if p.correct else "bad"}">'
+            f'<td data-value="{esc(p.patient_id)}">{esc(p.patient_id)}</td>'
+            f'<td data-value="{p.label}">{esc(label_text(p.label))}</td>'
+            f'<td data-col="probability" data-value="{dv(p.probability)}">{fmt(p.probability)}'
+            f'<div class="bar"><span style="width:{100 * p.probability:.1f}%"></span></div></td>'
+            f'<td data-col="probability_std" data-value="{dv(p.probability_std)}">{fmt(p.probability_std)}</td>'
+            f'<td data-value="{p.repeats}">{p.repeats}</td>'
+            f'<td data-col="predicted" data-value="{p.predicted}">{p.predicted}</td>'
+            f'<td data-col="correct" data-value="{int(p.correct)}">{mark}{nn_link}</td>'
+            f"{galleries}</tr>"
+        )
+    gal_heads = (
+        f"<th>Top {top_k} cells (highest attention)</th><th>Bottom {top_k} cells</th>"
+        if has_att
+        else ""
+    )
+    controls = (
+        f'<div class="controls" data-for="pt-{esc(h.name)}">'
+        '<input type="search" placeholder="filter patient id…" class="f-text" aria-label="filter">'
+        '<select class="f-sel" aria-label="show"><option value="all">all patients</option>'
+        '<option value="wrong">misclassified</option><option value="right">correct</option>'
+        '<option value="y1">label 1 tumoral</option><option value="y0">label 0 reactive</option>'
+        '</select> <span class="count"></span></div>'
+    )
+    return (
+        controls + '<div class="scroll">'
+        f'<table id="pt-{esc(h.name)}" class="patients sortable" data-head="{esc(h.name)}">'
+        "<thead><tr>"
+        '<th data-sort="text">Patient</th><th data-sort="num">Label</th>'
+        '<th data-sort="num" title="out-of-fold probability of class 1, mean over repeats">'
+        'Probability</th><th data-sort="num" title="std of the probability over repeats">Std</th>'
+        '<th data-sort="num">Repeats</th><th data-sort="num">Predicted</th>'
+        f'<th data-sort="num">Correct</th>{gal_heads}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def head_section(v: HeadView, top_k: int) -> str:
+    h = v.head
+    parts = [
+        f'<section class="head" id="head-{esc(h.name)}" data-head="{esc(h.name)}">',
+        f"<h2>Head <code>{esc(h.name)}</code></h2>",
+        '<div class="row"><div>',
+        "<h3>Metrics across folds × repeats</h3>",
+        _metric_rows(h, h.metrics),
+        _confusion(h, v.confusion),
+        "</div>",
+    ]
+    if v.roc_url:
+        parts.append(
+            f'<div><h3>ROC (from the run)</h3><img class="roc" src="{esc(v.roc_url)}" '
+            f'alt="ROC of {esc(h.name)}"></div>'
+        )
+    if v.config:
+        parts.append(
+            "<div><h3>Head configuration</h3>"
+            + _kv_table(v.config.items(), "head-config")
+            + "</div>"
+        )
+    parts.append("</div>")
+    parts.append("<h3>Patients (out-of-fold)</h3>")
+    if h.attention is None:
+        parts.append(
+            '<p class="muted">This head gives no per-cell attention weights: no cell galleries '
+            "(attention heads such as <code>abmil</code> or <code>transformer</code> have them).</p>"
+        )
+    else:
+        parts.append(
+            '<p class="muted">Galleries: each patient\'s cells ordered by their attention weight '
+            "averaged over the repeats (out-of-fold); the caption is the weight relative to a "
+            "uniform weight (×1 = 1/bag size).</p>"
+        )
+    parts.append(_patients(v, top_k))
+    wrong = [p for p in v.patients if not p.correct]
+    parts.append(
+        f"<h3>Misclassified patients: look-alike cells in other patients ({len(wrong)})</h3>"
+    )
+    if v.neighbor_note:
+        parts.append(f'<p class="muted nn-note">{v.neighbor_note}</p>')
+    blocks = [_neighbors_block(h.name, p) for p in wrong if p.neighbors]
+    if blocks:
+        parts.append(
+            '<p class="muted">Each of the patient\'s top-attention cells (orange) and its nearest '
+            "cells in other patients (cosine similarity), framed by that patient's label: "
+            '<span class="lab1">1 tumoral</span>, <span class="lab0">0 reactive</span>, '
+            "none when unknown (test split).</p>"
+        )
+    parts.append(f'<div class="nn">{"".join(blocks)}</div>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+CSS = """
+:root{--ok:#e7f5ea;--bad:#fde8e8;--fg:#1d2330;--mut:#667085;--line:#d8dde6;--acc:#3b5bdb}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);margin:0;background:#f7f8fa}
+header{background:#1d2330;color:#fff;padding:14px 24px}
+header h1{margin:0;font-size:20px} header p{margin:4px 0 0;color:#c9d1e0}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);padding:8px 24px;z-index:5}
+nav a{margin-right:14px;color:var(--acc);text-decoration:none}
+main{padding:8px 24px 40px}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 18px;margin:16px 0}
+h2{font-size:17px;margin:4px 0 10px} h3{font-size:14px;margin:14px 0 6px} h4{font-size:13px;margin:10px 0 4px}
+table{border-collapse:collapse;margin:4px 0 10px}
+th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:middle}
+thead th{background:#eef1f6}
+table.metrics td{text-align:right;white-space:nowrap}
+table.kv th{background:#f3f5f9;font-weight:500}
+table.kv td{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all;max-width:560px}
+.muted{color:var(--mut)} .ci{color:var(--mut);font-size:12px}
+.row{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
+table.confusion td{text-align:center;font-size:16px;min-width:90px}
+td.ok,tr.ok td:nth-child(7){background:var(--ok)} td.bad,tr.bad td:nth-child(7){background:var(--bad)}
+table.patients th[data-sort]{cursor:pointer;user-select:none}
+table.patients th[data-sort]:after{content:" ⇅";color:var(--mut);font-size:11px}
+.bar{height:4px;background:#e9ecf2;border-radius:2px;margin-top:2px;width:70px}
+.bar span{display:block;height:4px;background:var(--acc);border-radius:2px}
+.gallery{display:flex;flex-wrap:wrap;gap:3px}
+figure.cell{margin:0;text-align:center;font-size:10px;color:var(--mut)}
+figure.cell img{display:block;width:64px;height:64px;border-radius:3px;border:1px solid var(--line)}
+figure.query img{outline:2px solid #e8590c}
+.noimg{width:64px;height:64px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
+table.patients td,table.patients th{white-space:nowrap}
+table.patients .gallery{flex-wrap:nowrap}
+table.patients figure.cell img{width:50px;height:50px}
+.scroll{overflow-x:auto}
+figure.hit[data-label="1"] img{border:2px solid #c92a2a}
+figure.hit[data-label="0"] img{border:2px solid #2b8a3e}
+.lab1{color:#c92a2a;font-weight:600}.lab0{color:#2b8a3e;font-weight:600}
+.controls{margin:6px 0}.controls input{padding:3px 6px;width:200px}
+.nn-row{display:flex;align-items:center;gap:8px;margin:4px 0}
+.nn-arrow{font-size:20px;color:var(--mut)}
+img.roc,img.fig{max-width:440px;width:100%;border:1px solid var(--line);border-radius:4px}
+#img-check{background:var(--bad);padding:8px 24px}
+"""
+
+JS = r"""
+(function(){
+  function val(td){var v=td.getAttribute('data-value');return v===null?td.textContent.trim():v;}
+  document.querySelectorAll('table.sortable').forEach(function(t){
+    t.querySelectorAll('th[data-sort]').forEach(function(th,i){
+      th.addEventListener('click',function(){
+        var num=th.getAttribute('data-sort')==='num', asc=th.getAttribute('data-dir')!=='asc';
+        t.querySelectorAll('th').forEach(function(o){o.removeAttribute('data-dir');});
+        th.setAttribute('data-dir',asc?'asc':'desc');
+        var body=t.tBodies[0], rows=Array.prototype.slice.call(body.rows);
+        rows.sort(function(a,b){
+          var x=val(a.cells[i]),y=val(b.cells[i]);
+          if(num){x=parseFloat(x);y=parseFloat(y);x=isNaN(x)?-Infinity:x;y=isNaN(y)?-Infinity:y;}
+          return (x<y?-1:x>y?1:0)*(asc?1:-1);
+        });
+        rows.forEach(function(r){body.appendChild(r);});
+      });
+    });
+  });
+  document.querySelectorAll('.controls').forEach(function(c){
+    var t=document.getElementById(c.getAttribute('data-for'));
+    var txt=c.querySelector('.f-text'), sel=c.querySelector('.f-sel'), cnt=c.querySelector('.count');
+    function apply(){
+      var q=txt.value.trim().toLowerCase(), s=sel.value, n=0;
+      Array.prototype.forEach.call(t.tBodies[0].rows,function(r){
+        var ok=(!q||r.getAttribute('data-patient').toLowerCase().indexOf(q)>=0)&&
+          (s==='all'||(s==='wrong'&&r.getAttribute('data-correct')==='0')||
+           (s==='right'&&r.getAttribute('data-correct')==='1')||
+           (s==='y1'&&r.getAttribute('data-label')==='1')||(s==='y0'&&r.getAttribute('data-label')==='0'));
+        r.style.display=ok?'':'none'; if(ok)n++;
+      });
+      cnt.textContent=n+' of '+t.tBodies[0].rows.length+' patients';
+    }
+    txt.addEventListener('input',apply); sel.addEventListener('change',apply); apply();
+  });
+  window.addEventListener('load',function(){
+    var imgs=document.images, broken=[];
+    for(var i=0;i<imgs.length;i++){if(!imgs[i].complete||imgs[i].naturalWidth===0)broken.push(imgs[i].getAttribute('src'));}
+    var el=document.getElementById('img-check');
+    el.setAttribute('data-total',String(imgs.length));
+    el.setAttribute('data-broken',JSON.stringify(broken));
+    el.setAttribute('data-done','1');
+    if(broken.length){el.hidden=false;el.textContent=broken.length+' image(s) failed to load: '+broken.slice(0,5).join(', ');}
+  });
+})();
+"""
+
+
+def page(
+    title: str,
+    subtitle: str,
+    config_items: list[tuple[str, Any]],
+    encoder_items: list[tuple[str, Any]] | None,
+    heads: list[HeadRun],
+    roc_url: str | None,
+    head_views: list[HeadView],
+    top_k: int,
+    notes: list[str],
+    data: dict[str, Any],
+) -> str:
+    """The whole ``index.html``."""
+    nav = "".join(
+        [
+            '<a href="#config">Configuration</a>',
+            '<a href="#metrics">Metrics</a>',
+            '<a href="#roc">ROC</a>',
+            *(f'<a href="#head-{esc(h.name)}">{esc(h.name)}</a>' for h in heads),
+        ]
+    )
+    enc = (
+        "<h3>Encoder</h3>" + _kv_table(encoder_items, "encoder")
+        if encoder_items
+        else '<p class="muted">Encoder details: pass <code>--store STORE</code> to list them.</p>'
+    )
+    notes_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    blob = json.dumps(data, default=str, sort_keys=True).replace("</", "<\\/")
+    roc = (
+        f'<img class="fig" src="{esc(roc_url)}" alt="ROC curves of every head">'
+        if roc_url
+        else '<p class="muted">No ROC curve (a single class in the predictions).</p>'
+    )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header><h1>{esc(title)}</h1><p>{subtitle}</p></header>
+<nav>{nav}</nav>
+<div id="img-check" hidden></div>
+<main>
+{notes_html}
+<section id="config"><h2>Run configuration</h2>{_kv_table(config_items, "run-config")}{enc}</section>
+<section id="results"><div class="row">
+<div id="metrics"><h2>Metrics per head</h2>
+<p class="muted">mean ± std over folds × repeats; 95% interval in brackets</p>
+{metrics_comparison(heads)}</div>
+<div id="roc"><h2>ROC curves</h2>{roc}</div></div></section>
+{"".join(head_section(v, top_k) for v in head_views)}
+</main>
+<script type="application/json" id="cellbag-data">{blob}</script>
+<script>{JS}</script>
+</body>
+</html>
+"""
+
+
+def patient_records(patients: list[PatientView]) -> list[dict[str, Any]]:
+    """The per-patient figures as JSON-ready records (embedded in the page)."""
+    return [
+        {
+            "patient_id": p.patient_id,
+            "label": p.label,
+            "probability": p.probability,
+            "probability_std": p.probability_std,
+            "repeats": p.repeats,
+            "predicted": p.predicted,
+            "correct": p.correct,
+            "top_cells": [c.cell_id for c in p.top],
+            "bottom_cells": [c.cell_id for c in p.bottom],
+        }
+        for p in patients
+    ]
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(df.to_json(orient="records"))

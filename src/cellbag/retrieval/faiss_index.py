@@ -1,0 +1,397 @@
+"""A cosine-similarity faiss index over unit-normalised float32 vectors (no store knowledge).
+
+Kinds and how ``auto`` chooses (``n`` = number of indexed vectors):
+
+- ``flat`` — exact inner-product search (``IndexFlatIP``). ``auto`` picks it when
+  ``n <= EXACT_MAX`` (100,000): at that size an exact single query takes a few
+  milliseconds on 2 cores and needs no training.
+- ``ivf`` — IVF-Flat (``IndexIVFFlat``, inner product), picked by ``auto`` above
+  ``EXACT_MAX``. ``nlist = round(4 * sqrt(n))`` lists (at most ``n // 39`` so k-means has
+  >= 39 points a centroid), trained by spherical k-means (10 iterations, seeded) on
+  ``min(n, 40 * nlist)`` rows drawn at random; the coarse quantizer is an HNSW graph over
+  the centroids (M=32, efSearch >= 2 * nprobe), which makes adding 1M vectors fast.
+  ``nprobe = clip(round(nlist / 40), 8, nlist)`` lists are scanned a query (2.5% of the
+  data, recall@10 >= 0.95 on the clustered benchmark, see ``benchmarks/retrieval.py``).
+  Vectors are stored uncompressed (4 bytes a dimension), so similarities are exact
+  for every candidate found.
+- ``hnsw`` — ``IndexHNSWFlat`` (inner product) with ``M = 32`` (48 above 2M vectors),
+  ``efConstruction = 80`` and ``efSearch = max(64, 2 * k)``-style default 128.
+  Never picked by ``auto``: it answers fastest but building 1M x 384-d vectors takes
+  several minutes on 2 cores.
+
+All vectors are L2-normalised before indexing, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellbag.errors import CellbagError
+
+KINDS = ("auto", "flat", "ivf", "hnsw")
+EXACT_MAX = 100_000
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ROWS_FILE = "rows.npy"
+INFO_FILE = "index.json"
+
+
+class RetrievalError(CellbagError, ValueError):
+    """A retrieval index or query cannot be built or answered as asked."""
+
+
+class StaleIndexError(RetrievalError):
+    """A saved index was built from other embeddings than the store now holds."""
+
+
+def default_threads() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set faiss' OpenMP thread count explicitly (default: the usable cores); return it."""
+    import faiss
+
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise RetrievalError(f"threads must be >= 1, got {threads}")
+    faiss.omp_set_num_threads(n)
+    return n
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """What kind of index to build and its size-dependent parameters."""
+
+    kind: str
+    nlist: int = 0
+    nprobe: int = 0
+    train_size: int = 0
+    niter: int = 0
+    M: int = 0
+    ef_construction: int = 0
+    ef_search: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k == "kind" or v}
+
+
+def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
+    """Parameters for an index of ``n`` vectors (see the module docstring for the rules)."""
+    if kind not in KINDS:
+        raise RetrievalError(f"unknown index kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if n < 1:
+        raise RetrievalError("cannot build an index over 0 vectors")
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_MAX else "ivf"
+    if kind == "flat":
+        p = IndexParams(kind="flat")
+    elif kind == "ivf":
+        nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+        nprobe = int(min(nlist, max(8, round(nlist / 40))))
+        p = IndexParams(
+            kind="ivf", nlist=nlist, nprobe=nprobe, train_size=min(n, 40 * nlist), niter=10
+        )
+    else:
+        p = IndexParams(
+            kind="hnsw", M=48 if n > 2_000_000 else 32, ef_construction=80, ef_search=128
+        )
+    if overrides:
+        bad = set(overrides) - set(asdict(p))
+        if bad:
+            raise RetrievalError(f"unknown index parameter(s) {sorted(bad)} for kind {kind!r}")
+        p = IndexParams(**{**asdict(p), **overrides})
+    return p
+
+
+def normalize(x: np.ndarray, *, where: str = "vectors") -> np.ndarray:
+    """Float32, L2-normalised rows (zero rows stay zero); non-finite values are an error."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise RetrievalError(f"{where}: row {bad} holds NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    x /= norms
+    return x
+
+
+ChunkSource = Callable[[], Iterable[np.ndarray]]
+"""A callable that yields the vectors, in order, as float32 normalised blocks (re-iterable)."""
+
+
+def array_chunks(x: np.ndarray, rows: int = 65_536) -> ChunkSource:
+    """A chunk source over an in-memory array (normalised block by block, no full copy)."""
+
+    def gen() -> Iterator[np.ndarray]:
+        for s in range(0, len(x), rows):
+            yield normalize(x[s : s + rows])
+
+    return gen
+
+
+def _sample_rows(chunks: ChunkSource, n: int, size: int, dim: int, seed: int) -> np.ndarray:
+    """Gather ``size`` rows drawn at random (seeded) from the chunk source, in one pass."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    out = np.empty((len(pick), dim), dtype=np.float32)
+    start = filled = 0
+    for block in chunks():
+        stop = start + len(block)
+        lo, hi = np.searchsorted(pick, [start, stop])
+        if hi > lo:
+            out[filled : filled + hi - lo] = block[pick[lo:hi] - start]
+            filled += hi - lo
+        start = stop
+    if filled != len(pick):
+        raise RetrievalError(f"vector source gave {start} rows, expected {n}")
+    return out
+
+
+@dataclass
+class CellIndex:
+    """A faiss index plus the store row of each of its vectors and how it was built."""
+
+    index: Any
+    rows: np.ndarray
+    params: IndexParams
+    dim: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def kind(self) -> str:
+        return self.params.kind
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        chunks: ChunkSource,
+        n: int,
+        dim: int,
+        *,
+        rows: np.ndarray | None = None,
+        kind: str = "auto",
+        seed: int = 0,
+        threads: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        **overrides: int,
+    ) -> CellIndex:
+        """Build an index from ``n`` normalised vectors of ``dim`` given block by block.
+
+        ``rows`` maps index positions to store rows (default ``arange(n)``);
+        ``progress(stage, done, total)`` is called as blocks are added.
+        """
+        import faiss
+
+        set_threads(threads)
+        params = choose_params(n, kind, **overrides)
+        t0 = time.perf_counter()
+        if params.kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif params.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, params.M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = params.ef_construction
+            index.hnsw.efSearch = params.ef_search
+        else:
+            if progress:
+                progress("train", 0, params.train_size)
+            sample = _sample_rows(chunks, n, params.train_size, dim, seed)
+            km = faiss.Clustering(dim, params.nlist)
+            km.niter = params.niter
+            km.seed = seed
+            km.spherical = True
+            km.max_points_per_centroid = 1 << 30  # the sample is already drawn
+            km.min_points_per_centroid = 1
+            km.verbose = False
+            km.train(sample, faiss.IndexFlatIP(dim))
+            del sample
+            centroids = faiss.vector_to_array(km.centroids).reshape(params.nlist, dim)
+            quantizer = faiss.IndexFlatIP(dim)
+            quantizer.add(centroids)
+            index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
+            index.own_fields = True
+            quantizer.this.disown()
+            index.is_trained = True
+            index.nprobe = params.nprobe
+            if progress:
+                progress("train", params.train_size, params.train_size)
+        added = 0
+        for block in chunks():
+            if block.shape[1] != dim:
+                raise RetrievalError(f"vector block has dim {block.shape[1]}, expected {dim}")
+            index.add(block)
+            added += len(block)
+            if progress:
+                progress("add", added, n)
+        if added != n:
+            raise RetrievalError(f"vector source gave {added} rows, expected {n}")
+        rows_arr = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        if len(rows_arr) != n:
+            raise RetrievalError(f"{len(rows_arr)} row ids for {n} vectors")
+        meta = {"build_seconds": round(time.perf_counter() - t0, 3), "seed": seed}
+        return cls(index=index, rows=rows_arr, params=params, dim=dim, meta=meta)
+
+    # --------------------------------------------------------------- searching
+    def _search_params(self, sel: Any, widen: int = 1) -> Any:
+        import faiss
+
+        if self.kind == "ivf":
+            nprobe = min(self.params.nlist, self.params.nprobe * widen)
+            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=self.params.ef_search * widen)
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, positions) for each query; positions are -1 when missing.
+
+        ``allowed`` is a boolean mask over index positions (a filter applied inside faiss).
+        Approximate kinds that find fewer than ``min(k, allowed)`` hits under a filter are
+        retried with a wider search (more lists / a larger beam), up to exhaustive IVF.
+        """
+        import faiss
+
+        q = normalize(queries, where="query")
+        if q.shape[1] != self.dim:
+            raise RetrievalError(f"query has dim {q.shape[1]}, the index holds dim {self.dim}")
+        k = int(min(k, self.n))
+        if k < 1:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        sel = bits = None
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if len(allowed) != self.n:
+                raise RetrievalError(f"filter mask has {len(allowed)} entries, index has {self.n}")
+            bits = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            want = int(min(k, allowed.sum()))
+        else:
+            want = k
+        widen = 1
+        while True:
+            sp = self._search_params(sel, widen)
+            sims, pos = self.index.search(q, k, params=sp) if sp else self.index.search(q, k)
+            found = (pos >= 0).sum(axis=1).min()
+            if found >= want or self.kind == "flat" or widen >= 64:
+                break
+            if self.kind == "ivf" and self.params.nprobe * widen >= self.params.nlist:
+                break
+            widen *= 4
+        del bits  # kept alive until here: the selector points into it
+        return sims, pos.astype(np.int64)
+
+    # --------------------------------------------------------------- persisting
+    @property
+    def nbytes(self) -> int:
+        """Memory the index holds (vectors, list ids, graph links, centroids) plus its row map."""
+        vectors = self.n * self.dim * 4
+        if self.kind == "ivf":
+            extra = self.n * 8 + self.params.nlist * self.dim * 4
+        elif self.kind == "hnsw":  # level-0 links (2M), upper levels (~M/(M-1) of M), offsets
+            extra = int(self.n * (2 * self.params.M * 4 * 1.05 + 8 + 4))
+        else:
+            extra = 0
+        return int(vectors + extra + self.rows.nbytes)
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``index.faiss``, ``rows.npy`` and ``index.json`` atomically into ``directory``."""
+        import faiss
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            np.save(tmp / ROWS_FILE, self.rows)
+            info = {
+                "format_version": FORMAT_VERSION,
+                "kind": self.kind,
+                "params": self.params.to_dict(),
+                "n": self.n,
+                "dim": self.dim,
+                "metric": "cosine (inner product of L2-normalised float32)",
+                "faiss_version": faiss.__version__,
+                "rows_file": ROWS_FILE,
+                **self.meta,
+                **(extra or {}),
+            }
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+            if directory.exists():
+                directory.rename(old)
+            tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not directory.exists():
+                old.rename(directory)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        self.meta.update(extra or {})
+        return directory
+
+    @staticmethod
+    def read_info(directory: str | Path) -> dict[str, Any] | None:
+        """The saved ``index.json`` of ``directory``, or None when there is no index there."""
+        path = Path(directory) / INFO_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RetrievalError(f"{path}: unreadable index metadata ({e})") from e
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None) -> CellIndex:
+        """Read an index written by :meth:`save`."""
+        import faiss
+
+        directory = Path(directory)
+        info = cls.read_info(directory)
+        if info is None:
+            raise RetrievalError(f"{directory}: no index here (run `cellbag index`)")
+        if info.get("format_version") != FORMAT_VERSION:
+            raise RetrievalError(f"{directory}: index format {info.get('format_version')} unknown")
+        set_threads(threads)
+        try:
+            index = faiss.read_index(str(directory / INDEX_FILE))
+            rows = np.load(directory / ROWS_FILE)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise RetrievalError(f"{directory}: cannot read the index ({e})") from e
+        params = IndexParams(**info["params"])
+        if params.kind == "hnsw":
+            index.hnsw.efSearch = params.ef_search
+        elif params.kind == "ivf":
+            index.nprobe = params.nprobe
+        if len(rows) != index.ntotal:
+            raise RetrievalError(f"{directory}: {len(rows)} row ids for {index.ntotal} vectors")
+        known = {"format_version", "kind", "params", "n", "dim", "metric", "rows_file"}
+        meta = {k: v for k, v in info.items() if k not in known}
+        return cls(index=index, rows=rows, params=params, dim=int(info["dim"]), meta=meta)

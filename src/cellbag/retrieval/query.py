@@ -1,0 +1,329 @@
+"""Nearest-cell queries: by a cell of the store or by a new image, with filters."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellbag.retrieval.faiss_index import CellIndex, RetrievalError, normalize
+from cellbag.retrieval.store_index import (
+    RetrievalWarning,
+    _store_url,
+    load_index,
+    ok_cells,
+)
+
+SPLITS = ("all", "train", "test")
+COLUMNS = ["rank", "cell_id", "patient_id", "split", "label", "similarity", "path"]
+
+
+def open_image(path: str | Path) -> Any:
+    """Open an image file (local path or fsspec URL) as an RGB PIL image.
+
+    Any mode is converted by :func:`to_rgb` (alpha on white, 16-bit grayscale rescaled).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if "://" in str(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rb") as f:
+                img = Image.open(f)
+                img.load()
+        else:
+            img = Image.open(path)
+            img.load()
+    except FileNotFoundError as e:
+        raise RetrievalError(f"image {path} does not exist") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise RetrievalError(f"image {path} cannot be read as an image ({e})") from e
+    return to_rgb(img)
+
+
+def to_rgb(img: Any) -> Any:
+    """An 8-bit RGB version of a PIL image of any mode, converted as the featurizer does:
+    alpha composited on white, 16-bit / float grayscale rescaled to 0..255."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if img.mode.startswith("I;16") and lo >= 0 and hi <= 65535:
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        g = np.clip((a - lo) * scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(g, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_encoder(store: Any, encoder_id: str) -> Any:
+    """The encoder recorded in the store, rebuilt from its metadata (its id must match)."""
+    try:
+        from cellbag.featurize import encoder_from_metadata
+    except ImportError as e:  # pragma: no cover - featurize is part of the package
+        raise RetrievalError(
+            f"image queries need cellbag.featurize.encoder_from_metadata ({e})"
+        ) from e
+    encoder = encoder_from_metadata(store.encoder_info(encoder_id))
+    if getattr(encoder, "id", encoder_id) != encoder_id:
+        raise RetrievalError(
+            f"store {_store_url(store)}: the encoder rebuilt from its metadata has id "
+            f"{encoder.id}, not {encoder_id} (weights or preprocessing differ); "
+            "re-featurize or restore the recorded weights"
+        )
+    return encoder
+
+
+def embed_image(store: Any, encoder_id: str, image: Any, encoder: Any = None) -> np.ndarray:
+    """Embed one image (path or PIL image) with exactly the encoder recorded in the store:
+    ``(1, dim)`` float32. ``encoder``: one already built by :func:`load_encoder`."""
+    img = image if hasattr(image, "mode") else open_image(image)  # a bad file fails first
+    encoder = encoder if encoder is not None else load_encoder(store, encoder_id)
+    vec = np.asarray(encoder.embed([to_rgb(img)]), dtype=np.float32)
+    expected = int(store.embeddings(encoder_id).shape[1])
+    if vec.shape != (1, expected):
+        raise RetrievalError(
+            f"encoder {encoder_id} gave an embedding of shape {vec.shape}, the store holds dim "
+            f"{expected}"
+        )
+    return vec
+
+
+def resolve_encoder(store: Any, encoder_id: str | None) -> str:
+    """``encoder_id``, or the store's only encoder when None."""
+    encoders = list(store.encoders())
+    if encoder_id is None:
+        if len(encoders) == 1:
+            return encoders[0]
+        if not encoders:
+            raise RetrievalError(f"store {_store_url(store)} holds no embeddings: run `cellbag featurize`")
+        raise RetrievalError(
+            f"store {_store_url(store)} holds several encoders, pick one with --encoder: "
+            + ", ".join(encoders)
+        )
+    if encoder_id not in encoders:
+        raise RetrievalError(
+            f"store {_store_url(store)} has no encoder {encoder_id}; it holds: "
+            + (", ".join(encoders) or "none")
+        )
+    return encoder_id
+
+
+class Retriever:
+    """A loaded index of one encoder plus the store tables needed to answer queries.
+
+    Hold one to ask many questions without reloading; :func:`neighbors` makes one per call.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        encoder_id: str | None = None,
+        *,
+        on_stale: str = "rebuild",
+        threads: int | None = None,
+    ) -> None:
+        self.store = store
+        self.encoder_id = resolve_encoder(store, encoder_id)
+        all_cells = store.cells()
+        self.all_cells = all_cells.assign(row=np.arange(len(all_cells), dtype=np.int64))
+        self.cells = ok_cells(store)
+        self.index: CellIndex = load_index(
+            store, self.encoder_id, on_stale=on_stale, threads=threads, cells=self.cells
+        )
+        if not np.array_equal(self.index.rows, self.cells["row"].to_numpy(np.int64)):
+            raise RetrievalError(  # guarded by the cells digest; should not happen
+                f"index of {self.encoder_id} does not match the cells of store {_store_url(store)}"
+                f"; rebuild it with `cellbag index {_store_url(store)} --encoder {self.encoder_id}`"
+            )
+        patients = store.patients().set_index("patient_id")
+        pid = self.cells["patient_id"]
+        self._patient = pid.astype(str).to_numpy()
+        self._split = pid.map(patients["split"]).astype(str).to_numpy()
+        self._label = pid.map(patients["label"]).astype("Int64").to_numpy()
+        self._cell_pos = pd.Series(
+            np.arange(len(self.all_cells)), index=self.all_cells["cell_id"].astype(str)
+        )
+        self.patients = patients
+        self._encoder: Any = None
+
+    # ------------------------------------------------------------------ helpers
+    def _cell_row(self, cell_id: str) -> int:
+        if cell_id not in self._cell_pos.index:
+            example = str(self.all_cells["cell_id"].iloc[0]) if len(self.all_cells) else "P1/x.jpg"
+            raise RetrievalError(
+                f"store {_store_url(self.store)} has no cell {cell_id!r} "
+                f"(cell ids look like {example!r})"
+            )
+        row = int(self._cell_pos[cell_id])
+        cell = self.all_cells.iloc[row]
+        status = str(cell.get("status", "ok"))
+        if status != "ok":
+            raise RetrievalError(
+                f"cell {cell_id} of store {_store_url(self.store)} is {status}: it has no embedding"
+            )
+        return row
+
+    def _query_by_cell(self, cell_id: str) -> tuple[np.ndarray, dict[str, Any]]:
+        row = self._cell_row(cell_id)
+        vec = np.asarray(self.store.embeddings(self.encoder_id)[row : row + 1], dtype=np.float32)
+        cell = self.all_cells.iloc[row]
+        pid = str(cell["patient_id"])
+        query = {
+            "kind": "cell",
+            "cell_id": cell_id,
+            "patient_id": pid,
+            "path": str(cell["path"]),
+            "split": str(self.patients["split"].get(pid, "")),
+            "label": self.patients["label"].get(pid, pd.NA),
+        }
+        return vec, query
+
+    def _query_by_image(self, image: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        img = image if hasattr(image, "mode") else open_image(image)
+        if self._encoder is None:
+            self._encoder = load_encoder(self.store, self.encoder_id)
+        vec = embed_image(self.store, self.encoder_id, img, self._encoder)
+        query: dict[str, Any] = {"kind": "image", "cell_id": None, "patient_id": None,
+                                 "path": None, "split": None, "label": pd.NA}
+        if not hasattr(image, "mode"):
+            path = str(image)
+            query["path"] = str(Path(path).resolve()) if "://" not in path else path
+            match = self.all_cells.index[self.all_cells["path"].astype(str) == query["path"]]
+            if len(match):  # the image is a cell of the store: its patient is known
+                cell = self.all_cells.loc[match[0]]
+                pid = str(cell["patient_id"])
+                query.update(
+                    cell_id=str(cell["cell_id"]),
+                    patient_id=pid,
+                    split=str(self.patients["split"].get(pid, "")),
+                    label=self.patients["label"].get(pid, pd.NA),
+                )
+        return vec, query
+
+    # -------------------------------------------------------------------- query
+    def query(
+        self,
+        cell_id: str | None = None,
+        image: Any = None,
+        k: int = 10,
+        other_patients: bool = False,
+        split: str = "all",
+    ) -> pd.DataFrame:
+        """The ``k`` most similar ``ok`` cells (see :func:`neighbors`)."""
+        if (cell_id is None) == (image is None):
+            raise RetrievalError("give exactly one query: a cell id or an image")
+        if split not in SPLITS:
+            raise RetrievalError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        if int(k) < 1:
+            raise RetrievalError(f"k must be >= 1, got {k}")
+        k = int(k)
+        if cell_id is not None:
+            vec, query = self._query_by_cell(str(cell_id))
+        else:
+            vec, query = self._query_by_image(image)
+        vec = normalize(vec, where="query")
+
+        allowed = np.ones(self.index.n, dtype=bool)
+        what = []
+        if split != "all":
+            allowed &= self._split == split
+            what.append(f"split {split}")
+        if other_patients:
+            if query["patient_id"] is None:
+                raise RetrievalError(
+                    f"--other-patients needs the query's patient: image {query['path'] or '<image>'}"
+                    f" is not a cell of store {_store_url(self.store)}"
+                )
+            allowed &= self._patient != query["patient_id"]
+            what.append(f"patients other than {query['patient_id']}")
+        n_allowed = int(allowed.sum())
+        if k > n_allowed:
+            scope = " and ".join(what) or "the index"
+            warnings.warn(
+                f"asked for k={k} neighbours but only {n_allowed} cells match ({scope}) in store "
+                f"{_store_url(self.store)}; returning {n_allowed}",
+                RetrievalWarning,
+                stacklevel=3,
+            )
+        k_eff = min(k, n_allowed)
+        if k_eff == 0:
+            return self._frame(np.zeros(0, np.float32), np.zeros(0, np.int64), query, what)
+        sims, pos = self.index.search(vec, k_eff, None if allowed.all() else allowed)
+        keep = pos[0] >= 0
+        sims, pos = sims[0][keep], pos[0][keep]
+        if len(pos) < k_eff:
+            warnings.warn(
+                f"the {self.index.kind} index of {self.encoder_id} found {len(pos)} of {k_eff} "
+                "neighbours under the filters; rebuild with --kind flat for exact search",
+                RetrievalWarning,
+                stacklevel=3,
+            )
+        return self._frame(sims, pos, query, what)
+
+    def _frame(
+        self, sims: np.ndarray, pos: np.ndarray, query: dict[str, Any], filters: list[str]
+    ) -> pd.DataFrame:
+        cells = self.cells.iloc[pos]
+        df = pd.DataFrame(
+            {
+                "rank": np.arange(1, len(pos) + 1, dtype=np.int64),
+                "cell_id": cells["cell_id"].astype(str).to_numpy(),
+                "patient_id": self._patient[pos],
+                "split": self._split[pos],
+                "label": pd.array(self._label[pos], dtype="Int64"),
+                "similarity": np.clip(sims.astype(np.float64), -1.0, 1.0),
+                "path": cells["path"].astype(str).to_numpy(),
+            },
+            columns=COLUMNS,
+        )
+        df.attrs.update(
+            {
+                "query": query,
+                "encoder_id": self.encoder_id,
+                "index_kind": self.index.kind,
+                "store": _store_url(self.store),
+                "filters": ", ".join(filters) or "none",
+            }
+        )
+        return df
+
+
+def neighbors(
+    store: Any,
+    encoder_id: str | None = None,
+    cell_id: str | None = None,
+    image: Any = None,
+    k: int = 10,
+    other_patients: bool = False,
+    split: str = "all",
+    *,
+    on_stale: str = "rebuild",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """The ``k`` cells most similar (cosine) to a cell of the store or to a new image.
+
+    ``image`` is a path (or PIL image) embedded with exactly the encoder recorded in the
+    store. ``other_patients`` drops the query's patient; ``split`` keeps one split. The
+    query cell itself is its own first neighbour unless filtered out. Columns: rank,
+    cell_id, patient_id, split, label, similarity, path; ``df.attrs['query']`` describes the
+    query. Fewer matching cells than ``k`` returns them all with a :class:`RetrievalWarning`.
+    A stale index is rebuilt with a warning (``on_stale='error'`` refuses instead).
+    """
+    retriever = Retriever(store, encoder_id, on_stale=on_stale, threads=threads)
+    return retriever.query(
+        cell_id=cell_id, image=image, k=k, other_patients=other_patients, split=split
+    )

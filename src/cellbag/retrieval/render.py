@@ -1,0 +1,208 @@
+"""Show a neighbours table: a montage PNG and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cellbag.retrieval.faiss_index import RetrievalError
+
+LABEL_NAMES = {1: "tumoral", 0: "reactive"}
+
+
+def label_name(label: Any) -> str:
+    """'tumoral', 'reactive' or 'unknown' for a label value (1, 0, <NA>)."""
+    if label is None or pd.isna(label):
+        return "unknown"
+    return LABEL_NAMES.get(int(label), str(label))
+
+
+def _placeholder(size: int, text: str) -> Any:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (225, 225, 225))
+    draw = ImageDraw.Draw(img)
+    draw.line([(0, 0), (size, size)], fill=(180, 180, 180), width=2)
+    draw.line([(0, size), (size, 0)], fill=(180, 180, 180), width=2)
+    draw.text((6, size // 2 - 6), text, fill=(90, 0, 0))
+    return img
+
+
+def thumbnail(source: Any, size: int) -> tuple[Any, bool]:
+    """A ``size``x``size`` RGB thumbnail of a path or PIL image, and whether it was found."""
+    from PIL import Image
+
+    from cellbag.retrieval.query import open_image, to_rgb
+
+    if source is None:
+        return _placeholder(size, "no image"), False
+    try:
+        img = to_rgb(source) if hasattr(source, "mode") else open_image(source)
+    except RetrievalError:
+        return _placeholder(size, "image missing"), False
+    img = img.copy()
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    tile = Image.new("RGB", (size, size), (255, 255, 255))
+    tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return tile, True
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _query_source(df: pd.DataFrame, query_image: Any) -> Any:
+    if query_image is not None:
+        return query_image
+    return df.attrs.get("query", {}).get("path")
+
+
+def _query_caption(query: dict[str, Any]) -> tuple[str, str]:
+    pid = query.get("patient_id") or "new image"
+    return "query", f"{pid} · {label_name(query.get('label'))}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def montage(
+    df: pd.DataFrame,
+    out: str | Path,
+    *,
+    query_image: Any = None,
+    thumb: int = 160,
+    columns: int = 6,
+) -> Path:
+    """Write a PNG grid: the query first (red frame), then each neighbour, captioned with
+    rank, similarity, patient and label."""
+    from PIL import Image, ImageDraw
+
+    out = Path(out)
+    query = df.attrs.get("query", {})
+    tiles = [(thumbnail(_query_source(df, query_image), thumb)[0], *_query_caption(query), True)]
+    for r in df.itertuples(index=False):
+        tile, _ = thumbnail(r.path, thumb)
+        tiles.append(
+            (tile, f"#{r.rank}  sim {r.similarity:.3f}", f"{r.patient_id} · {label_name(r.label)}", False)
+        )
+    pad, cap = 8, 34
+    cols = max(1, min(columns, len(tiles)))
+    rows = (len(tiles) + cols - 1) // cols
+    w, h = cols * (thumb + pad) + pad, rows * (thumb + cap + pad) + pad
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    for i, (tile, line1, line2, is_query) in enumerate(tiles):
+        x = pad + (i % cols) * (thumb + pad)
+        y = pad + (i // cols) * (thumb + cap + pad)
+        canvas.paste(tile, (x, y))
+        if is_query:
+            draw.rectangle([x - 3, y - 3, x + thumb + 2, y + thumb + 2], outline=(200, 30, 30), width=3)
+        draw.text((x, y + thumb + 3), line1, fill=(0, 0, 0), font=font)
+        draw.text((x, y + thumb + 18), line2, fill=(60, 60, 60), font=font)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    _atomic_write(out, buf.getvalue())
+    return out
+
+
+def _data_uri(img: Any) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+h1{font-size:20px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:16px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:%(t)dpx;font-size:12px} figure img{width:%(t)dpx;height:%(t)dpx;
+border:1px solid #ccc;border-radius:4px;display:block} figure.query img{border:3px solid #c81e1e}
+figcaption{margin-top:4px;line-height:1.35;word-break:break-all}
+.tumoral{color:#b00020;font-weight:600}.reactive{color:#1b5e20;font-weight:600}
+table{border-collapse:collapse;margin-top:24px;font-size:13px}
+th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums} .missing{color:#b00020}
+"""
+
+
+def html_page(
+    df: pd.DataFrame,
+    out: str | Path,
+    *,
+    query_image: Any = None,
+    thumb: int = 160,
+    title: str | None = None,
+) -> Path:
+    """Write a self-contained HTML page (thumbnails inlined as base64 PNG) showing the query
+    and its neighbours as a grid of captioned images and a table."""
+    out = Path(out)
+    esc = html.escape
+    query = df.attrs.get("query", {})
+    qimg, _ = thumbnail(_query_source(df, query_image), thumb)
+    qlabel = label_name(query.get("label"))
+    qdesc = query.get("cell_id") or query.get("path") or "image"
+    figures = [
+        f'<figure class="query"><img alt="query" src="{_data_uri(qimg)}">'
+        f"<figcaption><b>query</b> {esc(str(qdesc))}<br>"
+        f"{esc(str(query.get('patient_id') or 'new image'))} · "
+        f'<span class="{qlabel}">{qlabel}</span></figcaption></figure>'
+    ]
+    rows = []
+    for r in df.itertuples(index=False):
+        img, found = thumbnail(r.path, thumb)
+        lab = label_name(r.label)
+        missing = "" if found else ' <span class="missing">(image not found)</span>'
+        figures.append(
+            f'<figure class="neighbor"><img alt="{esc(r.cell_id)}" src="{_data_uri(img)}">'
+            f"<figcaption><b>#{r.rank}</b> sim {r.similarity:.3f}<br>{esc(r.cell_id)}<br>"
+            f'{esc(r.patient_id)} · <span class="{lab}">{lab}</span> · {esc(r.split)}{missing}'
+            "</figcaption></figure>"
+        )
+        rows.append(
+            f"<tr><td class=num>{r.rank}</td><td>{esc(r.cell_id)}</td><td>{esc(r.patient_id)}</td>"
+            f"<td>{esc(r.split)}</td><td class={lab}>{lab}</td>"
+            f"<td class=num>{r.similarity:.4f}</td><td>{esc(r.path)}</td></tr>"
+        )
+    title = title or f"Cells most similar to {qdesc}"
+    meta = (
+        f"store {df.attrs.get('store', '?')} · encoder {df.attrs.get('encoder_id', '?')} · "
+        f"index {df.attrs.get('index_kind', '?')} · filters: {df.attrs.get('filters', 'none')} · "
+        f"{len(df)} neighbours"
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{_CSS % {"t": thumb}}</style></head>
+<body><h1>{esc(title)}</h1><div class="meta">{esc(meta)}</div>
+<div class="grid">
+{chr(10).join(figures)}
+</div>
+<table><thead><tr><th>rank</th><th>cell id</th><th>patient</th><th>split</th><th>label</th>
+<th>similarity</th><th>path</th></tr></thead><tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
+    _atomic_write(out, page.encode("utf-8"))
+    return out

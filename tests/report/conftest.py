@@ -1,0 +1,166 @@
+"""Shared fixtures: a small demo cohort and a run folder written by hand in the cv layout.
+
+The synthetic run gives attention weights we choose (witness cells of tumoral patients
+weigh most), so the tests know which cells the galleries must show on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cellbag.data.demo import make_demo_cohort
+
+ENCODER_ID = "tf_efficientnet_lite0-synthetic"
+
+
+def _metric_block(values: list[float]) -> dict:
+    a = np.asarray(values, float)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)),
+        "ci95": [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))],
+        "n": len(a),
+    }
+
+
+def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2, folds: int = 3):
+    """Write RUN_DIR with heads `abmil` (attention) and `meanpool` (none) from the cohort's
+    ground truth. Returns (run_dir, ground_truth DataFrame)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    gt = pd.read_csv(cohort / "ground_truth.csv", dtype={"patient_id": str, "cell_id": str})
+    gt = gt[gt["split"] == "train"].copy()
+    gt["path"] = [str(cohort / f) for f in gt["file"]]
+    patients = gt.groupby("patient_id", sort=False)["label"].first()
+    pids = list(patients.index)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {"folds": folds, "repeats": repeats, "seed": seed, "assignments": []}
+    for _ in range(repeats):
+        perm = rng.permutation(len(pids))
+        splits["assignments"].append({pids[i]: int(j % folds) for j, i in enumerate(perm)})
+    (out / "splits.json").write_text(json.dumps(splits))
+    # one tumoral patient (the richest in witness cells) and one reactive patient are
+    # predicted wrong by every head, so the report has misclassified patients to show
+    n_wit = gt.groupby("patient_id")["witness"].sum()
+    wrong = {str(n_wit.idxmax()): 0.2, str(patients[patients == 0].index[0]): 0.8}
+    comp = []
+    for head, has_att in (("abmil", True), ("meanpool", False)):
+        d = out / head
+        d.mkdir(exist_ok=True)
+        oof, att = [], []
+        for r in range(repeats):
+            for pid in pids:
+                y = int(patients[pid])
+                # mostly right, a few confidently wrong (so there are misclassified patients)
+                p = float(np.clip(rng.normal(0.75 if y else 0.25, 0.15), 0.01, 0.99))
+                p = wrong.get(pid, p)
+                fold = splits["assignments"][r][pid]
+                oof.append(dict(patient_id=pid, repeat=r, fold=fold, probability=p, label=y))
+                if has_att:
+                    cells = gt[gt["patient_id"] == pid]
+                    score = rng.normal(0, 0.3, len(cells)) + 3.0 * cells["witness"].to_numpy()
+                    w = np.exp(score) / np.exp(score).sum()
+                    for (cid, path), wt in zip(
+                        cells[["cell_id", "path"]].itertuples(index=False), w, strict=False
+                    ):
+                        att.append(
+                            dict(
+                                patient_id=pid,
+                                cell_id=cid,
+                                path=path,
+                                repeat=r,
+                                fold=fold,
+                                weight=wt,
+                            )
+                        )
+        oof = pd.DataFrame(oof)
+        oof.to_csv(d / "oof_predictions.csv", index=False)
+        if has_att:
+            pd.DataFrame(att).to_csv(d / "attention.csv", index=False)
+            Image.new("RGB", (40, 30), "white").save(d / "roc.png")
+        per_fold = {
+            k: [] for k in ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity")
+        }
+        for (_r, _f), g in oof.groupby(["repeat", "fold"]):
+            y, p = g["label"].to_numpy(), g["probability"].to_numpy()
+            pred = (p >= 0.5).astype(int)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a fold of one class
+                per_fold["balanced_accuracy"].append(balanced_accuracy_score(y, pred))
+            per_fold["roc_auc"].append(roc_auc_score(y, p) if len(set(y)) == 2 else 0.5)
+            per_fold["f1"].append(f1_score(y, pred, zero_division=0))
+            per_fold["sensitivity"].append(((pred == 1) & (y == 1)).sum() / max((y == 1).sum(), 1))
+            per_fold["specificity"].append(((pred == 0) & (y == 0)).sum() / max((y == 0).sum(), 1))
+        metrics = {k: _metric_block(v) for k, v in per_fold.items()}
+        metrics["threshold"] = 0.5
+        (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        config = {
+            "head": head,
+            "encoder_id": ENCODER_ID,
+            "store": str(out.parent / "store.zarr"),
+            "clinical": True,
+            "folds": folds,
+            "repeats": repeats,
+            "seed": seed,
+            "params": {"epochs": 50, "lr": 0.001} if head == "abmil" else {"C": 1.0},
+        }
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+        comp.append({"head": head, "balanced_accuracy": metrics["balanced_accuracy"]["mean"]})
+    pd.DataFrame(comp).to_csv(out / "comparison.csv", index=False)
+    return out, gt
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(tmp_path_factory) -> Path:
+    return make_demo_cohort(
+        tmp_path_factory.mktemp("report_cohort") / "cohort", patients=12, cells_per_patient=10
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(demo_cohort, tmp_path_factory):
+    return make_synthetic_run(demo_cohort, tmp_path_factory.mktemp("report_run") / "run")
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(demo_cohort, tmp_path_factory) -> Path:
+    """A real store of the demo cohort with synthetic embeddings: witness cells share a
+    direction, so their nearest neighbours in other patients are witness cells too."""
+    from cellbag.data import read_cohort
+    from cellbag.store import Store
+
+    path = tmp_path_factory.mktemp("report_store") / "store.zarr"
+    store = Store.create(path, read_cohort(demo_cohort))
+    gt = pd.read_csv(demo_cohort / "ground_truth.csv", dtype={"cell_id": str})
+    witness = gt.set_index("cell_id").loc[store.cells()["cell_id"], "witness"].to_numpy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((len(witness), 16)).astype(np.float32)
+    x[:, 0] += 8.0 * witness
+    store.add_embeddings(ENCODER_ID, x, {"name": "tf_efficientnet_lite0", "weights": "synthetic"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_report(synthetic_run, synthetic_store, tmp_path_factory) -> Path:
+    from cellbag.report import write_report
+
+    run_dir, _ = synthetic_run
+    out = tmp_path_factory.mktemp("report_store_out") / "report"
+    return write_report(run_dir, out, store=synthetic_store, top_k=3, n_queries=2, n_neighbors=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(synthetic_run, tmp_path_factory) -> Path:
+    from cellbag.report import write_report
+
+    run_dir, _ = synthetic_run
+    return write_report(run_dir, tmp_path_factory.mktemp("report_out") / "report", top_k=3)
