@@ -35,22 +35,26 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def encoder_speed(model, pixels, batch_size: int, device: str, repeats: int = 2) -> float:
-    """Cells/s of an encoder forward (normalise + features) on pre-decoded uint8 pixels."""
+def encoder_speeds(encoders: dict, batch_size: int, device: str, rounds: int = 5) -> dict:
+    """Cells/s of each encoder forward (normalise + features) on its pre-decoded uint8
+    pixels. Encoders are timed in turn, round after round, and each keeps its best round,
+    so a machine shared with other work biases none of them."""
     import torch
 
-    x = torch.from_numpy(pixels)
-    model(x[:batch_size])  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = max(best, len(x) / (time.perf_counter() - t))
+    best = dict.fromkeys(encoders, 0.0)
+    for fn, x in encoders.values():
+        fn(torch.from_numpy(x[:batch_size]))  # warm-up
+    for _ in range(rounds):
+        for name, (fn, x) in encoders.items():
+            x = torch.from_numpy(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for i in range(0, len(x), batch_size):
+                fn(x[i : i + batch_size])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best[name] = max(best[name], len(x) / (time.perf_counter() - t))
     return best
 
 
@@ -73,7 +77,17 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the files here")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="cellbag-distill-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """The whole measurement, with its files under ``work``."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -86,8 +100,6 @@ def main() -> None:
     from cellbag.featurize.images import decode_file
     from cellbag.store import Store
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="cellbag-distill-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     n = args.train_patients + args.heldout_patients
     fig: dict[str, object] = {"threads": args.threads, "device": args.device}
     t0 = time.perf_counter()
@@ -175,15 +187,18 @@ def main() -> None:
     px_s = np.stack(
         [decode_file(p, student.image_size, student.interpolation).pixels for p in paths]
     )
-    speeds = {
-        "teacher tf_efficientnet_lite0 @224": encoder_speed(
-            teacher_enc.forward_pixels, px224, 64, "cpu"
-        ),
-        "ref. vit_small_patch16_224 @224": encoder_speed(vit.forward_pixels, px224, 64, "cpu"),
-        f"student {student.config['encoder']['name']} @{student.image_size}": encoder_speed(
-            lambda x: student.embed(x.numpy(), 64), px_s, 64, "cpu"
-        ),
-    }
+    speeds = encoder_speeds(
+        {
+            "teacher tf_efficientnet_lite0 @224": (teacher_enc.forward_pixels, px224),
+            "ref. vit_small_patch16_224 @224": (vit.forward_pixels, px224),
+            f"student {student.config['encoder']['name']} @{student.image_size}": (
+                lambda x: student.embed(x.numpy(), 64),
+                px_s,
+            ),
+        },
+        64,
+        "cpu",
+    )
     fig["cells_per_s"] = {k: round(v, 1) for k, v in speeds.items()}
     s_speed = list(speeds.values())[-1]
     fig["speedup_vs_teacher"] = round(s_speed / list(speeds.values())[0], 2)
@@ -220,8 +235,6 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2))
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

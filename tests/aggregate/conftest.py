@@ -21,6 +21,12 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def fast():
+    """Head parameters for quick cross-validation runs."""
+    return FAST
+
+
+@pytest.fixture(scope="session")
 def store_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("agg") / "store.zarr"
     witness_store(str(path), n_train=48, n_test=10, cells=(20, 30), dim=16, seed=0)
@@ -33,8 +39,16 @@ def cv_run(store_path, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "cv"
     table = run_cv(
-        str(store_path), None, heads="meanpool,abmil,lgbm", out=out, folds=3, repeats=2,
-        seed=0, head_params=FAST, threads=1, quiet=True,
+        str(store_path),
+        None,
+        heads="meanpool,abmil,lgbm",
+        out=out,
+        folds=3,
+        repeats=2,
+        seed=0,
+        head_params=FAST,
+        threads=1,
+        quiet=True,
     )
     return out, table
 

@@ -70,7 +70,9 @@ def test_permutation_invariant(name):
     bags, clin, y = _data()
     head = make_head(name, **QUICK.get(name, {})).fit(bags, clin, y)
     perm = [b[::-1].copy() for b in bags]
-    np.testing.assert_allclose(head.predict_proba(perm, clin), head.predict_proba(bags, clin), atol=1e-5)
+    np.testing.assert_allclose(
+        head.predict_proba(perm, clin), head.predict_proba(bags, clin), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -97,7 +99,9 @@ def test_clinical_fusion_is_used_or_ignored(name):
     flipped[:, 0] = (1 - y) * 3.0
     assert not np.allclose(with_c.predict_proba(bags, clin), with_c.predict_proba(bags, flipped))
     without = make_head(name, clinical=False, **QUICK.get(name, {})).fit(bags, clin, y)
-    np.testing.assert_array_equal(without.predict_proba(bags, clin), without.predict_proba(bags, flipped))
+    np.testing.assert_array_equal(
+        without.predict_proba(bags, clin), without.predict_proba(bags, flipped)
+    )
 
 
 def test_bad_inputs_are_clear_errors():
@@ -112,8 +116,8 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(AggregateError, match="call fit"):
         head.predict_proba(bags, clin)
     head.fit(bags, clin, y)
-    with pytest.raises(AggregateError, match="3 columns, the head was fitted with"):
-        head.predict_proba(bags, clin[:, :2].copy() if False else np.zeros((len(bags), 2)))
+    with pytest.raises(AggregateError, match="2 columns, the head was fitted with 3"):
+        head.predict_proba(bags, np.zeros((len(bags), 2)))
     with pytest.raises(AggregateError, match="no per-cell weights"):
         head.cell_weights(bags, clin)
 

@@ -93,3 +93,22 @@ def test_adapter_on_a_cnn_student_is_a_clear_error():
 def test_unknown_student_encoder_is_a_clear_error():
     with pytest.raises(DistillError, match="not_a_model"):
         build_student(StudentSpec(encoder="not_a_model", image_size=32), weights="none")
+
+
+def test_trainable_blocks_freezes_the_stem_and_early_blocks():
+    spec = StudentSpec(encoder="tf_efficientnet_lite0", image_size=32, n_clinical=0)
+    model, _ = build_student(spec, weights="none", trainable_blocks=2)
+    enc = model.encoder
+    n = len(enc.blocks)
+    trains = {k: p.requires_grad for k, p in enc.named_parameters()}
+    assert not trains["conv_stem.weight"]
+    assert not any(v for k, v in trains.items() if k.startswith(f"blocks.{n - 3}."))
+    assert all(v for k, v in trains.items() if k.startswith((f"blocks.{n - 1}.", "conv_head")))
+    vit, _ = build_student(
+        StudentSpec(encoder="vit_tiny_patch16_224", image_size=32, n_clinical=0),
+        weights="none",
+        trainable_blocks=1,
+    )
+    names = [k for k, p in vit.encoder.named_parameters() if p.requires_grad]
+    assert names and all(k.startswith(("blocks.11.", "norm.", "fc_norm.", "head")) for k in names)
+    assert not vit.encoder.pos_embed.requires_grad

@@ -202,3 +202,31 @@ def test_cli_errors_are_one_line(tmp_path, feat_cohort) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "no feature store here" in out.stderr
+
+
+def test_changed_images_are_reported(tmp_path, feat_cohort, tiny_encoder, feat_kw) -> None:
+    import shutil
+
+    from cellbag.data import read_cohort
+
+    root = tmp_path / "copy"
+    shutil.copytree(feat_cohort.root, root)
+    cohort = read_cohort(root)
+    path = tmp_path / "changed.zarr"
+    run_featurize(cohort, path, tiny_encoder, **feat_kw)
+    victim = cohort.cells.iloc[3]
+    Image.new("RGB", (30, 30), "blue").save(victim["path"], format="JPEG")
+    r = run_featurize(cohort, path, tiny_encoder, force=True, **feat_kw)
+    assert r.changed == [victim["cell_id"]]
+
+
+def test_ranks_write_disjoint_blocks(
+    tmp_path, feat_cohort, tiny_encoder, reference_run, feat_kw
+) -> None:
+    path = tmp_path / "ranks.zarr"
+    r0 = run_featurize(feat_cohort, path, tiny_encoder, rank=0, world=2, job_id="j", **feat_kw)
+    assert not r0.complete and r0.blocks_computed == (r0.store.n_blocks + 1) // 2
+    r1 = run_featurize(feat_cohort, path, tiny_encoder, rank=1, world=2, job_id="j", **feat_kw)
+    assert r1.complete and r0.cells_computed + r1.cells_computed == r1.store.n_cells
+    eid = tiny_encoder.id
+    np.testing.assert_array_equal(_raw(r1.store, eid), _raw(reference_run.store, eid))

@@ -149,6 +149,53 @@ def synthetic_store(demo_cohort, tmp_path_factory) -> Path:
     return path
 
 
+WITNESS_ENCODER = "synthetic-witness"
+
+
+@pytest.fixture(scope="session")
+def witness_store(tmp_path_factory):
+    """A cohort of real JPEG crops in the challenge layout, with a store whose synthetic
+    embeddings (``cellbag.aggregate.synthetic.witness_cohort``) carry the signal only in a
+    few witness cells per tumoral bag; the witness crops are smudge / small mature cells.
+    Returns (store path, set of witness cell ids). Cheap: crops are rendered once and copied."""
+    from cellbag.aggregate.synthetic import witness_cohort
+    from cellbag.data import read_cohort
+    from cellbag.data.demo import render_cell
+    from cellbag.store import Store
+
+    root = tmp_path_factory.mktemp("report_witness")
+    rng = np.random.default_rng(1)
+    crops = {}
+    for t in ("normal", "activated", "small_mature", "smudge"):
+        crops[t] = []
+        for i in range(3):
+            p = root / "crops" / f"{t}{i}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            render_cell(t, rng).save(p, quality=90)
+            crops[t].append(p.read_bytes())
+    wc = witness_cohort(n_patients=40, cells=12, dim=16, witnesses=3, shift=5.0, seed=0)
+    rows, vectors, witnesses = [], {}, set()
+    for i, (bag, y, wit) in enumerate(zip(wc.bags, wc.y, wc.witness, strict=True)):
+        pid = f"P{i + 1}"
+        folder = root / "cohort" / "trainset" / pid
+        folder.mkdir(parents=True)
+        for j, (vec, w) in enumerate(zip(bag, wit, strict=True)):
+            kinds = ("small_mature", "smudge") if w else ("normal", "activated")
+            (folder / f"{j:06d}.jpg").write_bytes(crops[kinds[j % 2]][j % 3])
+            cid = f"{pid}/{j:06d}.jpg"
+            vectors[cid] = vec
+            if w:
+                witnesses.add(cid)
+        rows.append((pid, int(y), "F" if i % 2 else "M", "3/4/1950", 5.0 + i % 9))
+    pd.DataFrame(rows, columns=["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]).to_csv(
+        root / "cohort" / "trainset" / "trainset_true.csv", index=False
+    )
+    store = Store.create(root / "store.zarr", read_cohort(root / "cohort"))
+    x = np.stack([vectors[c] for c in store.cells()["cell_id"]])
+    store.add_embeddings(WITNESS_ENCODER, x, {"name": "synthetic", "weights": "witness_cohort"})
+    return root / "store.zarr", witnesses
+
+
 @pytest.fixture(scope="session")
 def store_report(synthetic_run, synthetic_store, tmp_path_factory) -> Path:
     from cellbag.report import write_report

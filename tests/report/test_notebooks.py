@@ -18,6 +18,7 @@ SMALL = {
     "HF_HUB_OFFLINE": "1",
     "OMP_NUM_THREADS": "2",
     "MPLBACKEND": "Agg",
+    "CELLBAG_NB_EPOCHS": "10",
 }
 
 

@@ -18,7 +18,9 @@ DIM = 16
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
-    root = make_demo_cohort(tmp_path_factory.mktemp("demo"), patients=8, cells_per_patient=6, seed=0)
+    root = make_demo_cohort(
+        tmp_path_factory.mktemp("demo"), patients=8, cells_per_patient=6, seed=0
+    )
     return read_cohort(root)
 
 

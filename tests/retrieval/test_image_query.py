@@ -8,7 +8,7 @@ from PIL import Image
 
 from cellbag.errors import CellbagError
 from cellbag.featurize import run_featurize
-from cellbag.retrieval import Retriever, RetrievalError, RetrievalWarning, neighbors
+from cellbag.retrieval import RetrievalError, RetrievalWarning, Retriever, neighbors
 
 
 def first_cell(store):

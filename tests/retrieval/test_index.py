@@ -14,12 +14,16 @@ from cellbag.retrieval.faiss_index import array_chunks, normalize
 def clustered(n: int, dim: int = 24, clusters: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim)).astype(np.float32)
-    x = centers[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = centers[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, dim)).astype(
+        np.float32
+    )
     return x.astype(np.float32)
 
 
 def build(x: np.ndarray, kind: str, **kw) -> CellIndex:
-    return CellIndex.build(array_chunks(x, rows=700), len(x), x.shape[1], kind=kind, threads=1, **kw)
+    return CellIndex.build(
+        array_chunks(x, rows=700), len(x), x.shape[1], kind=kind, threads=1, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,9 @@ def test_auto_is_exact_below_threshold_and_ivf_above():
     assert choose_params(EXACT_MAX).kind == "flat"
     p = choose_params(1_000_000)
     assert p.kind == "ivf"
-    assert p.nlist == round(4 * math.sqrt(1_000_000))
-    assert 8 <= p.nprobe < p.nlist
+    assert p.nlist == round(math.sqrt(1_000_000)) == 1000
+    assert p.nprobe == 16 and p.train_size == 40_000
+    assert choose_params(EXACT_MAX + 1).nprobe == 8  # never fewer than 8 lists
     assert p.train_size <= 1_000_000
     h = choose_params(10, "hnsw")
     assert h.M > 0 and h.ef_search >= 64
@@ -51,6 +56,9 @@ def test_bad_kind_and_parameter_are_clear_errors():
         choose_params(10, "flat", nprob=3)
     with pytest.raises(RetrievalError, match="0 vectors"):
         choose_params(0)
+    with pytest.raises(RetrievalError, match="nlist must be between 1 and the 10 vectors"):
+        choose_params(10, "ivf", nlist=11)
+    assert choose_params(100, "ivf", nlist=2, nprobe=5).nprobe == 2  # clipped to nlist
 
 
 def test_flat_nearest_of_each_vector_is_itself(data):

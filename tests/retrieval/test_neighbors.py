@@ -8,13 +8,13 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAKE, fake_embeddings
+from conftest import DIM, FAKE, fake_embeddings
 
 from cellbag.errors import CellbagError
 from cellbag.retrieval import (
-    Retriever,
     RetrievalError,
     RetrievalWarning,
+    Retriever,
     StaleIndexError,
     build_index,
     index_dir,
@@ -62,7 +62,9 @@ def test_other_patients_excludes_the_query_patient(fake_store):
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_split_filter(fake_store, split):
-    df = neighbors(fake_store, FAKE, cell_id=fake_store.cells()["cell_id"].iloc[0], k=5, split=split)
+    df = neighbors(
+        fake_store, FAKE, cell_id=fake_store.cells()["cell_id"].iloc[0], k=5, split=split
+    )
     assert len(df) == 5 and set(df["split"]) == {split}
 
 
@@ -75,7 +77,11 @@ def test_k_larger_than_store_returns_what_exists_with_a_warning(fake_store):
     n_other = int((fake_store.cells()["patient_id"] != pid).sum())
     with pytest.warns(RetrievalWarning, match=f"only {n_other} cells match"):
         df = neighbors(
-            fake_store, FAKE, cell_id=fake_store.cells()["cell_id"].iloc[0], k=1000, other_patients=True
+            fake_store,
+            FAKE,
+            cell_id=fake_store.cells()["cell_id"].iloc[0],
+            k=1000,
+            other_patients=True,
         )
     assert len(df) == n_other
 
@@ -110,7 +116,9 @@ def test_stale_index_is_rebuilt_with_a_notice_after_rewriting(fake_store):
     cell_id = fake_store.cells()["cell_id"].iloc[5]
     build_index(fake_store, FAKE, kind="flat")
     before = neighbors(fake_store, FAKE, cell_id=cell_id, k=5)
-    fake_store.add_embeddings(FAKE, fake_embeddings(len(fake_store.cells()), seed=99), {"name": FAKE})
+    fake_store.add_embeddings(
+        FAKE, fake_embeddings(len(fake_store.cells()), seed=99), {"name": FAKE}
+    )
     with pytest.warns(RetrievalWarning, match="rebuilding stale index.*embeddings changed"):
         after = neighbors(fake_store, FAKE, cell_id=cell_id, k=5)
     assert after["cell_id"].iloc[0] == cell_id  # the new vectors are the ones searched
@@ -124,8 +132,12 @@ def test_stale_index_is_rebuilt_with_a_notice_after_rewriting(fake_store):
 
 def test_stale_index_is_refused_when_asked(fake_store):
     build_index(fake_store, FAKE, kind="ivf", nlist=2)
-    fake_store.add_embeddings(FAKE, fake_embeddings(len(fake_store.cells()), seed=5), {"name": FAKE})
-    with pytest.raises(StaleIndexError, match=f"stale index.*re-featurized.*cellbag index .* --encoder {FAKE}"):
+    fake_store.add_embeddings(
+        FAKE, fake_embeddings(len(fake_store.cells()), seed=5), {"name": FAKE}
+    )
+    with pytest.raises(
+        StaleIndexError, match=f"stale index.*re-featurized.*cellbag index .* --encoder {FAKE}"
+    ):
         neighbors(fake_store, FAKE, cell_id=fake_store.cells()["cell_id"].iloc[0], on_stale="error")
     # a rebuild keeps the kind and the parameters it was built with
     with pytest.warns(RetrievalWarning):
@@ -140,7 +152,9 @@ def test_unreadable_cells_are_not_indexed_and_staleness_sees_them(fake_store):
     status = np.zeros(len(cells), np.uint8)
     status[2] = 1
     data = fake_embeddings(len(cells))  # same numbers; only the status changes
-    fake_store.write_block(FAKE, 0, data[: fake_store.block_range(0)[1]], status=status[: fake_store.block_range(0)[1]])
+    fake_store.write_block(
+        FAKE, 0, data[: fake_store.block_range(0)[1]], status=status[: fake_store.block_range(0)[1]]
+    )
     with pytest.warns(RetrievalWarning, match="readable cells changed"):
         df = neighbors(fake_store, FAKE, cell_id=cells["cell_id"].iloc[0], k=len(cells) - 1)
     assert victim not in set(df["cell_id"]) and len(df) == len(cells) - 1
@@ -189,3 +203,9 @@ def test_bad_queries_are_one_line_errors(fake_store, kwargs, message):
     with pytest.raises(CellbagError, match=message) as e:
         neighbors(fake_store, FAKE, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_unfinished_encoder_names_the_command_to_run(fake_store):
+    fake_store.init_encoder("half-done", DIM, {"name": "half-done"})
+    with pytest.raises(CellbagError, match="half-done is unfinished.*cellbag featurize"):
+        neighbors(fake_store, "half-done", cell_id=fake_store.cells()["cell_id"].iloc[0])

@@ -55,7 +55,9 @@ class BagSet:
         return BagSet(
             patient_ids=[self.patient_ids[i] for i in idx],
             bags=[self.bags[i] for i in idx],
-            patients=None if self.patients is None else self.patients.iloc[idx].reset_index(drop=True),
+            patients=None
+            if self.patients is None
+            else self.patients.iloc[idx].reset_index(drop=True),
             labels=None if self.labels is None else self.labels[idx],
             cell_ids=pick(self.cell_ids),
             cell_paths=pick(self.cell_paths),
@@ -76,7 +78,11 @@ class BagSet:
         """Bags without a store: ``clinical`` is a patients table (gender, dob,
         lymph_count; scaled by ``ClinicalScaler``) or a raw numeric matrix (standardised)."""
         n = len(bags)
-        pids = [str(p) for p in patient_ids] if patient_ids is not None else [f"P{i}" for i in range(n)]
+        pids = (
+            [str(p) for p in patient_ids]
+            if patient_ids is not None
+            else [f"P{i}" for i in range(n)]
+        )
         patients, matrix = None, None
         if isinstance(clinical, pd.DataFrame):
             patients = clinical.drop(columns=["label"], errors="ignore").reset_index(drop=True)
@@ -85,7 +91,10 @@ class BagSet:
         elif clinical is not None:
             matrix = np.asarray(clinical, dtype=np.float32).reshape(n, -1)
         y = None if labels is None else np.asarray(labels).astype(np.int64)
-        cell_ids = [np.array([f"{p}/{j}" for j in range(len(b))], dtype=object) for p, b in zip(pids, bags, strict=True)]
+        cell_ids = [
+            np.array([f"{p}/{j}" for j in range(len(b))], dtype=object)
+            for p, b in zip(pids, bags, strict=True)
+        ]
         return cls(pids, list(bags), patients, y, cell_ids, None, matrix)
 
 
@@ -100,7 +109,9 @@ def resolve_encoder(store: Any, encoder_id: str | None) -> str:
         raise AggregateError(
             f"{store.path}: no embeddings in this store yet; run `cellbag featurize DATA {store.path}` first"
         )
-    raise AggregateError(f"{store.path}: several encoders ({', '.join(have)}); pick one with --encoder")
+    raise AggregateError(
+        f"{store.path}: several encoders ({', '.join(have)}); pick one with --encoder"
+    )
 
 
 def open_store(store: Any) -> Any:

@@ -112,7 +112,9 @@ class Head:
             self._fit(bags, c, labels)
         return self
 
-    def _inputs(self, bags: Bags, clinical: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+    def _inputs(
+        self, bags: Bags, clinical: np.ndarray | None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         if not self.fitted:
             raise AggregateError(f"head {self.name!r}: call fit() first")
         b = check_bags(bags, self.dim_)

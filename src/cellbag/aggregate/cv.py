@@ -191,23 +191,30 @@ def cross_validate(
     if note:
         console.print(f"[yellow]note:[/] {note}")
     if data.skipped:
-        console.print(f"[yellow]note:[/] skipped patients without usable cells: {', '.join(data.skipped)}")
-    splits = load_or_make_splits(out / "splits.json", data.patient_ids, data.labels, folds, repeats, seed)
+        console.print(
+            f"[yellow]note:[/] skipped patients without usable cells: {', '.join(data.skipped)}"
+        )
+    splits = load_or_make_splits(
+        out / "splits.json", data.patient_ids, data.labels, folds, repeats, seed
+    )
     check_splits(splits)
     index = {p: i for i, p in enumerate(data.patient_ids)}
     digest = _data_digest(data)
     threads = threads or available_cores()
 
     rows = []
-    with torch_threads(threads), Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=quiet,
-    ) as progress:
+    with (
+        torch_threads(threads),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        ) as progress,
+    ):
         for name in names:
             params = dict(head_params.get(name, {}))
             proto = make_head(name, clinical=clinical, seed=seed, **params)
@@ -231,7 +238,9 @@ def cross_validate(
                 except ValueError:
                     same = False
                 if not same and fold_dir.exists():
-                    console.print(f"[yellow]note:[/] {head_dir}: settings changed, recomputing its folds")
+                    console.print(
+                        f"[yellow]note:[/] {head_dir}: settings changed, recomputing its folds"
+                    )
                     shutil.rmtree(fold_dir)
             fold_dir.mkdir(parents=True, exist_ok=True)
             _atomic_json(head_dir / "config.json", {"key": key, "state": "running"})
@@ -252,7 +261,9 @@ def cross_validate(
                         "fold": f,
                         "patients": s["test"],
                         "probability": res.proba.tolist(),
-                        "cell_weights": None if res.weights is None else [w.tolist() for w in res.weights],
+                        "cell_weights": None
+                        if res.weights is None
+                        else [w.tolist() for w in res.weights],
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
@@ -296,7 +307,9 @@ def write_head_outputs(
             oof_rows.append((pid, rec["repeat"], rec["fold"], float(prob), int(lab)))
         if rec.get("cell_weights") is not None:
             for pid, i, w in zip(rec["patients"], idx, rec["cell_weights"], strict=True):
-                ids = data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
+                ids = (
+                    data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
+                )
                 paths = data.cell_paths[i] if data.cell_paths is not None else np.full(len(w), "")
                 att.append(
                     pd.DataFrame(
@@ -316,7 +329,7 @@ def write_head_outputs(
     if att:
         pd.concat(att, ignore_index=True).to_csv(head_dir / "attention.csv", index=False)
     pooled = {k: [] for k in METRICS}
-    for r, g in oof.groupby("repeat"):
+    for _, g in oof.groupby("repeat"):
         m = binary_metrics(g["label"].to_numpy(), g["probability"].to_numpy(), THRESHOLD)
         for k in METRICS:
             pooled[k].append(m[k])
@@ -335,7 +348,9 @@ def write_head_outputs(
         "per_fold": per_fold,
     }
     _atomic_json(head_dir / "metrics.json", metrics)
-    roc_plot(oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)")
+    roc_plot(
+        oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
+    )
     config = {
         "key": key,
         "state": "done",
@@ -347,7 +362,11 @@ def write_head_outputs(
         **(extra_config or {}),
     }
     _atomic_json(head_dir / "config.json", config)
-    row: dict[str, Any] = {"head": name, "clinical": key["clinical"], "n_patients": len(data.patient_ids)}
+    row: dict[str, Any] = {
+        "head": name,
+        "clinical": key["clinical"],
+        "n_patients": len(data.patient_ids),
+    }
     for k in METRICS:
         for stat in ("mean", "std", "ci95_low", "ci95_high"):
             row[f"{k}_{stat}"] = summary[k][stat]

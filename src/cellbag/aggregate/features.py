@@ -27,7 +27,9 @@ def kmeans(
         c = np.asarray(centers)
         for _ in range(iters):
             assign = _sqdist(x, c).argmin(1)
-            new = np.array([x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)])
+            new = np.array(
+                [x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)]
+            )
             if np.allclose(new, c):
                 break
             c = new
@@ -95,9 +97,7 @@ class BagStats:
             q = np.quantile(p, QUANTILES, axis=0).ravel()
             frac = np.bincount(self.assign(p), minlength=k) / len(p)
             rows.append(
-                np.concatenate(
-                    [p.mean(0), p.std(0), p.min(0), p.max(0), q, frac, [np.log(len(p))]]
-                )
+                np.concatenate([p.mean(0), p.std(0), p.min(0), p.max(0), q, frac, [np.log(len(p))]])
             )
         return np.asarray(rows, dtype=np.float64)
 

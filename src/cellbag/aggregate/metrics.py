@@ -9,7 +9,9 @@ import numpy as np
 METRICS = ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity")
 
 
-def binary_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """Balanced accuracy, ROC AUC, F1, sensitivity and specificity; predictions are
     ``proba >= threshold``. Balanced accuracy is ``balanced_accuracy_score(y_true, y_pred)``
     (that argument order: a constant predictor scores 0.5). AUC is NaN with one class."""
@@ -37,7 +39,13 @@ def summarize(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     ok = a[~np.isnan(a)]
     if len(ok) == 0:
-        return {"mean": math.nan, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan, "n": 0}
+        return {
+            "mean": math.nan,
+            "std": math.nan,
+            "ci95_low": math.nan,
+            "ci95_high": math.nan,
+            "n": 0,
+        }
     lo, hi = np.percentile(ok, [2.5, 97.5])
     return {
         "mean": float(ok.mean()),

@@ -40,7 +40,9 @@ def _clinical(scaler: Any, patients: pd.DataFrame | None) -> np.ndarray | None:
     return scaler.transform(patients)
 
 
-def _fit_member(data: BagSet, idx: np.ndarray, head_name: str, clinical: bool, seed: int, params: dict):
+def _fit_member(
+    data: BagSet, idx: np.ndarray, head_name: str, clinical: bool, seed: int, params: dict
+):
     from cellbag.aggregate.registry import make_head
     from cellbag.data import ClinicalScaler
 
@@ -83,17 +85,23 @@ class FittedModel:
     def has_cell_weights(self) -> bool:
         return self.members[0].head.has_cell_weights
 
-    def predict_proba(self, bags: list[np.ndarray], patients: pd.DataFrame | None = None) -> np.ndarray:
+    def predict_proba(
+        self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Mean probability of class 1 over the members."""
         ps = [m.head.predict_proba(bags, _clinical(m.scaler, patients)) for m in self.members]
         return np.mean(ps, axis=0)
 
-    def cell_weights(self, bags: list[np.ndarray], patients: pd.DataFrame | None = None) -> list[np.ndarray]:
+    def cell_weights(
+        self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
+    ) -> list[np.ndarray]:
         """Per-cell attention (mean over members; each bag's weights sum to 1)."""
         ws = [m.head.cell_weights(bags, _clinical(m.scaler, patients)) for m in self.members]
         return [np.mean([w[i] for w in ws], axis=0) for i in range(len(bags))]
 
-    def predict_store(self, store: Any, split: str = "test", threshold: float | None = None) -> pd.DataFrame:
+    def predict_store(
+        self, store: Any, split: str = "test", threshold: float | None = None
+    ) -> pd.DataFrame:
         """``patient_id, probability, predicted`` for a store's split; patients without
         usable cells get probability NaN and the majority class of training."""
         data = load_bags(open_store(store), self.encoder_id, split=split)
@@ -104,7 +112,9 @@ class FittedModel:
         df["predicted"] = (df["probability"] >= t).astype(int)
         if data.skipped:
             fallback = int(self.doc.get("train_prevalence", 0.0) >= 0.5)
-            extra = pd.DataFrame({"patient_id": data.skipped, "probability": np.nan, "predicted": fallback})
+            extra = pd.DataFrame(
+                {"patient_id": data.skipped, "probability": np.nan, "predicted": fallback}
+            )
             df = pd.concat([df, extra], ignore_index=True)
         return df
 
@@ -116,7 +126,9 @@ def load_model(folder: str | Path) -> FittedModel:
     folder = Path(folder)
     path = folder / "model.json"
     if not path.is_file():
-        raise AggregateError(f"{folder}: not a model folder (no model.json); run `cellbag fit` first")
+        raise AggregateError(
+            f"{folder}: not a model folder (no model.json); run `cellbag fit` first"
+        )
     try:
         doc = json.loads(path.read_text())
         if doc.get("format") != MODEL_FORMAT:
@@ -125,18 +137,24 @@ def load_model(folder: str | Path) -> FittedModel:
         for name in doc["members"]:
             head = Head.load(folder / name)
             cpath = folder / name / "clinical.json"
-            scaler = ClinicalScaler.from_dict(json.loads(cpath.read_text())) if cpath.is_file() else None
+            scaler = (
+                ClinicalScaler.from_dict(json.loads(cpath.read_text())) if cpath.is_file() else None
+            )
             members.append(Member(head, scaler))
     except (OSError, ValueError, KeyError) as e:
         raise AggregateError(f"{path}: unreadable model ({e})") from None
     return FittedModel(folder, doc, members)
 
 
-def _threshold_from_run(cv_run: Path, head_name: str, clinical: bool, encoder_id: str) -> tuple[float, str]:
+def _threshold_from_run(
+    cv_run: Path, head_name: str, clinical: bool, encoder_id: str
+) -> tuple[float, str]:
     head_dir = Path(cv_run) / head_name
     oof_path, cfg_path = head_dir / "oof_predictions.csv", head_dir / "config.json"
     if not oof_path.is_file():
-        raise AggregateError(f"{oof_path}: missing; run `cellbag cv ... --head {head_name} --out {cv_run}`")
+        raise AggregateError(
+            f"{oof_path}: missing; run `cellbag cv ... --head {head_name} --out {cv_run}`"
+        )
     key = json.loads(cfg_path.read_text()).get("key", {}) if cfg_path.is_file() else {}
     if key and (key.get("clinical") != clinical or key.get("encoder_id") != encoder_id):
         raise AggregateError(
@@ -212,7 +230,9 @@ def fit_model(
             try:
                 value = float(threshold)
             except ValueError:
-                raise AggregateError(f"--threshold must be a number or 'youden', not {threshold!r}") from None
+                raise AggregateError(
+                    f"--threshold must be a number or 'youden', not {threshold!r}"
+                ) from None
             if not 0.0 <= value <= 1.0:
                 raise AggregateError(f"--threshold {value} is not a probability in [0, 1]")
             thr_doc = {"value": value, "method": "fixed", "source": "given"}
@@ -254,7 +274,9 @@ def write_submission(pred: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     """``out``: ``Id,Predicted`` (0/1); ``<out stem>_proba.csv``: ``Id,Probability,Predicted``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sub = pd.DataFrame({"Id": pred["patient_id"].astype(str), "Predicted": pred["predicted"].astype(int)})
+    sub = pd.DataFrame(
+        {"Id": pred["patient_id"].astype(str), "Predicted": pred["predicted"].astype(int)}
+    )
     proba = pd.DataFrame(
         {
             "Id": pred["patient_id"].astype(str),

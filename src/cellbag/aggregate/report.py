@@ -23,29 +23,38 @@ def _cell(row: pd.Series, k: str, interval: bool) -> str:
     m, s = row[f"{k}_mean"], row[f"{k}_std"]
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "–"
-    text = f"{m:.3f} ± {s:.3f}"
+    text = f"{m:.3f}±{s:.3f}" if interval else f"{m:.2f}\n±{s:.2f}"
     if interval:
-        text += f"\n[{row[f'{k}_ci95_low']:.2f}, {row[f'{k}_ci95_high']:.2f}]"
+        text += f"\n[{row[f'{k}_ci95_low']:.2f},{row[f'{k}_ci95_high']:.2f}]"
     return text
 
 
 def comparison_table(table: pd.DataFrame, title: str = "cross-validation"):
     """A rich Table: one row per head, mean ± std (and 95% interval) of each metric; the
     best balanced accuracy in bold."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=title, caption="mean ± std over folds×repeats; [2.5–97.5th percentiles]")
-    t.add_column("head", style="bold cyan")
-    t.add_column("clinical")
+    t = Table(
+        title=title,
+        caption="mean±std over folds×repeats; [2.5–97.5th percentiles]",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    width = max([4, *(len(str(h)) for h in table.get("head", []))])
+    t.add_column("head", style="bold cyan", no_wrap=True, min_width=width)
+    t.add_column("clin", no_wrap=True)
     for k in METRICS:
-        t.add_column(LABELS[k], justify="right")
-    t.add_column("time (s)", justify="right")
+        t.add_column(LABELS[k], justify="right", no_wrap=True)
+    t.add_column("s", justify="right", no_wrap=True)
     best = table["balanced_accuracy_mean"].max() if len(table) else None
     for _, row in table.iterrows():
         cells = [_cell(row, k, interval=k in ("balanced_accuracy", "roc_auc")) for k in METRICS]
         if best is not None and row["balanced_accuracy_mean"] == best:
             cells[0] = f"[bold green]{cells[0]}[/]"
-        t.add_row(str(row["head"]), "yes" if row["clinical"] else "no", *cells, f"{row['seconds']:.1f}")
+        t.add_row(
+            str(row["head"]), "yes" if row["clinical"] else "no", *cells, f"{row['seconds']:.1f}"
+        )
     return t
 
 

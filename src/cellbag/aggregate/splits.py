@@ -33,7 +33,9 @@ def make_splits(
     for r in range(repeats):
         skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 7919 * r)
         for f, (tr, te) in enumerate(skf.split(np.zeros(len(y)), y)):
-            out.append({"repeat": r, "fold": f, "train": ids[tr].tolist(), "test": ids[te].tolist()})
+            out.append(
+                {"repeat": r, "fold": f, "train": ids[tr].tolist(), "test": ids[te].tolist()}
+            )
     return out
 
 
@@ -81,5 +83,7 @@ def check_splits(splits: list[dict]) -> None:
             raise AggregateError(f"split r{s['repeat']}f{s['fold']}: patients in train and test")
         seen = by_repeat.setdefault(s["repeat"], set())
         if seen & te:
-            raise AggregateError(f"split r{s['repeat']}f{s['fold']}: a patient is in two test folds")
+            raise AggregateError(
+                f"split r{s['repeat']}f{s['fold']}: a patient is in two test folds"
+            )
         seen |= te

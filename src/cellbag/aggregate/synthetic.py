@@ -74,7 +74,8 @@ def witness_store(
     pids = [f"P{i}" for i in range(n)]
     split = ["train"] * n_train + ["test"] * n_test
     label = pd.array(
-        [int(v) if (i < n_train or test_labels) else pd.NA for i, v in enumerate(wc.y)], dtype="Int64"
+        [int(v) if (i < n_train or test_labels) else pd.NA for i, v in enumerate(wc.y)],
+        dtype="Int64",
     )
     age = 60 + 10 * wc.y + rng.normal(0, 12, n)
     dob = pd.to_datetime("2020-01-01") - pd.to_timedelta(np.round(age * 365.25), unit="D")
@@ -93,7 +94,9 @@ def witness_store(
         for p, b in zip(pids, wc.bags, strict=True)
         for j in range(len(b))
     ]
-    cohort = Cohort(root=Path(path).parent, layout="synthetic", patients=patients, cells=pd.DataFrame(rows))
+    cohort = Cohort(
+        root=Path(path).parent, layout="synthetic", patients=patients, cells=pd.DataFrame(rows)
+    )
     store = Store.create(path, cohort)
     store.add_embeddings(
         encoder_id, np.concatenate(wc.bags).astype(np.float16), {"name": "synthetic", "dim": dim}

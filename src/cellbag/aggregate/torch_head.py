@@ -139,7 +139,9 @@ class TorchHead(Head):
         n_pos = float(y[tr].sum())
         pos_weight = torch.tensor((len(tr) - n_pos) / max(n_pos, 1.0))
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        opt = torch.optim.AdamW(self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(
+            self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
         lengths = np.array([b.shape[0] for b in bags])
         best, best_state, since = np.inf, None, 0
         self.history_: list[dict] = []
@@ -153,7 +155,9 @@ class TorchHead(Head):
                 for i in idx:
                     b = xs[i]
                     if lengths[i] > self.max_cells_train:
-                        keep = torch.randperm(int(lengths[i]), generator=gen)[: self.max_cells_train]
+                        keep = torch.randperm(int(lengths[i]), generator=gen)[
+                            : self.max_cells_train
+                        ]
                         b = b[keep]
                     batch.append(b)
                 x, mask = pad(batch)
@@ -215,7 +219,9 @@ class TorchHead(Head):
 
     # -- persistence ------------------------------------------------------------------------
     def _get_state(self):
-        arrays = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
+        arrays = {
+            f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()
+        }
         arrays["feat_mean"] = self.feat_mean_
         arrays["feat_std"] = self.feat_std_
         arrays["input_weight"] = self.input_weight_
@@ -229,7 +235,11 @@ class TorchHead(Head):
         self.input_weight_ = arrays["input_weight"]
         self.input_bias_ = arrays["input_bias"]
         self.module_ = self.build_module(self.in_dim_, self.n_clinical_)
-        state = {k[len("module.") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("module.")}
+        state = {
+            k[len("module.") :]: torch.from_numpy(v)
+            for k, v in arrays.items()
+            if k.startswith("module.")
+        }
         self.module_.load_state_dict(state)
         self.module_.eval()
         self.best_epoch_ = meta.get("best_epoch", -1)

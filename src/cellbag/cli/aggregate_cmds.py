@@ -31,7 +31,9 @@ def _head_params(sets: list[str] | None, heads: list[str]) -> dict[str, dict]:
         if "." in key:
             head, key = key.split(".", 1)
             if head not in out:
-                raise AggregateError(f"--set {item!r}: head {head!r} is not among {', '.join(heads)}")
+                raise AggregateError(
+                    f"--set {item!r}: head {head!r} is not among {', '.join(heads)}"
+                )
             out[head][key] = value
         else:
             for h in heads:
@@ -54,7 +56,9 @@ def cv_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the splits and of every head."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (splits.json, <head>/...)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="Torch threads (default: all cores)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training split."""
@@ -85,7 +89,9 @@ def fit_cmd(
     encoder: str = typer.Option(
         None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
     ),
-    head: str = typer.Option(..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."),
+    head: str = typer.Option(
+        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -93,13 +99,19 @@ def fit_cmd(
         0, "--ensemble", min=0, help="Train a K-fold ensemble (K >= 2) instead of one model."
     ),
     threshold: str = typer.Option(
-        "0.5", "--threshold", help="Decision threshold: a probability, or 'youden' (from OOF predictions)."
+        "0.5",
+        "--threshold",
+        help="Decision threshold: a probability, or 'youden' (from OOF predictions).",
     ),
     cv_run: Path = typer.Option(
-        None, "--cv-run", help="A `cellbag cv` run folder whose OOF predictions give the Youden threshold."
+        None,
+        "--cv-run",
+        help="A `cellbag cv` run folder whose OOF predictions give the Youden threshold.",
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="Torch threads (default: all cores)."
+    ),
 ) -> None:
     """Train a head on all training patients (optionally a fold ensemble) and save it."""
     from cellbag.aggregate.cv import _parse_heads

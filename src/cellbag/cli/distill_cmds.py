@@ -74,6 +74,12 @@ def distill_cmd(
     grad_checkpointing: bool = typer.Option(
         False, "--grad-checkpointing", help="Recompute encoder activations (less memory)."
     ),
+    trainable_blocks: int = typer.Option(
+        None,
+        "--trainable-blocks",
+        min=0,
+        help="Train only the encoder's last K blocks (faster on CPU). Default: all of it.",
+    ),
     threshold: float = typer.Option(
         0.5, "--threshold", min=0, max=1, help="Decision threshold stored in the model."
     ),
@@ -123,6 +129,7 @@ def distill_cmd(
         clinical=clinical,
         augment=augment,
         grad_checkpointing=grad_checkpointing,
+        trainable_blocks=trainable_blocks,
         device=device,
         seed=seed,
         threshold=threshold,

@@ -25,7 +25,9 @@ def _notices():
         finally:
             for w in caught:
                 if issubclass(w.category, RetrievalWarning):
-                    err_console.print(f"[yellow]notice:[/] {w.message}", highlight=False, soft_wrap=True)
+                    err_console.print(
+                        f"[yellow]notice:[/] {w.message}", highlight=False, soft_wrap=True
+                    )
                 else:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
@@ -58,11 +60,15 @@ def index_cmd(
     kind: str = typer.Option(
         "auto",
         "--kind",
-        help="auto (exact up to 100,000 cells, IVF above), flat (exact), ivf or hnsw.",
+        help="auto (exact up to 50,000 cells, IVF above), flat (exact), ivf or hnsw.",
     ),
-    nlist: int | None = typer.Option(None, help="IVF lists (default: 4*sqrt(n))."),
-    nprobe: int | None = typer.Option(None, help="IVF lists scanned a query (default: nlist/40)."),
-    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW beam width (default 128)."),
+    nlist: int | None = typer.Option(None, help="IVF lists (default: sqrt(n))."),
+    nprobe: int | None = typer.Option(
+        None, help="IVF lists scanned a query (default: nlist/64, at least 8)."
+    ),
+    ef_search: int | None = typer.Option(
+        None, "--ef-search", help="HNSW beam width (default 128)."
+    ),
     threads: int | None = typer.Option(None, help="faiss threads (default: the usable cores)."),
     seed: int = typer.Option(0, help="Seed of the IVF training sample and k-means."),
 ) -> None:
@@ -131,7 +137,9 @@ def neighbors_cmd(
         fail(f"unknown --split {split!r}: choose train, test or all")
     s = _open(store)
     with _notices():
-        retriever = Retriever(s, encoder, on_stale="error" if no_rebuild else "rebuild", threads=threads)
+        retriever = Retriever(
+            s, encoder, on_stale="error" if no_rebuild else "rebuild", threads=threads
+        )
         df = retriever.query(
             cell_id=cell, image=image, k=k, other_patients=other_patients, split=split
         )

@@ -188,19 +188,43 @@ def trainable_parameters(model: StudentModel) -> tuple[list[nn.Parameter], list[
     return enc, rest
 
 
+def freeze_early_layers(encoder: nn.Module, trainable_blocks: int) -> int:
+    """Freeze the stem and all but the last ``trainable_blocks`` of ``encoder.blocks`` (timm
+    CNNs and ViTs); layers after the blocks stay trainable. Frozen early layers need no
+    backward pass, which makes end-to-end training much cheaper on a CPU. Returns the number
+    of blocks left trainable."""
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is None or not hasattr(blocks, "__len__"):
+        raise DistillError(
+            f"{type(encoder).__name__} has no `blocks` to freeze; drop --trainable-blocks"
+        )
+    n = len(blocks)
+    k = max(0, min(int(trainable_blocks), n))
+    seen_blocks = False
+    for name, p in encoder.named_parameters():
+        if name.startswith("blocks."):
+            seen_blocks = True
+            p.requires_grad_(int(name.split(".")[1]) >= n - k)
+        else:
+            p.requires_grad_(seen_blocks)  # stem (before the blocks) frozen, the rest trains
+    return k
+
+
 def build_student(
     spec: StudentSpec,
     adapter: str | None = None,
     device: str = "cpu",
     seed: int = 0,
     weights: str | None = None,
+    trainable_blocks: int | None = None,
 ) -> tuple[StudentModel, Any]:
     """Build a trainable student and the registry :class:`Encoder` it came from.
 
     ``adapter``: None, an adapter kind (``lora``, ``bottleneck``, ``adaptformer``,
     ``prompt``: a fresh one is added and only it trains in the encoder) or a folder saved
     by ``save_adapter`` (loaded, then trained further). ``weights`` overrides
-    ``spec.weights`` (e.g. ``none`` when rebuilding a saved student).
+    ``spec.weights`` (e.g. ``none`` when rebuilding a saved student). ``trainable_blocks``
+    (no adapter): train only the last blocks of the encoder (see :func:`freeze_early_layers`).
     """
     from cellbag.featurize import EncoderError, create_encoder
     from cellbag.featurize.adapters import ADAPTER_KINDS, AdapterError, add_adapter, freeze_base
@@ -234,6 +258,8 @@ def build_student(
         info = adapter_info(model)
     else:
         model.requires_grad_(True)
+        if trainable_blocks is not None:
+            freeze_early_layers(model, trainable_blocks)
     spec = StudentSpec(
         encoder=spec.encoder,
         weights=spec.weights if spec.weights is not None else enc.metadata.get("weights"),

@@ -56,6 +56,7 @@ class DistillConfig:
     class_weighted: bool = True
     augment: bool = True
     grad_checkpointing: bool = False
+    trainable_blocks: int | None = None  # None: the whole encoder trains
     device: str = "auto"
     seed: int = 0
     threshold: float = 0.5
@@ -300,7 +301,13 @@ def distill(
         n_clinical=int(data.clinical.shape[1]),
         teacher_dim=teacher_dim if losses.emb > 0 else None,
     )
-    model, enc = build_student(spec, adapter=config.adapter, device=str(device), seed=config.seed)
+    model, enc = build_student(
+        spec,
+        adapter=config.adapter,
+        device=str(device),
+        seed=config.seed,
+        trainable_blocks=config.trainable_blocks,
+    )
     enc_params, head_params = trainable_parameters(model)
     groups = [{"params": head_params, "lr": config.head_lr}]
     if enc_params:

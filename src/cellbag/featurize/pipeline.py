@@ -149,11 +149,12 @@ def run_featurize(
     """
     if batch_size < 1:
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
-    store, created = open_or_create(data, store_path, chunk_rows, block_rows)
-    enc = (
-        encoder
-        if isinstance(encoder, Encoder)
-        else create_encoder(
+    if data is not None and not isinstance(data, Cohort):
+        data = read_cohort(data)  # bad input fails before anything is built or written
+    if isinstance(encoder, Encoder):
+        enc = encoder
+    else:
+        enc = create_encoder(
             encoder,
             weights=weights,
             image_size=image_size,
@@ -161,15 +162,18 @@ def run_featurize(
             device=device,
             precision=precision,
         )
-    )
+    store, created = open_or_create(data, store_path, chunk_rows, block_rows)
     eid = enc.id
     report = FeaturizeReport(store=store, encoder_id=eid, created_store=created)
     lock = store.lock(eid, job_id=job_id)
     with lock:
         report.took_over_lock = lock.took_over
-        if force and rank == 0:
-            store.reset_encoder(eid)
-        store.init_encoder(eid, enc.dim, enc.metadata)
+        if rank == 0:
+            if force:
+                store.reset_encoder(eid)
+            store.init_encoder(eid, enc.dim, enc.metadata)
+        else:
+            _wait_for_encoder(store, eid)  # rank 0 creates the arrays; others write into them
         done = store.done_blocks(eid)
         mine = chunks_for_rank(store.n_blocks, rank, world)
         todo = [b for b in mine if not done[b]]
@@ -200,6 +204,16 @@ def run_featurize(
     return report
 
 
+def _wait_for_encoder(store: Store, eid: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not store.has_encoder(eid):
+        if time.monotonic() > deadline:
+            raise FeaturizeError(
+                f"{store.path}: rank 0 did not create encoder {eid} in {timeout:.0f} s"
+            )
+        time.sleep(0.2)
+
+
 def featurize(
     data: Cohort | str | os.PathLike | None,
     store_path: str | os.PathLike,
@@ -209,6 +223,44 @@ def featurize(
 ) -> Store:
     """Embed a cohort into the store and return the store (see :func:`run_featurize`)."""
     return run_featurize(data, store_path, encoder, batch_size=batch_size, **kwargs).store
+
+
+@dataclass
+class _Block:
+    """The rows of one block being filled batch by batch, then written at once."""
+
+    index: int
+    start: int
+    emb: np.ndarray
+    status: np.ndarray
+    reason: list[str]
+    sha: list[str]
+
+    @classmethod
+    def empty(cls, store: Store, index: int, dim: int) -> _Block:
+        a, z = store.block_range(index)
+        n = z - a
+        return cls(
+            index,
+            a,
+            np.full((n, dim), np.nan, np.float32),
+            np.zeros(n, np.uint8),
+            [""] * n,
+            [""] * n,
+        )
+
+    def record(self, first_row: int, results: list[Decoded]) -> list[int]:
+        """Note status, reason and digest of decoded cells; return the readable ones."""
+        ok = []
+        for j, r in enumerate(results):
+            row = first_row - self.start + j
+            self.sha[row] = r.sha256
+            if r.pixels is None:
+                self.status[row] = STATUS_UNREADABLE
+                self.reason[row] = r.reason
+            else:
+                ok.append(j)
+        return ok
 
 
 def _run_blocks(
@@ -223,87 +275,66 @@ def _run_blocks(
 ) -> None:
     import torch
 
-    if enc.device.startswith("cuda"):
+    gpu = enc.device.startswith("cuda")
+    if gpu:
         torch.backends.cudnn.benchmark = True
     cells = store.cells()
     paths = cells["path"].to_numpy(dtype=object)
     old_sha = cells["sha256"].to_numpy(dtype=object)
     ids = cells["cell_id"].to_numpy(dtype=object)
-    n_workers = workers or default_workers(enc.device)
-    prefetch = 4 if enc.device.startswith("cuda") else 2
+    # batches never span two blocks: a block's numbers do not depend on the others
     batches: list[tuple[int, int, int]] = []
     for b in todo:
         a, z = store.block_range(b)
         batches.extend((b, s, min(s + batch_size, z)) for s in range(a, z, batch_size))
-    total = sum(z - s for _, s, z in batches)
     size, interp = enc.image_size, enc.interpolation
-
-    decode = ThreadPoolExecutor(n_workers, thread_name_prefix="cellbag-decode")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="cellbag-write")
+    decode = ThreadPoolExecutor(workers or default_workers(enc.device), "cellbag-decode")
+    writer = ThreadPoolExecutor(1, "cellbag-write")
     pending: deque[list[Future[Decoded]]] = deque()
     writes: deque[Future[None]] = deque()
-    submitted = 0
 
-    def submit_next() -> None:
-        nonlocal submitted
-        _, s, z = batches[submitted]
-        pending.append([decode.submit(decode_file, paths[i], size, interp) for i in range(s, z)])
-        submitted += 1
+    def prefetch(k: int) -> None:
+        if k < len(batches):
+            _, s, z = batches[k]
+            pending.append(
+                [decode.submit(decode_file, paths[i], size, interp) for i in range(s, z)]
+            )
 
-    def write(block: int, buf: np.ndarray, st: np.ndarray, why: list[str], sha: list[str]) -> None:
-        store.write_block(enc.id, block, buf, status=st, reason=why, sha256=sha)
+    def write(blk: _Block) -> None:
+        store.write_block(enc.id, blk.index, blk.emb, blk.status, blk.reason, blk.sha)
         if on_block is not None:
-            on_block(block)
+            on_block(blk.index)
 
+    lookahead = 4 if gpu else 2
     t0 = time.perf_counter()
-    cur: dict[str, Any] | None = None
+    blk: _Block | None = None
     try:
         with _progress(progress) as bar:
-            task = bar.add_task(f"{enc.id}", total=total)
-            for _ in range(min(prefetch, len(batches))):
-                submit_next()
+            task = bar.add_task(enc.id, total=sum(z - s for _, s, z in batches))
+            for k in range(lookahead):
+                prefetch(k)
             for k, (block, s, z) in enumerate(batches):
                 results = [f.result() for f in pending.popleft()]
-                if submitted < len(batches):
-                    submit_next()
-                if cur is None or cur["block"] != block:
-                    a, e = store.block_range(block)
-                    cur = {
-                        "block": block,
-                        "start": a,
-                        "buf": np.full((e - a, enc.dim), np.nan, np.float32),
-                        "status": np.zeros(e - a, np.uint8),
-                        "reason": [""] * (e - a),
-                        "sha": [""] * (e - a),
-                    }
-                a = cur["start"]
-                ok = [j for j, r in enumerate(results) if r.pixels is not None]
-                for j, r in enumerate(results):
-                    row = s - a + j
-                    cur["sha"][row] = r.sha256
-                    if r.pixels is None:
-                        cur["status"][row] = STATUS_UNREADABLE
-                        cur["reason"][row] = r.reason
-                    elif old_sha[s + j] and r.sha256 != old_sha[s + j]:
-                        report.changed.append(str(ids[s + j]))
+                prefetch(k + lookahead)
+                if blk is None:
+                    blk = _Block.empty(store, block, enc.dim)
+                ok = blk.record(s, results)
+                report.changed.extend(
+                    str(ids[s + j])
+                    for j in ok
+                    if old_sha[s + j] and old_sha[s + j] != results[j].sha256
+                )
                 if ok:
-                    pixels = np.stack([results[j].pixels for j in ok])
-                    emb = enc.forward_pixels(torch.from_numpy(pixels)).numpy()
-                    rows = np.asarray(ok) + (s - a)
-                    cur["buf"][rows] = emb
+                    pixels = torch.from_numpy(np.stack([results[j].pixels for j in ok]))
+                    blk.emb[np.asarray(ok) + (s - blk.start)] = enc.forward_pixels(pixels).numpy()
                 report.cells_computed += z - s
                 bar.advance(task, z - s)
-                last_of_block = k + 1 == len(batches) or batches[k + 1][0] != block
-                if last_of_block:
+                if k + 1 == len(batches) or batches[k + 1][0] != block:
                     while writes and (writes[0].done() or len(writes) >= 2):
                         writes.popleft().result()  # surfaces write errors
-                    writes.append(
-                        writer.submit(
-                            write, block, cur["buf"], cur["status"], cur["reason"], cur["sha"]
-                        )
-                    )
+                    writes.append(writer.submit(write, blk))
                     report.blocks_computed += 1
-                    cur = None
+                    blk = None
             while writes:
                 writes.popleft().result()
     except StoreError:

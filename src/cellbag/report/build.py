@@ -30,6 +30,8 @@ _ENCODER_SKIP = {
 }
 #: keys shown first in the run configuration table
 _CONFIG_FIRST = ("encoder_id", "encoder", "store", "clinical", "folds", "repeats", "seed")
+#: config entries not shown as configuration (the encoder gets its own table)
+_CONFIG_SKIP = ("encoder_info", "state", "head")
 
 
 def _open_store(store: Any) -> Any:
@@ -42,14 +44,18 @@ def _open_store(store: Any) -> Any:
 
 def _split_config(run: Run) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """Configuration shared by every head (plus the run's own) and what each head adds."""
-    flat = [render.flatten(h.config) for h in run.heads]
-    common: dict[str, str] = dict(render.flatten(run.config))
+
+    def shown(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k not in _CONFIG_SKIP}
+
+    flat = [render.flatten(shown(h.config)) for h in run.heads]
+    common: dict[str, str] = dict(render.flatten(shown(run.config)))
     if flat:
         for k, v in flat[0].items():
-            if all(f.get(k) == v for f in flat[1:]) and k != "head":
+            if all(f.get(k) == v for f in flat[1:]):
                 common.setdefault(k, v)
     own = {
-        h.name: {k: v for k, v in f.items() if k not in common and k != "head"}
+        h.name: {k: v for k, v in f.items() if k not in common}
         for h, f in zip(run.heads, flat, strict=True)
     }
     ordered = {k: common[k] for k in _CONFIG_FIRST if k in common}
@@ -177,6 +183,9 @@ def write_report(
     neighbor_note: str | None = None
     if store is None:
         neighbor_note = "Pass --store STORE (the run's feature store) to list look-alike cells."
+        if run.encoder_info:
+            shown = {k: v for k, v in run.encoder_info.items() if k not in _ENCODER_SKIP}
+            encoder_items = [("encoder_id", encoder_id), *render.flatten(shown).items()]
     elif encoder_id is None:
         raise ReportError(f"{run.folder}: the run's config.json names no encoder (encoder_id)")
     else:

@@ -18,6 +18,18 @@ import pandas as pd
 from cellbag.report.run import HeadRun, Metric
 
 LABELS = {1: "tumoral", 0: "reactive"}
+#: settings shown up front; the rest sit under "All settings"
+CONFIG_MAIN = (
+    "encoder_id",
+    "encoder",
+    "store",
+    "clinical",
+    "folds",
+    "repeats",
+    "seed",
+    "n_patients",
+)
+ENCODER_MAIN = ("encoder_id", "name", "weights", "image_size", "dim", "precision", "adapter")
 
 
 def esc(x: Any) -> str:
@@ -100,6 +112,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten(v, f"{key}."))
         elif isinstance(v, str):
             out[key] = v
+        elif isinstance(v, float):
+            out[key] = f"{v:.6g}"
         else:
             out[key] = json.dumps(v, default=str)
     return out
@@ -364,7 +378,9 @@ figure.hit[data-label="0"] img{border:2px solid #2b8a3e}
 .controls{margin:6px 0}.controls input{padding:3px 6px;width:200px}
 .nn-row{display:flex;align-items:center;gap:8px;margin:4px 0}
 .nn-arrow{font-size:20px;color:var(--mut)}
-img.roc,img.fig{max-width:440px;width:100%;border:1px solid var(--line);border-radius:4px}
+img.fig{max-width:440px;width:100%;border:1px solid var(--line);border-radius:4px}
+img.roc{max-width:340px;width:100%;border:1px solid var(--line);border-radius:4px}
+details summary{cursor:pointer;color:var(--acc);margin:6px 0}
 #img-check{background:var(--bad);padding:8px 24px}
 """
 
@@ -437,10 +453,37 @@ def page(
             *(f'<a href="#head-{esc(h.name)}">{esc(h.name)}</a>' for h in heads),
         ]
     )
-    enc = (
-        "<h3>Encoder</h3>" + _kv_table(encoder_items, "encoder")
-        if encoder_items
-        else '<p class="muted">Encoder details: pass <code>--store STORE</code> to list them.</p>'
+    cfg_main = [(k, v) for k, v in config_items if k in CONFIG_MAIN]
+    cfg_rest = [(k, v) for k, v in config_items if k not in CONFIG_MAIN]
+    if encoder_items:
+        enc_main = [(k, v) for k, v in encoder_items if k in ENCODER_MAIN]
+        enc_rest = [(k, v) for k, v in encoder_items if k not in ENCODER_MAIN]
+        enc = "<div><h3>Encoder</h3>" + _kv_table(enc_main, "encoder") + "</div>"
+    else:
+        enc_rest = []
+        enc = (
+            '<div><h3>Encoder</h3><p class="muted">No encoder record in the run: pass '
+            "<code>--store STORE</code> to list it.</p></div>"
+        )
+    more = ""
+    if cfg_rest or enc_rest:
+        more = (
+            '<details><summary>All settings</summary><div class="row">'
+            + (
+                f"<div><h3>Run</h3>{_kv_table(cfg_rest, 'run-config-more')}</div>"
+                if cfg_rest
+                else ""
+            )
+            + (
+                f"<div><h3>Encoder</h3>{_kv_table(enc_rest, 'encoder-more')}</div>"
+                if enc_rest
+                else ""
+            )
+            + "</div></details>"
+        )
+    config_html = (
+        f'<div class="row"><div><h3>Run</h3>{_kv_table(cfg_main, "run-config")}</div>{enc}</div>'
+        + more
     )
     notes_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
     blob = json.dumps(data, default=str, sort_keys=True).replace("</", "<\\/")
@@ -463,7 +506,7 @@ def page(
 <div id="img-check" hidden></div>
 <main>
 {notes_html}
-<section id="config"><h2>Run configuration</h2>{_kv_table(config_items, "run-config")}{enc}</section>
+<section id="config"><h2>Run configuration</h2>{config_html}</section>
 <section id="results"><div class="row">
 <div id="metrics"><h2>Metrics per head</h2>
 <p class="muted">mean ± std over folds × repeats; 95% interval in brackets</p>

@@ -140,6 +140,15 @@ class Run:
         return None
 
     @property
+    def encoder_info(self) -> dict[str, Any] | None:
+        """The encoder's record as the run saved it (``encoder_info`` in config.json)."""
+        for c in [self.config, *(h.config for h in self.heads)]:
+            v = c.get("encoder_info")
+            if isinstance(v, dict) and v:
+                return v
+        return None
+
+    @property
     def store_path(self) -> str | None:
         for c in [self.config, *(h.config for h in self.heads)]:
             v = c.get("store")
@@ -193,7 +202,11 @@ def parse_metrics(raw: Any, path: Path) -> list[Metric]:
     """The metrics of a ``metrics.json``: every entry that holds a ``mean``, in display order."""
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: expected a JSON object of metrics")
-    body = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else raw
+    body = raw
+    for key in ("summary", "metrics"):  # `cellbag cv` nests them under "summary"
+        if isinstance(raw.get(key), dict):
+            body = raw[key]
+            break
     found: dict[str, Metric] = {}
     for key, d in body.items():
         if not isinstance(d, dict) or "mean" not in d:
@@ -213,7 +226,7 @@ def parse_metrics(raw: Any, path: Path) -> list[Metric]:
     if not found:
         raise ReportError(
             f"{path}: no metrics found (expected entries like "
-            '"balanced_accuracy": {"mean": ..., "std": ..., "ci95": [lo, hi]})'
+            '"summary": {"balanced_accuracy": {"mean": ..., "std": ..., "ci95_low": ..., ...}})'
         )
     order = [k for k in METRIC_NAMES if k in found] + sorted(set(found) - set(METRIC_NAMES))
     return [found[k] for k in order]
@@ -296,6 +309,15 @@ def _read_attention(folder: Path) -> pd.DataFrame | None:
     return df
 
 
+def normalize_config(c: dict[str, Any]) -> dict[str, Any]:
+    """A head's config with the settings that define the run (``cellbag cv`` nests them
+    under ``key``) at the top level."""
+    key = c.get("key")
+    if not isinstance(key, dict):
+        return dict(c)
+    return {**key, **{k: v for k, v in c.items() if k != "key"}}
+
+
 def is_head_folder(folder: Path) -> bool:
     """A head's results live here (``metrics.json`` and ``oof_predictions.csv``)."""
     return (folder / "metrics.json").is_file() and (folder / "oof_predictions.csv").is_file()
@@ -314,7 +336,7 @@ def load_head(folder: Path) -> HeadRun:
         c = _read_json(folder / "config.json")
         if not isinstance(c, dict):
             raise ReportError(f"{folder / 'config.json'}: expected a JSON object")
-        config = c
+        config = normalize_config(c)
     oof = _read_oof(folder / "oof_predictions.csv")
     attention = _read_attention(folder)
     if attention is not None:

@@ -1,36 +1,41 @@
 """A cosine-similarity faiss index over unit-normalised float32 vectors (no store knowledge).
 
-Kinds and how ``auto`` chooses (``n`` = number of indexed vectors):
+Kinds, and how ``auto`` chooses from ``n``, the number of indexed vectors:
 
-- ``flat`` — exact inner-product search (``IndexFlatIP``). ``auto`` picks it when
-  ``n <= EXACT_MAX`` (100,000): at that size an exact single query takes a few
-  milliseconds on 2 cores and needs no training.
-- ``ivf`` — IVF-Flat (``IndexIVFFlat``, inner product), picked by ``auto`` above
-  ``EXACT_MAX``. ``nlist = round(4 * sqrt(n))`` lists (at most ``n // 39`` so k-means has
-  >= 39 points a centroid), trained by spherical k-means (10 iterations, seeded) on
-  ``min(n, 40 * nlist)`` rows drawn at random; the coarse quantizer is an HNSW graph over
-  the centroids (M=32, efSearch >= 2 * nprobe), which makes adding 1M vectors fast.
-  ``nprobe = clip(round(nlist / 40), 8, nlist)`` lists are scanned a query (2.5% of the
-  data, recall@10 >= 0.95 on the clustered benchmark, see ``benchmarks/retrieval.py``).
-  Vectors are stored uncompressed (4 bytes a dimension), so similarities are exact
-  for every candidate found.
-- ``hnsw`` — ``IndexHNSWFlat`` (inner product) with ``M = 32`` (48 above 2M vectors),
-  ``efConstruction = 80`` and ``efSearch = max(64, 2 * k)``-style default 128.
-  Never picked by ``auto``: it answers fastest but building 1M x 384-d vectors takes
-  several minutes on 2 cores.
+- ``flat`` -- exact inner-product search (``IndexFlatIP``). ``auto`` picks it when
+  ``n <= EXACT_MAX`` (50,000): a single exact query then scans at most ~19M multiply-adds
+  at 384-d (a few ms on one core) and needs no training. A whole real cohort (~200
+  patients x 80 cells) is exact.
+- ``ivf`` -- IVF-Flat (``IndexIVFFlat``, inner product), picked by ``auto`` above
+  ``EXACT_MAX``. ``nlist = round(sqrt(n))`` lists (1,000 at 1M; at most ``n // 39``),
+  trained by seeded spherical k-means (10 iterations) on ``min(n, 40 * nlist)`` rows drawn
+  at random; ``nprobe = clip(round(nlist / 64), 8, nlist)`` lists scanned a query (16 at
+  1M, ~1.6% of the vectors). ``sqrt(n)`` rather than the textbook ``4 * sqrt(n)``: k-means
+  and list assignment cost grows with ``nlist``, and ``4 * sqrt(n)`` does not build 1M
+  x 384-d within 2 minutes on 2 cores, while ``sqrt(n)`` lists with 16 probes keep single
+  queries at a few ms with recall@10 >= 0.99 (``benchmarks/retrieval.py``). Vectors are
+  stored uncompressed, so every candidate's similarity is exact.
+- ``hnsw`` -- ``IndexHNSWFlat`` (inner product), ``M = 32`` (48 above 2M vectors),
+  ``efConstruction = 80``, ``efSearch = 128``. Never picked by ``auto``: queries are the
+  fastest, but building 1M x 384-d takes many minutes on 2 cores.
 
-All vectors are L2-normalised before indexing, so inner product is cosine similarity.
+Vectors are L2-normalised before indexing, so inner product is cosine similarity.
+Filters (split, other patients) are applied inside faiss with an ``IDSelectorBitmap``;
+approximate kinds widen their search when a filter leaves fewer than k hits. Threads are
+set explicitly (:func:`set_threads`); a single query runs on one thread (OpenMP over 2
+threads only adds overhead for one query).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ import numpy as np
 from cellbag.errors import CellbagError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
-EXACT_MAX = 100_000
+EXACT_MAX = 50_000
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.npy"
@@ -73,6 +78,18 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class IndexParams:
     """What kind of index to build and its size-dependent parameters."""
@@ -101,8 +118,8 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
     if kind == "flat":
         p = IndexParams(kind="flat")
     elif kind == "ivf":
-        nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
-        nprobe = int(min(nlist, max(8, round(nlist / 40))))
+        nlist = int(max(1, min(round(math.sqrt(n)), n // 39)))
+        nprobe = int(min(nlist, max(8, round(nlist / 64))))
         p = IndexParams(
             kind="ivf", nlist=nlist, nprobe=nprobe, train_size=min(n, 40 * nlist), niter=10
         )
@@ -115,6 +132,16 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
         if bad:
             raise RetrievalError(f"unknown index parameter(s) {sorted(bad)} for kind {kind!r}")
         p = IndexParams(**{**asdict(p), **overrides})
+        if "nlist" in overrides and "train_size" not in overrides:
+            p = replace(p, train_size=min(n, 40 * p.nlist))
+    if p.kind == "ivf":
+        if not 1 <= p.nlist <= n:
+            raise RetrievalError(f"nlist must be between 1 and the {n} vectors, got {p.nlist}")
+        if p.nprobe < 1:
+            raise RetrievalError(f"nprobe must be >= 1, got {p.nprobe}")
+        p = replace(p, nprobe=min(p.nprobe, p.nlist), train_size=max(p.nlist, min(n, p.train_size)))
+    if p.kind == "hnsw" and (p.M < 4 or p.ef_search < 1 or p.ef_construction < 1):
+        raise RetrievalError(f"HNSW needs M >= 4 and positive ef values, got {p.to_dict()}")
     return p
 
 
@@ -246,9 +273,13 @@ class CellIndex:
                 progress("add", added, n)
         if added != n:
             raise RetrievalError(f"vector source gave {added} rows, expected {n}")
+        if params.kind == "ivf":
+            index.make_direct_map()  # position -> vector, for queries by cell (8 bytes/vector)
         rows_arr = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         if len(rows_arr) != n:
             raise RetrievalError(f"{len(rows_arr)} row ids for {n} vectors")
+        if n > 1 and not (np.diff(rows_arr) > 0).all():
+            raise RetrievalError("row ids of an index must be strictly increasing")
         meta = {"build_seconds": round(time.perf_counter() - t0, 3), "seed": seed}
         return cls(index=index, rows=rows_arr, params=params, dim=dim, meta=meta)
 
@@ -293,6 +324,13 @@ class CellIndex:
             want = int(min(k, allowed.sum()))
         else:
             want = k
+        one = _one_thread() if len(q) == 1 else contextlib.nullcontext()
+        with one:
+            sims, pos = self._search_widening(q, k, sel, want)
+        del bits  # kept alive until here: the selector points into it
+        return sims, pos.astype(np.int64)
+
+    def _search_widening(self, q: np.ndarray, k: int, sel: Any, want: int) -> tuple:
         widen = 1
         while True:
             sp = self._search_params(sel, widen)
@@ -303,8 +341,17 @@ class CellIndex:
             if self.kind == "ivf" and self.params.nprobe * widen >= self.params.nlist:
                 break
             widen *= 4
-        del bits  # kept alive until here: the selector points into it
-        return sims, pos.astype(np.int64)
+        return sims, pos
+
+    def vector(self, row: int) -> np.ndarray | None:
+        """The indexed (normalised) vector of store row ``row`` as ``(1, dim)``, or None."""
+        pos = int(np.searchsorted(self.rows, row))
+        if pos >= len(self.rows) or self.rows[pos] != row:
+            return None
+        try:
+            return self.index.reconstruct(pos).reshape(1, -1)
+        except RuntimeError:  # an IVF index without a direct map
+            return None
 
     # --------------------------------------------------------------- persisting
     @property
@@ -312,7 +359,7 @@ class CellIndex:
         """Memory the index holds (vectors, list ids, graph links, centroids) plus its row map."""
         vectors = self.n * self.dim * 4
         if self.kind == "ivf":
-            extra = self.n * 8 + self.params.nlist * self.dim * 4
+            extra = self.n * 16 + self.params.nlist * self.dim * 4  # ids + direct map
         elif self.kind == "hnsw":  # level-0 links (2M), upper levels (~M/(M-1) of M), offsets
             extra = int(self.n * (2 * self.params.M * 4 * 1.05 + 8 + 4))
         else:

@@ -109,7 +109,9 @@ def resolve_encoder(store: Any, encoder_id: str | None) -> str:
         if len(encoders) == 1:
             return encoders[0]
         if not encoders:
-            raise RetrievalError(f"store {_store_url(store)} holds no embeddings: run `cellbag featurize`")
+            raise RetrievalError(
+                f"store {_store_url(store)} holds no embeddings: run `cellbag featurize`"
+            )
         raise RetrievalError(
             f"store {_store_url(store)} holds several encoders, pick one with --encoder: "
             + ", ".join(encoders)
@@ -120,6 +122,12 @@ def resolve_encoder(store: Any, encoder_id: str | None) -> str:
             + (", ".join(encoders) or "none")
         )
     return encoder_id
+
+
+def _code(names: Any, value: Any) -> int:
+    """The factorized code of ``value`` in ``names`` (-2, matching nothing, when absent)."""
+    hits = np.flatnonzero(np.asarray(names) == value)
+    return int(hits[0]) if len(hits) else -2
 
 
 class Retriever:
@@ -139,7 +147,6 @@ class Retriever:
         self.store = store
         self.encoder_id = resolve_encoder(store, encoder_id)
         all_cells = store.cells()
-        self.all_cells = all_cells.assign(row=np.arange(len(all_cells), dtype=np.int64))
         self.cells = ok_cells(store)
         self.index: CellIndex = load_index(
             store, self.encoder_id, on_stale=on_stale, threads=threads, cells=self.cells
@@ -149,69 +156,77 @@ class Retriever:
                 f"index of {self.encoder_id} does not match the cells of store {_store_url(store)}"
                 f"; rebuild it with `cellbag index {_store_url(store)} --encoder {self.encoder_id}`"
             )
-        patients = store.patients().set_index("patient_id")
-        pid = self.cells["patient_id"]
-        self._patient = pid.astype(str).to_numpy()
-        self._split = pid.map(patients["split"]).astype(str).to_numpy()
-        self._label = pid.map(patients["label"]).astype("Int64").to_numpy()
-        self._cell_pos = pd.Series(
-            np.arange(len(self.all_cells)), index=self.all_cells["cell_id"].astype(str)
-        )
-        self.patients = patients
+        self.patients = store.patients().set_index("patient_id")
+        # plain arrays over all store rows: a query touches no pandas indexing
+        self._id = all_cells["cell_id"].astype(str).to_numpy(dtype=object)
+        self._pid = all_cells["patient_id"].astype(str).to_numpy(dtype=object)
+        self._path = all_cells["path"].astype(str).to_numpy(dtype=object)
+        self._status = all_cells.get("status", pd.Series("ok", index=all_cells.index))
+        self._status = self._status.astype(str).to_numpy(dtype=object)
+        self._row_of = pd.Index(self._id)
+        pid = pd.Series(self._pid)
+        self._split_all = pid.map(self.patients["split"]).astype(str).to_numpy(dtype=object)
+        self._label_all = pid.map(self.patients["label"]).astype("Int64").array
+        # integer codes over index positions make the filter masks cheap at 1M cells
+        rows = self.index.rows
+        self._patient_code, self._patient_names = pd.factorize(self._pid[rows])
+        self._split_code, self._split_names = pd.factorize(self._split_all[rows])
         self._encoder: Any = None
 
     # ------------------------------------------------------------------ helpers
+    def _describe(self, row: int) -> dict[str, Any]:
+        return {
+            "cell_id": str(self._id[row]),
+            "patient_id": str(self._pid[row]),
+            "path": str(self._path[row]),
+            "split": str(self._split_all[row]),
+            "label": self._label_all[row],
+        }
+
     def _cell_row(self, cell_id: str) -> int:
-        if cell_id not in self._cell_pos.index:
-            example = str(self.all_cells["cell_id"].iloc[0]) if len(self.all_cells) else "P1/x.jpg"
+        try:
+            row = self._row_of.get_loc(cell_id)
+        except KeyError:
+            example = str(self._id[0]) if len(self._id) else "P1/x.jpg"
             raise RetrievalError(
                 f"store {_store_url(self.store)} has no cell {cell_id!r} "
                 f"(cell ids look like {example!r})"
-            )
-        row = int(self._cell_pos[cell_id])
-        cell = self.all_cells.iloc[row]
-        status = str(cell.get("status", "ok"))
-        if status != "ok":
+            ) from None
+        if not isinstance(row, int | np.integer):
+            raise RetrievalError(f"store {_store_url(self.store)} holds cell {cell_id!r} twice")
+        if self._status[row] != "ok":
             raise RetrievalError(
-                f"cell {cell_id} of store {_store_url(self.store)} is {status}: it has no embedding"
+                f"cell {cell_id} of store {_store_url(self.store)} is {self._status[row]}: "
+                "it has no embedding"
             )
-        return row
+        return int(row)
 
     def _query_by_cell(self, cell_id: str) -> tuple[np.ndarray, dict[str, Any]]:
         row = self._cell_row(cell_id)
-        vec = np.asarray(self.store.embeddings(self.encoder_id)[row : row + 1], dtype=np.float32)
-        cell = self.all_cells.iloc[row]
-        pid = str(cell["patient_id"])
-        query = {
-            "kind": "cell",
-            "cell_id": cell_id,
-            "patient_id": pid,
-            "path": str(cell["path"]),
-            "split": str(self.patients["split"].get(pid, "")),
-            "label": self.patients["label"].get(pid, pd.NA),
-        }
-        return vec, query
+        vec = self.index.vector(row)
+        if vec is None:  # pragma: no cover - every kind built here can reconstruct
+            vec = np.asarray(self.store.embeddings(self.encoder_id)[row : row + 1], np.float32)
+        return vec, {"kind": "cell", **self._describe(row)}
 
     def _query_by_image(self, image: Any) -> tuple[np.ndarray, dict[str, Any]]:
         img = image if hasattr(image, "mode") else open_image(image)
         if self._encoder is None:
             self._encoder = load_encoder(self.store, self.encoder_id)
         vec = embed_image(self.store, self.encoder_id, img, self._encoder)
-        query: dict[str, Any] = {"kind": "image", "cell_id": None, "patient_id": None,
-                                 "path": None, "split": None, "label": pd.NA}
+        query: dict[str, Any] = {
+            "kind": "image",
+            "cell_id": None,
+            "patient_id": None,
+            "path": None,
+            "split": None,
+            "label": pd.NA,
+        }
         if not hasattr(image, "mode"):
             path = str(image)
             query["path"] = str(Path(path).resolve()) if "://" not in path else path
-            match = self.all_cells.index[self.all_cells["path"].astype(str) == query["path"]]
+            match = np.flatnonzero(self._path == query["path"])
             if len(match):  # the image is a cell of the store: its patient is known
-                cell = self.all_cells.loc[match[0]]
-                pid = str(cell["patient_id"])
-                query.update(
-                    cell_id=str(cell["cell_id"]),
-                    patient_id=pid,
-                    split=str(self.patients["split"].get(pid, "")),
-                    label=self.patients["label"].get(pid, pd.NA),
-                )
+                query.update(self._describe(int(match[0])), path=query["path"])
         return vec, query
 
     # -------------------------------------------------------------------- query
@@ -240,7 +255,7 @@ class Retriever:
         allowed = np.ones(self.index.n, dtype=bool)
         what = []
         if split != "all":
-            allowed &= self._split == split
+            allowed &= self._split_code == _code(self._split_names, split)
             what.append(f"split {split}")
         if other_patients:
             if query["patient_id"] is None:
@@ -248,7 +263,7 @@ class Retriever:
                     f"--other-patients needs the query's patient: image {query['path'] or '<image>'}"
                     f" is not a cell of store {_store_url(self.store)}"
                 )
-            allowed &= self._patient != query["patient_id"]
+            allowed &= self._patient_code != _code(self._patient_names, query["patient_id"])
             what.append(f"patients other than {query['patient_id']}")
         n_allowed = int(allowed.sum())
         if k > n_allowed:
@@ -277,16 +292,16 @@ class Retriever:
     def _frame(
         self, sims: np.ndarray, pos: np.ndarray, query: dict[str, Any], filters: list[str]
     ) -> pd.DataFrame:
-        cells = self.cells.iloc[pos]
+        rows = self.index.rows[pos]
         df = pd.DataFrame(
             {
                 "rank": np.arange(1, len(pos) + 1, dtype=np.int64),
-                "cell_id": cells["cell_id"].astype(str).to_numpy(),
-                "patient_id": self._patient[pos],
-                "split": self._split[pos],
-                "label": pd.array(self._label[pos], dtype="Int64"),
+                "cell_id": self._id[rows],
+                "patient_id": self._pid[rows],
+                "split": self._split_all[rows],
+                "label": self._label_all[rows],
                 "similarity": np.clip(sims.astype(np.float64), -1.0, 1.0),
-                "path": cells["path"].astype(str).to_numpy(),
+                "path": self._path[rows],
             },
             columns=COLUMNS,
         )

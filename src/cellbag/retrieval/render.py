@@ -104,7 +104,12 @@ def montage(
     for r in df.itertuples(index=False):
         tile, _ = thumbnail(r.path, thumb)
         tiles.append(
-            (tile, f"#{r.rank}  sim {r.similarity:.3f}", f"{r.patient_id} · {label_name(r.label)}", False)
+            (
+                tile,
+                f"#{r.rank}  sim {r.similarity:.3f}",
+                f"{r.patient_id} · {label_name(r.label)}",
+                False,
+            )
         )
     pad, cap = 8, 34
     cols = max(1, min(columns, len(tiles)))
@@ -118,7 +123,9 @@ def montage(
         y = pad + (i // cols) * (thumb + cap + pad)
         canvas.paste(tile, (x, y))
         if is_query:
-            draw.rectangle([x - 3, y - 3, x + thumb + 2, y + thumb + 2], outline=(200, 30, 30), width=3)
+            draw.rectangle(
+                [x - 3, y - 3, x + thumb + 2, y + thumb + 2], outline=(200, 30, 30), width=3
+            )
         draw.text((x, y + thumb + 3), line1, fill=(0, 0, 0), font=font)
         draw.text((x, y + thumb + 18), line2, fill=(60, 60, 60), font=font)
     buf = io.BytesIO()

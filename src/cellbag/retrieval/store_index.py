@@ -98,7 +98,9 @@ def index_dir(store: Any, encoder_id: str) -> Path:
     for d in dirs:
         if _writable(d):
             return d
-    raise RetrievalError(f"store {_store_url(store)}: no writable place for the index of {encoder_id}")
+    raise RetrievalError(
+        f"store {_store_url(store)}: no writable place for the index of {encoder_id}"
+    )
 
 
 def ok_cells(store: Any) -> pd.DataFrame:
@@ -120,7 +122,9 @@ def cells_digest(cell_ids: pd.Series) -> str:
     return h.hexdigest()
 
 
-def _row_chunks(store: Any, encoder_id: str, rows: np.ndarray) -> Callable[[], Iterator[np.ndarray]]:
+def _row_chunks(
+    store: Any, encoder_id: str, rows: np.ndarray
+) -> Callable[[], Iterator[np.ndarray]]:
     """Chunk source reading the store's embeddings block by block, keeping ``rows``."""
     arr = store.embeddings(encoder_id)
     n_total = int(arr.shape[0])
@@ -191,7 +195,9 @@ def build_index(
     return index
 
 
-def stale_reason(store: Any, encoder_id: str, info: dict[str, Any], cells: pd.DataFrame) -> str | None:
+def stale_reason(
+    store: Any, encoder_id: str, info: dict[str, Any], cells: pd.DataFrame
+) -> str | None:
     """Why a saved index does not match the store any more, or None when it does."""
     if info.get("encoder_id") != encoder_id:
         return f"it was built for encoder {info.get('encoder_id')}"

@@ -83,7 +83,9 @@ class LGBMHead(Head):
         self.booster_ = lgb.train(self._params(y), data, num_boost_round=self.n_estimators)
 
     def _predict(self, bags, clinical) -> np.ndarray:
-        return self.booster_.predict(self._table(bags, clinical), num_threads=self.num_threads or default_threads())
+        return self.booster_.predict(
+            self._table(bags, clinical), num_threads=self.num_threads or default_threads()
+        )
 
     def _get_state(self):
         return {}, self.stats_.state(), {"lgbm_model.txt": self.booster_.model_to_string()}

@@ -1,0 +1,162 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellbag.aggregate import BagSet, fit_fold, load_bags, run_cv
+from cellbag.aggregate.torch_head import inner_split
+from cellbag.data import ClinicalScaler
+from cellbag.errors import CellbagError
+from cellbag.store import Store
+
+
+def test_run_folder_layout(cv_run, store_path):
+    out, table = cv_run
+    assert (out / "splits.json").is_file() and (out / "comparison.csv").is_file()
+    assert list(table["head"]) == ["meanpool", "abmil", "lgbm"]
+    n_train = 48
+    for head in ("meanpool", "abmil", "lgbm"):
+        d = out / head
+        for f in ("metrics.json", "oof_predictions.csv", "roc.png", "config.json"):
+            assert (d / f).is_file(), d / f
+        m = json.loads((d / "metrics.json").read_text())
+        for k in ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity"):
+            assert set(m["summary"][k]) >= {"mean", "std", "ci95_low", "ci95_high"}
+            assert m["summary"][k]["n"] == 6
+        assert len(m["per_fold"]) == 6
+        oof = pd.read_csv(d / "oof_predictions.csv")
+        assert list(oof.columns) == ["patient_id", "repeat", "fold", "probability", "label"]
+        assert len(oof) == n_train * 2  # each training patient once per repeat
+        assert oof.groupby("repeat")["patient_id"].nunique().tolist() == [n_train, n_train]
+    att = pd.read_csv(out / "abmil" / "attention.csv")
+    assert list(att.columns) == ["patient_id", "cell_id", "path", "repeat", "fold", "weight"]
+    sums = att.groupby(["patient_id", "repeat"])["weight"].sum()
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    store = Store.open(str(store_path))
+    cells = store.bag_cells("P0")
+    assert (
+        att[(att.patient_id == "P0") & (att.repeat == 0)]["cell_id"].tolist()
+        == cells["cell_id"].tolist()
+    )
+    assert not (out / "lgbm" / "attention.csv").exists()
+
+
+def test_only_training_patients_in_splits(cv_run, store_path):
+    out, _ = cv_run
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    train = set(Store.open(str(store_path)).patients().query("split == 'train'")["patient_id"])
+    for s in splits:
+        assert set(s["train"]) | set(s["test"]) == train
+        assert not set(s["train"]) & set(s["test"])
+
+
+def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fast):
+    out, _ = cv_run
+    run_cv(
+        str(store_path),
+        heads="meanpool,abmil",
+        out=tmp_path,
+        folds=3,
+        repeats=2,
+        seed=0,
+        head_params=fast,
+        threads=1,
+        quiet=True,
+    )
+    for head in ("meanpool", "abmil"):
+        assert (tmp_path / head / "metrics.json").read_bytes() == (
+            out / head / "metrics.json"
+        ).read_bytes()
+    # rerun: finished folds are reused, results unchanged
+    before = (tmp_path / "abmil" / "folds" / "r0_f0.json").stat().st_mtime_ns
+    run_cv(
+        str(store_path),
+        heads="abmil",
+        out=tmp_path,
+        folds=3,
+        repeats=2,
+        seed=0,
+        head_params=fast,
+        threads=1,
+        quiet=True,
+    )
+    assert (tmp_path / "abmil" / "folds" / "r0_f0.json").stat().st_mtime_ns == before
+    with pytest.raises(CellbagError, match="made for other settings"):
+        run_cv(str(store_path), heads="meanpool", out=tmp_path, folds=4, quiet=True)
+
+
+def test_no_test_label_is_read(store_path, tmp_path, monkeypatch, fast):
+    kw = dict(heads="meanpool,lgbm", folds=3, repeats=1, seed=0, head_params=fast, quiet=True)
+    ref = run_cv(str(store_path), out=tmp_path / "a", **kw)
+    real = Store.patients
+
+    def poisoned(self):
+        df = real(self)
+        test = df["split"] == "test"
+        df["label"] = df["label"].astype(object)
+        df.loc[test, "label"] = "POISON"  # anything that reads it would break or change
+        return df
+
+    monkeypatch.setattr(Store, "patients", poisoned)
+    got = run_cv(str(store_path), out=tmp_path / "b", **kw)
+    pd.testing.assert_frame_equal(ref.drop(columns="seconds"), got.drop(columns="seconds"))
+    test = load_bags(str(store_path), split="test")
+    assert test.labels is None and "label" not in test.patients.columns
+
+
+def test_test_labels_absent_or_present_give_same_cv(tmp_path):
+    from cellbag.aggregate.synthetic import witness_store
+
+    kw = dict(heads="meanpool", folds=3, repeats=1, seed=0, quiet=True)
+    witness_store(str(tmp_path / "with.zarr"), 30, 6, 12, 8, seed=2, test_labels=True)
+    witness_store(str(tmp_path / "without.zarr"), 30, 6, 12, 8, seed=2, test_labels=False)
+    a = run_cv(str(tmp_path / "with.zarr"), out=tmp_path / "a", **kw)
+    b = run_cv(str(tmp_path / "without.zarr"), out=tmp_path / "b", **kw)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_transforms_fitted_on_training_rows_only(store_path):
+    data = load_bags(str(store_path))
+    tr, te = np.arange(0, 36), np.arange(36, 48)
+    all_cells = np.concatenate(data.bags).astype(np.float64)
+    train_cells = np.concatenate([data.bags[i] for i in tr]).astype(np.float64)
+
+    res = fit_fold(data, "lgbm", tr, te, clinical=True, seed=0, params={"n_estimators": 10})
+    assert res.clinical_state == ClinicalScaler().fit(data.patients.iloc[tr]).to_dict()
+    assert res.clinical_state != ClinicalScaler().fit(data.patients).to_dict()
+    np.testing.assert_allclose(res.head.stats_.mean_, train_cells.mean(0), rtol=1e-6)
+    assert not np.allclose(res.head.stats_.mean_, all_cells.mean(0), rtol=1e-6)
+    # k-means centres live where the training cells are: each is a mean of training cells
+    proj = res.head.stats_.project(np.concatenate([data.bags[i] for i in tr]))
+    assign = res.head.stats_.assign(proj)
+    for j, c in enumerate(res.head.stats_.centers_):
+        if (assign == j).any():
+            np.testing.assert_allclose(c, proj[assign == j].mean(0), atol=1e-6)
+
+    res = fit_fold(data, "abmil", tr, te, clinical=True, seed=0, params={"epochs": 2})
+    inner, _ = inner_split(data.labels[tr], 0.2, seed=0)
+    inner_cells = np.concatenate([data.bags[tr[i]] for i in inner])
+    np.testing.assert_allclose(res.head.feat_mean_, inner_cells.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_or_unfinished_encoder_names_the_command(store_path, tmp_path):
+    with pytest.raises(CellbagError, match=r"no embeddings for encoder 'nope'.*cellbag featurize"):
+        run_cv(str(store_path), "nope", heads="meanpool", out=tmp_path / "x", quiet=True)
+    from cellbag.aggregate.synthetic import witness_store
+
+    path = str(tmp_path / "partial.zarr")
+    store, _, _ = witness_store(path, 12, 2, 5, 4, seed=1)
+    store.init_encoder("half", 4, {"name": "half"})
+    with pytest.raises(CellbagError, match=r"unfinished.*cellbag featurize"):
+        run_cv(path, "half", heads="meanpool", out=tmp_path / "y", quiet=True)
+    with pytest.raises(CellbagError, match="several encoders"):
+        run_cv(path, None, heads="meanpool", out=tmp_path / "z", quiet=True)
+
+
+def test_cross_validate_on_arrays_without_store(tmp_path, witness):
+    from cellbag.aggregate import cross_validate
+
+    data = BagSet.from_arrays(witness.bags[:40], witness.y[:40], clinical=witness.clinical[:40])
+    table = cross_validate(data, ["maxpool"], tmp_path, folds=2, repeats=1, quiet=True)
+    assert table.loc[0, "head"] == "maxpool" and (tmp_path / "maxpool" / "metrics.json").is_file()
