@@ -164,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default="auto", help="index kind: auto, flat, ivf, hnsw")
     ap.add_argument("--exact-n", type=int, default=100_000, help="size of the exact comparison")
     ap.add_argument("--threads", type=int, default=2, help="faiss threads (build and batches)")
-    ap.add_argument("--workdir", type=Path, default=None, help="where the store goes (temp dir)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the store goes (default: a temp dir, removed); a store left there by an "
+        "earlier run of the same --n and --dim is reused",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
     args = ap.parse_args(argv)
 
@@ -179,29 +185,30 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cellbag-retrieval-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     store_path = work / "bench.zarr"
-    shutil.rmtree(store_path, ignore_errors=True)
     n, dim = args.n, args.dim
     print(f"cellbag retrieval benchmark: {n:,} x {dim}-d, faiss {faiss.__version__}, "
           f"{args.threads} thread(s) (machine has {os.cpu_count()} cpus)", flush=True)  # fmt: skip
 
     gen = Clustered(dim=dim)
-    t = time.perf_counter()
-    data = np.empty((n, dim), np.float16)  # the store keeps float16: no float32 copy needed
-    for i, s in enumerate(range(0, n, 100_000)):
-        data[s : s + 100_000] = gen.sample(min(100_000, n - s), seed=1000 + i)
     queries = gen.sample(args.queries, seed=7)  # held out: not in the store
-    print(f"generated vectors in {time.perf_counter() - t:.1f} s", flush=True)
-
-    t = time.perf_counter()
-    cohort = fake_cohort(n, work)
-    store = Store.create(store_path, cohort)
-    del cohort
     encoder_id = f"synthetic-{dim}d"
-    store.add_embeddings(encoder_id, data, {"name": encoder_id, "note": "benchmark"})
-    del data
-    gc.collect()
-    print(f"wrote the store in {time.perf_counter() - t:.1f} s ({store_path})", flush=True)
-
+    if not _reusable(store_path, n, encoder_id):
+        shutil.rmtree(store_path, ignore_errors=True)
+        t = time.perf_counter()
+        data = np.empty((n, dim), np.float16)  # the store keeps float16: no float32 copy
+        for i, s in enumerate(range(0, n, 100_000)):
+            data[s : s + 100_000] = gen.sample(min(100_000, n - s), seed=1000 + i)
+        print(f"generated vectors in {time.perf_counter() - t:.1f} s", flush=True)
+        t = time.perf_counter()
+        cohort = fake_cohort(n, work)
+        store = Store.create(store_path, cohort)
+        del cohort
+        store.add_embeddings(encoder_id, data, {"name": encoder_id, "note": "benchmark"})
+        del data
+        gc.collect()
+        print(f"wrote the store in {time.perf_counter() - t:.1f} s ({store_path})", flush=True)
+    else:
+        print(f"reusing the store {store_path}", flush=True)
     store = Store.open(store_path)
     rows = ok_cells(store)["row"].to_numpy(np.int64)
     chunks = _row_chunks(store, encoder_id, rows)
@@ -299,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _reusable(path: Path, n: int, encoder_id: str) -> bool:
+    """A store of an earlier run with ``--workdir`` (same size and data) can be reused."""
+    from cellbag.store import Store, StoreError
+
+    if not path.exists():
+        return False
+    try:
+        store = Store.open(path)
+        return store.n_cells == n and store.is_complete(encoder_id)
+    except StoreError:
+        return False
 
 
 def _first_rows(chunks, m: int):

@@ -230,3 +230,23 @@ def test_ranks_write_disjoint_blocks(
     assert r1.complete and r0.cells_computed + r1.cells_computed == r1.store.n_cells
     eid = tiny_encoder.id
     np.testing.assert_array_equal(_raw(r1.store, eid), _raw(reference_run.store, eid))
+
+
+def test_moved_cohort_is_read_from_its_new_place(
+    tmp_path, feat_cohort, tiny_encoder, feat_kw
+) -> None:
+    import shutil
+
+    from cellbag.data import read_cohort
+
+    old = tmp_path / "old"
+    shutil.copytree(feat_cohort.root, old)
+    path = tmp_path / "moved.zarr"
+    Store.create(
+        path, read_cohort(old), chunk_rows=feat_kw["chunk_rows"], block_rows=feat_kw["block_rows"]
+    )
+    new = tmp_path / "new"
+    old.rename(new)
+    r = run_featurize(new, path, tiny_encoder, **feat_kw)
+    assert r.complete and len(r.unreadable) == 1  # only the broken JPEG
+    assert r.store.cells()["path"].str.startswith(str(new)).all()

@@ -10,9 +10,9 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ("01_quickstart", "02_aggregators", "03_retrieval")
 SMALL = {
-    "CELLBAG_NB_PATIENTS": "14",
-    "CELLBAG_NB_CELLS": "8",
-    "CELLBAG_NB_IMAGE_SIZE": "64",
+    "CELLBAG_NB_PATIENTS": "12",
+    "CELLBAG_NB_CELLS": "6",
+    "CELLBAG_NB_IMAGE_SIZE": "48",
     "CELLBAG_NB_FOLDS": "2",
     "CELLBAG_NB_REPEATS": "1",
     "HF_HUB_OFFLINE": "1",

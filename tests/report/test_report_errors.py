@@ -122,3 +122,27 @@ def test_cli_error_is_one_line(tmp_path):
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert "nope not found" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_missing_store_is_one_line(synthetic_run, tmp_path):
+    from cellbag.errors import CellbagError
+
+    run_dir, _ = synthetic_run
+    with pytest.raises(CellbagError, match="nope.zarr") as e:
+        write_report(run_dir, tmp_path / "out", store=str(tmp_path / "nope.zarr"))
+    assert "\n" not in str(e.value)
+
+
+def test_embedded_data_is_strict_json(synthetic_run, tmp_path):
+    import re
+
+    run_dir, _ = synthetic_run
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    m = json.loads((d / "abmil" / "metrics.json").read_text())
+    m["roc_auc"]["std"] = float("nan")  # e.g. a single-class fold
+    (d / "abmil" / "metrics.json").write_text(json.dumps(m))
+    html = write_report(d, tmp_path / "out", top_k=1).read_text()
+    blob = re.search(r'<script type="application/json" id="cellbag-data">(.*?)</script>', html, re.S)
+    data = json.loads(blob.group(1), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert data["heads"]["abmil"]["metrics"]["roc_auc"]["std"] is None

@@ -53,12 +53,15 @@ def test_bad_kind_and_parameter_are_clear_errors():
     with pytest.raises(RetrievalError, match="unknown index kind 'annoy'"):
         choose_params(10, "annoy")
     with pytest.raises(RetrievalError, match="unknown index parameter"):
-        choose_params(10, "flat", nprob=3)
+        choose_params(10, "flat", nprobe=3)
     with pytest.raises(RetrievalError, match="0 vectors"):
         choose_params(0)
     with pytest.raises(RetrievalError, match="nlist must be between 1 and the 10 vectors"):
         choose_params(10, "ivf", nlist=11)
     assert choose_params(100, "ivf", nlist=2, nprobe=5).nprobe == 2  # clipped to nlist
+    assert choose_params(10_000, "ivf", nlist=640).nprobe == 10  # rules follow an override
+    with pytest.raises(RetrievalError, match="for kind 'hnsw' .*takes: M"):
+        choose_params(10, "hnsw", nlist=4)
 
 
 def test_flat_nearest_of_each_vector_is_itself(data):
@@ -116,6 +119,16 @@ def test_ivf_build_is_deterministic(data):
     x, q, _, _ = data
     a, b = build(x, "ivf", seed=1), build(x, "ivf", seed=1)
     np.testing.assert_array_equal(a.search(q, 10)[1], b.search(q, 10)[1])
+
+
+def test_inputs_are_not_modified(data):
+    x, q, exact, _ = data
+    before = q.copy()
+    exact.search(q, 3)
+    np.testing.assert_array_equal(q, before)
+    ro = np.ones((3, 4), np.float32)
+    ro.setflags(write=False)
+    np.testing.assert_allclose(np.linalg.norm(normalize(ro), axis=1), 1.0, rtol=1e-6)
 
 
 def test_nan_vectors_and_wrong_dim_are_errors():

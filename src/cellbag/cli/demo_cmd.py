@@ -14,15 +14,23 @@ DEMO_HEADS = "meanpool,abmil,transformer,lgbm"
 
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("demo_out"), help="Folder for the cohort, the store, the runs and the report."),
-    patients: int = typer.Option(40, min=4, help="Demo patients in all (a fifth go to the test split)."),
+    out: Path = typer.Option(
+        Path("demo_out"), help="Folder for the cohort, the store, the runs and the report."
+    ),
+    patients: int = typer.Option(
+        40, min=4, help="Demo patients in all (a fifth go to the test split)."
+    ),
     cells_per_patient: int = typer.Option(40, min=1, help="Cells per patient (about)."),
     seed: int = typer.Option(0, help="Seed for the cohort and the cross-validation."),
-    encoder: str = typer.Option("tf_efficientnet_lite0", help="Encoder (offline default: package weights)."),
+    encoder: str = typer.Option(
+        "tf_efficientnet_lite0", help="Encoder (offline default: package weights)."
+    ),
     heads: str = typer.Option(DEMO_HEADS, help="Comma-separated aggregator heads to compare."),
     folds: int = typer.Option(5, min=2, help="Cross-validation folds."),
     repeats: int = typer.Option(3, min=1, help="Cross-validation repeats."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report at the end."),
+    report: bool = typer.Option(
+        True, "--report/--no-report", help="Write the HTML report at the end."
+    ),
 ) -> None:
     """Demo cohort -> featurize (offline encoder) -> cross-validate heads -> HTML report."""
     from cellbag.aggregate import run_cv
@@ -33,8 +41,12 @@ def demo_cmd(
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     if not (data / "trainset" / "trainset_true.csv").is_file():
-        with console.status(f"[1/4] drawing a demo cohort: {patients} patients × ~{cells_per_patient} cells"):
-            make_demo_cohort(data, patients=patients, cells_per_patient=cells_per_patient, seed=seed)
+        with console.status(
+            f"[1/4] drawing a demo cohort: {patients} patients × ~{cells_per_patient} cells"
+        ):
+            make_demo_cohort(
+                data, patients=patients, cells_per_patient=cells_per_patient, seed=seed
+            )
     console.print(f"[1/4] demo cohort: {data}")
     store_path = out / "store.zarr"
     console.print(f"[2/4] featurizing with {encoder} -> {store_path}")
@@ -44,7 +56,9 @@ def demo_cmd(
         + (f" at {rep.cells_per_s:.1f} cells/s" if rep.cells_computed else " (cached)")
     )
     run_dir = out / "runs" / rep.encoder_id
-    console.print(f"[3/4] cross-validating {heads} ({folds} folds × {repeats} repeats, with clinical) -> {run_dir}")
+    console.print(
+        f"[3/4] cross-validating {heads} ({folds} folds × {repeats} repeats, with clinical) -> {run_dir}"
+    )
     run_cv(
         rep.store,
         rep.encoder_id,

@@ -163,11 +163,13 @@ def make_demo_cohort(
     seed: int = 0,
     test_fraction: float = 0.2,
     positive_fraction: float = 0.6,
+    witness_fraction: tuple[float, float] = (0.15, 0.45),
 ) -> Path:
     """Write a synthetic cohort in the challenge layout under ``out`` and return its path.
 
     ``patients`` in all, about ``test_fraction`` of them in the test split; bag sizes vary
-    around ``cells_per_patient`` (±25%). Deterministic for a seed.
+    around ``cells_per_patient`` (±25%). Each tumoral bag draws its fraction of witness
+    cells uniformly in ``witness_fraction``. Deterministic for a seed.
     """
     if patients < 2:
         raise ValueError("make_demo_cohort: need at least 2 patients")
@@ -193,7 +195,7 @@ def make_demo_cohort(
         folder = out / ("trainset" if split == "train" else "testset") / pid
         folder.mkdir(parents=True, exist_ok=True)
         if y == 1:
-            w = rng.uniform(0.15, 0.45)
+            w = rng.uniform(*witness_fraction)
             probs = np.array([0.80 * (1 - w), 0.20 * (1 - w), 0.7 * w, 0.3 * w])
             age = rng.normal(69, 10)
             count = float(np.exp(rng.normal(np.log(18), 0.7)))

@@ -103,7 +103,8 @@ def _progress(enabled: bool):
 
     class CellsPerSecond(ProgressColumn):
         def render(self, task):  # noqa: ANN001, ANN202
-            speed = task.finished_speed or task.speed
+            elapsed = task.elapsed or 0.0  # the run's mean rate (steadier than a window)
+            speed = task.completed / elapsed if elapsed > 0 and task.completed else None
             return Text(f"{speed:,.1f} cells/s" if speed else "-- cells/s", style="cyan")
 
     return Progress(
@@ -163,6 +164,8 @@ def run_featurize(
             precision=precision,
         )
     store, created = open_or_create(data, store_path, chunk_rows, block_rows)
+    if data is not None and rank == 0 and not created:
+        store.update_paths(data.cells["path"])  # the cohort may have moved since
     eid = enc.id
     report = FeaturizeReport(store=store, encoder_id=eid, created_store=created)
     lock = store.lock(eid, job_id=job_id)

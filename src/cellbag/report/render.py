@@ -486,7 +486,7 @@ def page(
         + more
     )
     notes_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
-    blob = json.dumps(data, default=str, sort_keys=True).replace("</", "<\\/")
+    blob = json.dumps(_no_nan(data), default=str, sort_keys=True).replace("</", "<\\/")
     roc = (
         f'<img class="fig" src="{esc(roc_url)}" alt="ROC curves of every head">'
         if roc_url
@@ -519,6 +519,17 @@ def page(
 </body>
 </html>
 """
+
+
+def _no_nan(x: Any) -> Any:
+    """NaN/inf become null, so the embedded data is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_no_nan(v) for v in x]
+    return x
 
 
 def patient_records(patients: list[PatientView]) -> list[dict[str, Any]]:

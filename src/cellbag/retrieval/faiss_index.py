@@ -2,19 +2,22 @@
 
 Kinds, and how ``auto`` chooses from ``n``, the number of indexed vectors:
 
-- ``flat`` -- exact inner-product search (``IndexFlatIP``). ``auto`` picks it when
-  ``n <= EXACT_MAX`` (50,000): a single exact query then scans at most ~19M multiply-adds
-  at 384-d (a few ms on one core) and needs no training. A whole real cohort (~200
-  patients x 80 cells) is exact.
-- ``ivf`` -- IVF-Flat (``IndexIVFFlat``, inner product), picked by ``auto`` above
-  ``EXACT_MAX``. ``nlist = round(sqrt(n))`` lists (1,000 at 1M; at most ``n // 39``),
-  trained by seeded spherical k-means (10 iterations) on ``min(n, 40 * nlist)`` rows drawn
-  at random; ``nprobe = clip(round(nlist / 64), 8, nlist)`` lists scanned a query (16 at
-  1M, ~1.6% of the vectors). ``sqrt(n)`` rather than the textbook ``4 * sqrt(n)``: k-means
-  and list assignment cost grows with ``nlist``, and ``4 * sqrt(n)`` does not build 1M
-  x 384-d within 2 minutes on 2 cores, while ``sqrt(n)`` lists with 16 probes keep single
-  queries at a few ms with recall@10 >= 0.99 (``benchmarks/retrieval.py``). Vectors are
-  stored uncompressed, so every candidate's similarity is exact.
+- ``flat`` -- exact inner-product search (``IndexFlatIP``, float32). ``auto`` picks it when
+  ``n <= EXACT_MAX`` (50,000). An exact query costs time linear in ``n`` (100k x 384-d:
+  tens of ms on the shared 2-core machine, see the benchmark), so the threshold keeps
+  exact answers, with no training, for cohort-sized stores (~200 patients x 80 cells).
+- ``ivf`` -- an inverted file over float16 vectors (``IndexIVFScalarQuantizer``, ``QT_fp16``,
+  inner product), picked by ``auto`` above ``EXACT_MAX``. float16 is the store's own
+  precision, so nothing is lost beyond rounding the normalised vectors (similarities within
+  ~1e-3), and a query reads half the bytes of IVF-Flat (half the latency when scanning is
+  memory-bound, measured at 1M). ``nlist = round(sqrt(n))`` lists (1,000 at 1M; at most
+  ``n // 39``), trained by seeded spherical k-means (10 iterations) on ``min(n, 40 *
+  nlist)`` rows (whole storage chunks drawn at random, so building reads the store about
+  once); ``nprobe = clip(round(nlist / 64), 8, nlist)`` lists scanned a query (16 at 1M,
+  ~1.6% of the vectors). ``sqrt(n)`` rather than the textbook ``4 * sqrt(n)``: k-means
+  and list assignment cost grows with ``nlist``, and ``4 * sqrt(n)`` does not build 1M x
+  384-d within 2 minutes on 2 shared cores, while ``sqrt(n)`` lists with 16 probes give
+  recall@10 >= 0.99 on the clustered benchmark (``benchmarks/retrieval.py``).
 - ``hnsw`` -- ``IndexHNSWFlat`` (inner product), ``M = 32`` (48 above 2M vectors),
   ``efConstruction = 80``, ``efSearch = 128``. Never picked by ``auto``: queries are the
   fastest, but building 1M x 384-d takes many minutes on 2 cores.
@@ -78,6 +81,13 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+_TUNABLE = {
+    "flat": (),
+    "ivf": ("nlist", "nprobe", "train_size", "niter"),
+    "hnsw": ("M", "ef_construction", "ef_search"),
+}
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     import faiss
@@ -115,30 +125,37 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
         raise RetrievalError("cannot build an index over 0 vectors")
     if kind == "auto":
         kind = "flat" if n <= EXACT_MAX else "ivf"
+    allowed = _TUNABLE[kind]
+    bad = set(overrides) - set(allowed)
+    if bad:
+        raise RetrievalError(
+            f"unknown index parameter(s) {sorted(bad)} for kind {kind!r}"
+            f" (it takes: {', '.join(allowed) or 'none'})"
+        )
+    o = {k: int(v) for k, v in overrides.items() if v is not None}
     if kind == "flat":
         p = IndexParams(kind="flat")
     elif kind == "ivf":
-        nlist = int(max(1, min(round(math.sqrt(n)), n // 39)))
-        nprobe = int(min(nlist, max(8, round(nlist / 64))))
+        nlist = o.get("nlist", int(max(1, min(round(math.sqrt(n)), n // 39))))
         p = IndexParams(
-            kind="ivf", nlist=nlist, nprobe=nprobe, train_size=min(n, 40 * nlist), niter=10
+            kind="ivf",
+            nlist=nlist,
+            nprobe=o.get("nprobe", int(min(nlist, max(8, round(nlist / 64))))),
+            train_size=o.get("train_size", min(n, 40 * nlist)),
+            niter=o.get("niter", 10),
         )
     else:
         p = IndexParams(
-            kind="hnsw", M=48 if n > 2_000_000 else 32, ef_construction=80, ef_search=128
+            kind="hnsw",
+            M=o.get("M", 48 if n > 2_000_000 else 32),
+            ef_construction=o.get("ef_construction", 80),
+            ef_search=o.get("ef_search", 128),
         )
-    if overrides:
-        bad = set(overrides) - set(asdict(p))
-        if bad:
-            raise RetrievalError(f"unknown index parameter(s) {sorted(bad)} for kind {kind!r}")
-        p = IndexParams(**{**asdict(p), **overrides})
-        if "nlist" in overrides and "train_size" not in overrides:
-            p = replace(p, train_size=min(n, 40 * p.nlist))
     if p.kind == "ivf":
         if not 1 <= p.nlist <= n:
             raise RetrievalError(f"nlist must be between 1 and the {n} vectors, got {p.nlist}")
-        if p.nprobe < 1:
-            raise RetrievalError(f"nprobe must be >= 1, got {p.nprobe}")
+        if p.nprobe < 1 or p.niter < 1:
+            raise RetrievalError(f"nprobe and niter must be >= 1, got {p.to_dict()}")
         p = replace(p, nprobe=min(p.nprobe, p.nlist), train_size=max(p.nlist, min(n, p.train_size)))
     if p.kind == "hnsw" and (p.M < 4 or p.ef_search < 1 or p.ef_construction < 1):
         raise RetrievalError(f"HNSW needs M >= 4 and positive ef values, got {p.to_dict()}")
@@ -147,7 +164,7 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
 
 def normalize(x: np.ndarray, *, where: str = "vectors") -> np.ndarray:
     """Float32, L2-normalised rows (zero rows stay zero); non-finite values are an error."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.array(x, dtype=np.float32, order="C", copy=True)  # never touch the caller's array
     if x.ndim == 1:
         x = x[None, :]
     if not np.isfinite(x).all():
@@ -222,12 +239,15 @@ class CellIndex:
         seed: int = 0,
         threads: int | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        sampler: Callable[[int, int], np.ndarray] | None = None,
         **overrides: int,
     ) -> CellIndex:
         """Build an index from ``n`` normalised vectors of ``dim`` given block by block.
 
         ``rows`` maps index positions to store rows (default ``arange(n)``);
-        ``progress(stage, done, total)`` is called as blocks are added.
+        ``progress(stage, done, total)`` is called as blocks are added;
+        ``sampler(size, seed)`` returns ``size`` normalised training vectors for IVF (default:
+        a seeded random draw in one pass over ``chunks``).
         """
         import faiss
 
@@ -243,7 +263,10 @@ class CellIndex:
         else:
             if progress:
                 progress("train", 0, params.train_size)
-            sample = _sample_rows(chunks, n, params.train_size, dim, seed)
+            if sampler is not None:
+                sample = np.ascontiguousarray(sampler(params.train_size, seed), np.float32)
+            else:
+                sample = _sample_rows(chunks, n, params.train_size, dim, seed)
             km = faiss.Clustering(dim, params.nlist)
             km.niter = params.niter
             km.seed = seed
@@ -256,7 +279,14 @@ class CellIndex:
             centroids = faiss.vector_to_array(km.centroids).reshape(params.nlist, dim)
             quantizer = faiss.IndexFlatIP(dim)
             quantizer.add(centroids)
-            index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer,
+                dim,
+                params.nlist,
+                faiss.ScalarQuantizer.QT_fp16,
+                faiss.METRIC_INNER_PRODUCT,
+                False,  # encode the vectors themselves, not residuals
+            )
             index.own_fields = True
             quantizer.this.disown()
             index.is_trained = True
@@ -359,6 +389,7 @@ class CellIndex:
         """Memory the index holds (vectors, list ids, graph links, centroids) plus its row map."""
         vectors = self.n * self.dim * 4
         if self.kind == "ivf":
+            vectors //= 2  # float16 codes
             extra = self.n * 16 + self.params.nlist * self.dim * 4  # ids + direct map
         elif self.kind == "hnsw":  # level-0 links (2M), upper levels (~M/(M-1) of M), offsets
             extra = int(self.n * (2 * self.params.M * 4 * 1.05 + 8 + 4))

@@ -145,6 +145,34 @@ def _row_chunks(
     return gen
 
 
+def _row_sampler(store: Any, encoder_id: str, rows: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """Training sample reader: random whole storage chunks (seeded) until ``size`` ok rows.
+
+    Reading whole chunks touches ~``size / n`` of the store instead of all of it.
+    """
+    arr = store.embeddings(encoder_id)
+    step = int(arr.chunks[0]) if getattr(arr, "chunks", None) else 64
+    where = f"store {_store_url(store)} encoder {encoder_id}"
+
+    def sample(size: int, seed: int) -> np.ndarray:
+        if size >= len(rows):
+            picked = rows
+        else:
+            rng = np.random.default_rng(seed)
+            chunk_of = rows // step
+            ids, counts = np.unique(chunk_of, return_counts=True)
+            order = rng.permutation(len(ids))
+            need = int(np.searchsorted(np.cumsum(counts[order]), size)) + 1
+            chosen = np.isin(chunk_of, ids[order[:need]])
+            picked = rows[chosen]
+        block = np.asarray(arr.oindex[picked] if len(picked) < len(rows) else arr[:], np.float32)
+        if len(picked) == len(rows) and len(rows) != arr.shape[0]:
+            block = block[rows]
+        return normalize(block[:size], where=where)
+
+    return sample
+
+
 def build_index(
     store: Any,
     encoder_id: str,
@@ -178,6 +206,7 @@ def build_index(
         seed=seed,
         threads=threads,
         progress=progress,
+        sampler=_row_sampler(store, encoder_id, rows),
         **overrides,
     )
     index.meta.update(

@@ -582,6 +582,19 @@ class Store:
         self._readers.pop(encoder_id, None)
         self._complete.discard(encoder_id)
 
+    def update_paths(self, paths: Sequence[str]) -> bool:
+        """Record new image paths (same cells, in order; e.g. a moved cohort); True if changed."""
+        self._require_writable()
+        new = np.asarray([str(p) for p in paths], dtype=object)
+        if len(new) != self.n_cells:
+            raise StoreError(f"{self.path}: {len(new)} paths given for {self.n_cells} cells")
+        arr = self._root["cells/path"]
+        if np.array_equal(_strings(arr), new):
+            return False
+        arr[:] = new
+        self._cells = None
+        return True
+
     def update_encoder_attrs(self, encoder_id: str, **attrs: Any) -> None:
         """Add or change metadata of an encoder (e.g. run statistics)."""
         self._require_writable()
