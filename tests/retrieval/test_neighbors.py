@@ -209,3 +209,25 @@ def test_unfinished_encoder_names_the_command_to_run(fake_store):
     fake_store.init_encoder("half-done", DIM, {"name": "half-done"})
     with pytest.raises(CellbagError, match="half-done is unfinished.*cellbag featurize"):
         neighbors(fake_store, "half-done", cell_id=fake_store.cells()["cell_id"].iloc[0])
+
+
+def test_ivf_training_sample_reads_whole_chunks_of_ok_rows(cohort, tmp_path):
+    from cellbag.retrieval.store_index import _row_sampler
+
+    store = Store.create(tmp_path / "small-chunks.zarr", cohort, chunk_rows=8, block_rows=16)
+    store.add_embeddings(FAKE, fake_embeddings(cohort.n_cells), {"name": FAKE})
+    rows = np.arange(cohort.n_cells)
+    sample = _row_sampler(store, FAKE, rows)
+    a, b = sample(10, 0), sample(10, 0)
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert a.shape == (10, DIM) and np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    x = fake_embeddings(cohort.n_cells)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    first = [int(np.argmin(np.abs(x - v).sum(axis=1))) for v in a]
+    assert len({r // 8 for r in first}) == 2  # two whole chunks of 8 rows, cut at 10
+    index = build_index(store, FAKE, "ivf", nlist=2, train_size=10)
+    assert index.params.train_size == 10 and index.n == cohort.n_cells
+    cell_id = store.cells()["cell_id"].iloc[4]
+    df = neighbors(store, FAKE, cell_id=cell_id, k=3)
+    assert df["cell_id"].iloc[0] == cell_id and df.attrs["index_kind"] == "ivf"

@@ -43,7 +43,7 @@ class BagStats:
     """Fit on training bags (``fit``), transform any bags (``transform``) to a fixed-width table."""
 
     def __init__(
-        self, n_components: int = 16, n_clusters: int = 8, max_fit_cells: int = 20000, seed: int = 0
+        self, n_components: int = 16, n_clusters: int = 8, max_fit_cells: int = 5000, seed: int = 0
     ) -> None:
         self.n_components = n_components
         self.n_clusters = n_clusters
@@ -58,9 +58,10 @@ class BagStats:
 
     def _fit(self, bags: list[np.ndarray]) -> BagStats:
         rng = np.random.default_rng(self.seed)
-        cells = np.concatenate(bags).astype(np.float64)
+        cells = np.concatenate(bags)
         if len(cells) > self.max_fit_cells:
             cells = cells[np.sort(rng.choice(len(cells), self.max_fit_cells, replace=False))]
+        cells = cells.astype(np.float64)
         self.mean_ = cells.mean(axis=0)
         centred = cells - self.mean_
         cov = centred.T @ centred / max(len(cells) - 1, 1)
@@ -73,8 +74,7 @@ class BagStats:
         self.explained_variance_ = vals[::-1][:k]
         proj = centred @ self.components_.T
         n_clusters = int(min(self.n_clusters, len(cells)))
-        fit_rows = proj if len(proj) <= 10000 else proj[rng.choice(len(proj), 10000, replace=False)]
-        self.centers_ = kmeans(fit_rows, n_clusters, rng)
+        self.centers_ = kmeans(proj, n_clusters, rng)
         return self
 
     def project(self, bag: np.ndarray) -> np.ndarray:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cellbag.cli.app import app, console, store_app
+
+if TYPE_CHECKING:
+    from cellbag.featurize.pipeline import FeaturizeReport
 
 
 def _human_bytes(n: float) -> str:
@@ -55,24 +59,59 @@ def featurize_cmd(
         False, "--force", help="Recompute this encoder's embeddings from scratch."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    chunk_rows: int = typer.Option(
+        None, "--chunk-rows", min=1, hidden=True, help="Rows per stored chunk (new store only)."
+    ),
+    block_rows: int = typer.Option(
+        None,
+        "--block-rows",
+        min=1,
+        hidden=True,
+        help="Rows per write block, a multiple of --chunk-rows (new store only).",
+    ),
 ) -> None:
-    """Embed every cell of a cohort once into the feature store (resumable; a rerun is a no-op)."""
+    """Embed every cell of a cohort once into the feature store (resumable; a rerun is a no-op).
+
+    Under torchrun (WORLD_SIZE > 1) every process embeds its share of the blocks into the
+    same store: `torchrun --nproc_per_node=N -m cellbag featurize DATA STORE`.
+    """
+    from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
     from cellbag.featurize.pipeline import run_featurize
 
-    report = run_featurize(
-        data,
-        store,
-        encoder,
+    kw = dict(
         weights=weights,
         image_size=image_size,
         adapter=adapter,
         batch_size=batch_size,
-        device=device,
         precision=precision,
         workers=workers,
         force=force,
-        progress=not quiet,
+        chunk_rows=chunk_rows,
+        block_rows=block_rows,
     )
+    if launched_world_size() > 1:
+        with distributed(device) as job:
+            try:
+                report = run_featurize(
+                    data,
+                    store,
+                    encoder,
+                    device=job.device,
+                    progress=not quiet and job.rank == 0,
+                    coordinator=job,
+                    **kw,
+                )
+            except RankAborted:
+                raise typer.Exit(2) from None  # rank 0 prints why
+        if job.rank > 0:
+            return
+    else:
+        report = run_featurize(data, store, encoder, device=device, progress=not quiet, **kw)
+    _print_report(report)
+
+
+def _print_report(report: FeaturizeReport) -> None:
+    """The summary of a run (of the whole job, under torchrun)."""
     s = report.store
     if report.created_store:
         console.print(f"created store {s.path} ({s.n_cells} cells)")
@@ -82,10 +121,20 @@ def featurize_cmd(
             f"[yellow]took over the lock of a dead job (pid {t.get('pid')}, {t.get('started')})"
         )
     if report.cells_computed:
+        ranks = f" by {report.world} ranks" if report.world > 1 else ""
         console.print(
-            f"embedded {report.cells_computed} cells in {report.seconds:.1f} s "
+            f"embedded {report.cells_computed} cells{ranks} in {report.seconds:.1f} s "
             f"({report.cells_per_s:.1f} cells/s), {report.blocks_computed} blocks"
         )
+        if report.world > 1:
+            for r in report.ranks:
+                console.print(
+                    f"  rank {r['rank']} ({r['host']}, {r['device']}): {r['cells']} cells, "
+                    f"{r['blocks']} blocks, compute {r['compute_s']:.1f} s, "
+                    f"write {r['write_s']:.2f} s (stalled {r['write_wait_s']:.2f} s), "
+                    f"waited for the others {r['waited_s']:.1f} s",
+                    highlight=False,
+                )
     else:
         console.print("nothing to do: every block of this encoder is already stored")
     if len(report.unreadable):

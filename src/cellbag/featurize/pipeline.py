@@ -2,8 +2,10 @@
 
 The work is cut into blocks of rows (see :mod:`cellbag.store.blocks`). Batches never
 span two blocks, so a block's numbers do not depend on which other blocks were done
-before: a resumed run equals an uninterrupted one. While the model runs on one batch,
-worker threads decode the next ones, and a writer thread stores the previous block.
+before, nor on which process did them: a resumed run, or one split among the ranks of
+a torchrun job (:mod:`cellbag.featurize.distributed`), equals an uninterrupted one.
+While the model runs on one batch, worker threads decode the next ones, and a writer
+thread stores the previous block.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,9 @@ from cellbag.featurize.images import Decoded, decode_file
 from cellbag.featurize.registry import DEFAULT_ENCODER, Encoder, create_encoder
 from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 
+if TYPE_CHECKING:
+    from cellbag.featurize.distributed import Detached
+
 
 class FeaturizeError(CellbagError, RuntimeError):
     """Featurization cannot start or go on (names the store and the encoder)."""
@@ -33,7 +38,11 @@ class FeaturizeError(CellbagError, RuntimeError):
 
 @dataclass
 class FeaturizeReport:
-    """What one featurize run did."""
+    """What one featurize run did.
+
+    In a torchrun job (``world > 1``) the counts and ``seconds`` are the job's totals, the
+    same on every rank, and ``ranks`` holds each rank's own figures (:meth:`rank_stats`).
+    """
 
     store: Store
     encoder_id: str
@@ -46,10 +55,33 @@ class FeaturizeReport:
     changed: list[str] = field(default_factory=list)
     took_over_lock: dict[str, Any] | None = None
     created_store: bool = False
+    compute_seconds: float = 0.0  # model forward passes
+    decode_wait_seconds: float = 0.0  # the model waiting for decoded images
+    write_seconds: float = 0.0  # store writes (a writer thread, overlapped with compute)
+    write_wait_seconds: float = 0.0  # the model waiting for the writer
+    rank: int = 0
+    world: int = 1
+    device: str = ""
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def cells_per_s(self) -> float:
         return self.cells_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def rank_stats(self) -> dict[str, Any]:
+        """This process's own figures (cells, blocks, seconds of compute / decode / write)."""
+        return {
+            "rank": self.rank,
+            "host": socket.gethostname(),
+            "device": self.device,
+            "cells": self.cells_computed,
+            "blocks": self.blocks_computed,
+            "seconds": round(self.seconds, 3),
+            "compute_s": round(self.compute_seconds, 3),
+            "decode_wait_s": round(self.decode_wait_seconds, 3),
+            "write_s": round(self.write_seconds, 3),
+            "write_wait_s": round(self.write_wait_seconds, 3),
+        }
 
 
 def default_workers(device: str) -> int:
@@ -139,82 +171,219 @@ def run_featurize(
     job_id: str | None = None,
     chunk_rows: int | None = None,
     block_rows: int | None = None,
+    coordinator: Detached | None = None,
 ) -> FeaturizeReport:
     """Embed every cell of a cohort with ``encoder`` into the store at ``store_path``.
 
     Creates the store from ``data`` if missing (a store of another cohort is refused);
     skips blocks already done (a rerun is a no-op; a killed run resumes exactly);
     ``force`` recomputes everything. ``on_block(block)`` is called (in the writer
-    thread) after each block is stored. ``rank``/``world`` select this process's share
-    of blocks when several processes of one job (same ``job_id``) write together.
+    thread) after each block is stored.
+
+    ``coordinator`` (from :func:`cellbag.featurize.distributed.distributed`) makes this
+    process one rank of a torchrun job: rank 0 sets the store up, every rank embeds its
+    share of the blocks left, rank 0 marks completion. Without it, ``rank``/``world``/
+    ``job_id`` let independent processes of one job (same ``job_id``) split the blocks
+    ``rank::world``; rank 0 must have created the encoder before the others start.
     """
+    from cellbag.featurize.distributed import Detached, RankAborted
+
     if batch_size < 1:
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
-    if data is not None and not isinstance(data, Cohort):
-        data = read_cohort(data)  # bad input fails before anything is built or written
-    if isinstance(encoder, Encoder):
-        enc = encoder
-    else:
-        enc = create_encoder(
-            encoder,
-            weights=weights,
-            image_size=image_size,
-            adapter=adapter,
-            device=device,
-            precision=precision,
+    coord = coordinator if coordinator is not None else Detached(rank, world, job_id)
+    rank, world = coord.rank, coord.world
+    lead = rank == 0 or not coord.coordinated  # sets the store up itself
+    lock = None
+    try:
+        setup_error: Exception | None = None
+        try:
+            if lead and data is not None and not isinstance(data, Cohort):
+                data = read_cohort(data)  # bad input fails before anything is built or written
+            if isinstance(encoder, Encoder):
+                enc = encoder
+            else:
+                enc = create_encoder(
+                    encoder,
+                    weights=weights,
+                    image_size=image_size,
+                    adapter=adapter,
+                    device=device,
+                    precision=precision,
+                )
+            if lead:
+                store, created, lock, done = _set_up(
+                    data, store_path, enc, coord, force, chunk_rows, block_rows
+                )
+        except Exception as e:
+            if not coord.coordinated:
+                raise
+            setup_error = e
+        if coord.coordinated:  # rank 0 tells every rank how setup went, and what is done
+            plan = None
+            if rank == 0:
+                plan = (
+                    {"error": f"{setup_error}"}
+                    if setup_error
+                    else {"id": enc.id, "done": done.tolist(), "created": created}
+                )
+            plan = coord.broadcast(plan)
+            if setup_error is not None:
+                raise setup_error
+            if "error" in plan:
+                raise RankAborted(f"rank {rank}: stopped, rank 0 failed: {plan['error']}")
+            if rank > 0:
+                if plan["id"] != enc.id:
+                    raise FeaturizeError(
+                        f"{store_path}: rank {rank} built encoder {enc.id}, rank 0 built "
+                        f"{plan['id']}; give every node the same weights and options"
+                    )
+                store, created = Store.open(store_path, mode="r+"), bool(plan["created"])
+                lock = store.lock(enc.id, job_id=coord.job_id).acquire()  # joins rank 0's
+                done = np.asarray(plan["done"], dtype=bool)
+        report = FeaturizeReport(
+            store=store,
+            encoder_id=enc.id,
+            created_store=created,
+            rank=rank,
+            world=world,
+            device=enc.device,
         )
+        report.took_over_lock = lock.took_over
+        _embed_share(store, enc, done, coord, batch_size, workers, progress, on_block, report)
+    finally:
+        if lock is not None:
+            lock.release()  # rank 0's release (after the last barrier) ends the job's lock
+    report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]
+    return report
+
+
+def _set_up(
+    data: Cohort | None,
+    store_path: str | os.PathLike,
+    enc: Encoder,
+    coord: Detached,
+    force: bool,
+    chunk_rows: int | None,
+    block_rows: int | None,
+) -> tuple[Store, bool, Any, np.ndarray]:
+    """Open or create the store, take the job lock, create the encoder's arrays.
+
+    Returns the store, whether it was created, the (held or joined) lock, and the done
+    marks. On error the lock is released again.
+    """
     store, created = open_or_create(data, store_path, chunk_rows, block_rows)
-    if data is not None and rank == 0 and not created:
+    if data is not None and coord.rank == 0 and not created:
         store.update_paths(data.cells["path"])  # the cohort may have moved since
     eid = enc.id
-    report = FeaturizeReport(store=store, encoder_id=eid, created_store=created)
-    lock = store.lock(eid, job_id=job_id)
-    with lock:
-        report.took_over_lock = lock.took_over
-        if rank == 0:
+    lock = store.lock(eid, job_id=coord.job_id).acquire()
+    try:
+        if coord.rank == 0:
             if force:
                 store.reset_encoder(eid)
             store.init_encoder(eid, enc.dim, enc.metadata)
-        else:
-            _wait_for_encoder(store, eid)  # rank 0 creates the arrays; others write into them
+        elif not store.has_encoder(eid):
+            raise FeaturizeError(
+                f"{store.path}: rank {coord.rank} of {coord.world} found no encoder {eid}; "
+                "start rank 0 first (or launch every rank with torchrun)"
+            )
         done = store.done_blocks(eid)
-        mine = chunks_for_rank(store.n_blocks, rank, world)
-        todo = [b for b in mine if not done[b]]
-        report.blocks_skipped = len(mine) - len(todo)
         recorded = store.encoder_info(eid).get("precision")
-        if todo and done.any() and recorded and recorded != enc.precision:
+        if not done.all() and done.any() and recorded and recorded != enc.precision:
             raise FeaturizeError(
                 f"{store.path}: encoder {eid} was started in {recorded}; resume it with "
                 f"--precision {recorded} (or --force to recompute in {enc.precision})"
             )
-        if todo:
-            _run_blocks(store, enc, todo, batch_size, workers, progress, on_block, report)
-        report.complete = store.mark_complete(eid) if done.all() or todo else False
-        if report.complete and report.cells_computed:
-            store.update_encoder_attrs(
-                eid,
-                last_run={
-                    "cells": report.cells_computed,
-                    "seconds": round(report.seconds, 3),
-                    "cells_per_s": round(report.cells_per_s, 2),
-                    "device": enc.device,
-                    "precision": enc.precision,
-                    "batch_size": batch_size,
-                    "host": socket.gethostname(),
-                },
-            )
-    report.unreadable = store.problems()[["cell_id", "path", "reason"]]
-    return report
+    except BaseException:
+        lock.release()
+        raise
+    return store, created, lock, done
 
 
-def _wait_for_encoder(store: Store, eid: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not store.has_encoder(eid):
-        if time.monotonic() > deadline:
-            raise FeaturizeError(
-                f"{store.path}: rank 0 did not create encoder {eid} in {timeout:.0f} s"
-            )
-        time.sleep(0.2)
+def _embed_share(
+    store: Store,
+    enc: Encoder,
+    done: np.ndarray,
+    coord: Detached,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+    on_block: Callable[[int], None] | None,
+    report: FeaturizeReport,
+) -> None:
+    """Embed this rank's blocks; in a job, wait for all ranks and let rank 0 finish up."""
+    from cellbag.featurize.distributed import JobProgress
+
+    rank, world = coord.rank, coord.world
+    eid = enc.id
+    left = [b for b in range(store.n_blocks) if not done[b]]
+    if coord.coordinated:  # the blocks left, dealt round-robin: balanced after a resume too
+        mine = [left[i] for i in chunks_for_rank(len(left), rank, world)]
+        report.blocks_skipped = store.n_blocks - len(left)
+        shown = left
+    else:
+        own = chunks_for_rank(store.n_blocks, rank, world)
+        mine = [b for b in own if not done[b]]
+        report.blocks_skipped = len(own) - len(mine)
+        shown = mine
+    total = sum(z - a for a, z in map(store.block_range, shown))
+    show = progress and (rank == 0 or not coord.coordinated)
+    label = f"{eid} ({world} ranks)" if coord.coordinated else eid
+    with _progress(show) as bar:
+        task = bar.add_task(label, total=total)
+        counter = JobProgress(coord, bar, task)
+        try:
+            if mine:
+                _run_blocks(store, enc, mine, batch_size, workers, counter.tick, on_block, report)
+            counter.flush()
+            if not coord.coordinated:
+                report.complete = store.mark_complete(eid) if done.all() or mine else False
+                report.ranks = [report.rank_stats()]
+                if report.complete and report.cells_computed:
+                    _record_run(store, enc, report, report.ranks, batch_size)
+                return
+            t0 = time.perf_counter()
+            coord.barrier()  # every rank has written its blocks
+            tail = time.perf_counter() - t0
+            stats = coord.gather(dict(report.rank_stats(), waited_s=round(tail, 3)))
+            counter.close(total=sum(s["cells"] for s in stats))
+        finally:
+            counter.close()
+    report.ranks = stats
+    report.cells_computed = sum(s["cells"] for s in stats)
+    report.blocks_computed = sum(s["blocks"] for s in stats)
+    if rank == 0:
+        store = Store.open(store.path, mode="r+")  # what every rank wrote, uncached
+        complete = store.mark_complete(eid)
+        seconds = max(s["seconds"] + s["waited_s"] for s in stats)
+        report.seconds, report.complete = seconds, complete
+        if complete and report.cells_computed:
+            _record_run(store, enc, report, stats, batch_size)
+    report.seconds, report.complete = coord.broadcast((report.seconds, report.complete))
+    report.store = store if rank == 0 else Store.open(store.path, mode="r+")
+
+
+def _record_run(
+    store: Store,
+    enc: Encoder,
+    report: FeaturizeReport,
+    ranks: list[dict[str, Any]],
+    batch_size: int,
+) -> None:
+    """Note the run's figures in the encoder's metadata (``last_run``)."""
+    store.update_encoder_attrs(
+        enc.id,
+        last_run={
+            "cells": report.cells_computed,
+            "seconds": round(report.seconds, 3),
+            "cells_per_s": round(report.cells_per_s, 2),
+            "device": enc.device,
+            "precision": enc.precision,
+            "batch_size": batch_size,
+            "host": socket.gethostname(),
+            "world": report.world,
+            "ranks": ranks,
+        },
+    )
 
 
 def featurize(
@@ -272,10 +441,11 @@ def _run_blocks(
     todo: list[int],
     batch_size: int,
     workers: int | None,
-    progress: bool,
+    tick: Callable[[int], None],
     on_block: Callable[[int], None] | None,
     report: FeaturizeReport,
 ) -> None:
+    """Embed blocks ``todo`` in order; ``tick(n)`` after each batch of ``n`` cells."""
     import torch
 
     gpu = enc.device.startswith("cuda")
@@ -304,7 +474,9 @@ def _run_blocks(
             )
 
     def write(blk: _Block) -> None:
+        w0 = time.perf_counter()
         store.write_block(enc.id, blk.index, blk.emb, blk.status, blk.reason, blk.sha)
+        report.write_seconds += time.perf_counter() - w0  # only this thread adds to it
         if on_block is not None:
             on_block(blk.index)
 
@@ -312,34 +484,41 @@ def _run_blocks(
     t0 = time.perf_counter()
     blk: _Block | None = None
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task(enc.id, total=sum(z - s for _, s, z in batches))
-            for k in range(lookahead):
-                prefetch(k)
-            for k, (block, s, z) in enumerate(batches):
-                results = [f.result() for f in pending.popleft()]
-                prefetch(k + lookahead)
-                if blk is None:
-                    blk = _Block.empty(store, block, enc.dim)
-                ok = blk.record(s, results)
-                report.changed.extend(
-                    str(ids[s + j])
-                    for j in ok
-                    if old_sha[s + j] and old_sha[s + j] != results[j].sha256
-                )
-                if ok:
-                    pixels = torch.from_numpy(np.stack([results[j].pixels for j in ok]))
-                    blk.emb[np.asarray(ok) + (s - blk.start)] = enc.forward_pixels(pixels).numpy()
-                report.cells_computed += z - s
-                bar.advance(task, z - s)
-                if k + 1 == len(batches) or batches[k + 1][0] != block:
-                    while writes and (writes[0].done() or len(writes) >= 2):
-                        writes.popleft().result()  # surfaces write errors
-                    writes.append(writer.submit(write, blk))
-                    report.blocks_computed += 1
-                    blk = None
-            while writes:
-                writes.popleft().result()
+        for k in range(lookahead):
+            prefetch(k)
+        for k, (block, s, z) in enumerate(batches):
+            c0 = time.perf_counter()
+            results = [f.result() for f in pending.popleft()]
+            c1 = time.perf_counter()
+            report.decode_wait_seconds += c1 - c0
+            prefetch(k + lookahead)
+            if blk is None:
+                blk = _Block.empty(store, block, enc.dim)
+            ok = blk.record(s, results)
+            report.changed.extend(
+                str(ids[s + j])
+                for j in ok
+                if old_sha[s + j] and old_sha[s + j] != results[j].sha256
+            )
+            if ok:
+                c1 = time.perf_counter()
+                pixels = torch.from_numpy(np.stack([results[j].pixels for j in ok]))
+                blk.emb[np.asarray(ok) + (s - blk.start)] = enc.forward_pixels(pixels).numpy()
+                report.compute_seconds += time.perf_counter() - c1  # .cpu() synchronises
+            report.cells_computed += z - s
+            tick(z - s)
+            if k + 1 == len(batches) or batches[k + 1][0] != block:
+                c2 = time.perf_counter()
+                while writes and (writes[0].done() or len(writes) >= 2):
+                    writes.popleft().result()  # surfaces write errors
+                report.write_wait_seconds += time.perf_counter() - c2
+                writes.append(writer.submit(write, blk))
+                report.blocks_computed += 1
+                blk = None
+        c2 = time.perf_counter()
+        while writes:
+            writes.popleft().result()
+        report.write_wait_seconds += time.perf_counter() - c2
     except StoreError:
         raise
     except torch.cuda.OutOfMemoryError:
