@@ -114,7 +114,11 @@ def main() -> None:
 
         a = timed("report, first (thumbnails written)", out=tmp / "r1")
         timed("report, again into the same folder (thumbnails reused)", out=tmp / "r1")
-        b = timed("report with --store (look-alikes of misclassified patients)", out=tmp / "r2", store=store)
+        b = timed(
+            "report with --store (look-alikes of misclassified patients)",
+            out=tmp / "r2",
+            store=store,
+        )
         for label, index in (("without store", a), ("with store", b)):
             files = [p for p in index.parent.rglob("*") if p.is_file()]
             size = sum(p.stat().st_size for p in files)

@@ -143,6 +143,8 @@ def test_embedded_data_is_strict_json(synthetic_run, tmp_path):
     m["roc_auc"]["std"] = float("nan")  # e.g. a single-class fold
     (d / "abmil" / "metrics.json").write_text(json.dumps(m))
     html = write_report(d, tmp_path / "out", top_k=1).read_text()
-    blob = re.search(r'<script type="application/json" id="cellbag-data">(.*?)</script>', html, re.S)
+    blob = re.search(
+        r'<script type="application/json" id="cellbag-data">(.*?)</script>', html, re.S
+    )
     data = json.loads(blob.group(1), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert data["heads"]["abmil"]["metrics"]["roc_auc"]["std"] is None

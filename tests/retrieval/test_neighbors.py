@@ -89,7 +89,8 @@ def test_k_larger_than_store_returns_what_exists_with_a_warning(fake_store):
 def test_index_saved_beside_the_store_records_what_it_was_built_from(fake_store):
     build_index(fake_store, FAKE)
     where = index_dir(fake_store, FAKE)
-    assert where == fake_store_dir(fake_store) / "indexes" / FAKE
+    store_dir = fake_store_dir(fake_store)
+    assert where == store_dir.with_name(store_dir.name + ".indexes") / FAKE
     info = json.loads((where / "index.json").read_text())
     assert info["kind"] == "flat" and info["n"] == len(fake_store.cells())
     assert info["embeddings_digest"] == fake_store.embeddings_digest(FAKE)
@@ -107,7 +108,8 @@ def fake_store_dir(store):
 
 
 def test_query_builds_a_missing_index(fake_store):
-    assert not (fake_store_dir(fake_store) / "indexes").exists()
+    store_dir = fake_store_dir(fake_store)
+    assert not store_dir.with_name(store_dir.name + ".indexes").exists()
     neighbors(fake_store, FAKE, cell_id=fake_store.cells()["cell_id"].iloc[0], k=2)
     assert (index_dir(fake_store, FAKE) / "index.json").is_file()
 

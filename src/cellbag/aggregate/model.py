@@ -18,7 +18,7 @@ import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Head
-from cellbag.aggregate.cv import _atomic_json, _versions, available_cores, torch_threads
+from cellbag.aggregate.cv import _atomic_json, _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.metrics import youden_threshold
 
@@ -106,7 +106,7 @@ class FittedModel:
         usable cells get probability NaN and the majority class of training."""
         data = load_bags(open_store(store), self.encoder_id, split=split)
         t = self.threshold if threshold is None else float(threshold)
-        with torch_threads(available_cores()):
+        with torch_threads(default_threads()):
             p = self.predict_proba(data.bags, data.patients if self.clinical else None)
         df = pd.DataFrame({"patient_id": data.patient_ids, "probability": p})
         df["predicted"] = (df["probability"] >= t).astype(int)
@@ -198,7 +198,7 @@ def fit_model(
     t0 = time.perf_counter()
     members: list[Member] = []
     oof = None
-    with torch_threads(threads or available_cores()):
+    with torch_threads(threads or default_threads()):
         if ensemble and ensemble >= 2:
             oof = np.full(n, np.nan)
             skf = StratifiedKFold(n_splits=ensemble, shuffle=True, random_state=seed)

@@ -67,7 +67,7 @@ class TorchHead(Head):
         epochs: int = 50,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
-        batch_size: int = 16,
+        batch_size: int = 32,
         patience: int = 15,
         val_fraction: float = 0.2,
         max_cells_train: int = 512,

@@ -57,7 +57,7 @@ def cv_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (splits.json, <head>/...)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores)."
+        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
@@ -110,7 +110,7 @@ def fit_cmd(
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores)."
+        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
     ),
 ) -> None:
     """Train a head on all training patients (optionally a fold ensemble) and save it."""

@@ -249,12 +249,13 @@ def _patients(v: HeadView, top_k: int) -> str:
             f'data-correct="{int(p.correct)}" class="{"ok" if p.correct else "bad"}">'
             f'<td data-value="{esc(p.patient_id)}">{esc(p.patient_id)}</td>'
             f'<td data-value="{p.label}">{esc(label_text(p.label))}</td>'
-            f'<td data-col="probability" data-value="{dv(p.probability)}">{fmt(p.probability)}'
+            f'<td data-col="probability" data-value="{dv(p.probability)}" '
+            f'title="mean of {p.repeats} out-of-fold prediction(s)">{fmt(p.probability)}'
             f'<div class="bar"><span style="width:{100 * p.probability:.1f}%"></span></div></td>'
             f'<td data-col="probability_std" data-value="{dv(p.probability_std)}">{fmt(p.probability_std)}</td>'
-            f'<td data-value="{p.repeats}">{p.repeats}</td>'
             f'<td data-col="predicted" data-value="{p.predicted}">{p.predicted}</td>'
-            f'<td data-col="correct" data-value="{int(p.correct)}">{mark}{nn_link}</td>'
+            f'<td data-col="correct" data-value="{int(p.correct)}" class="{"ok" if p.correct else "bad"}">'
+            f"{mark}{nn_link}</td>"
             f"{galleries}</tr>"
         )
     gal_heads = (
@@ -277,7 +278,7 @@ def _patients(v: HeadView, top_k: int) -> str:
         '<th data-sort="text">Patient</th><th data-sort="num">Label</th>'
         '<th data-sort="num" title="out-of-fold probability of class 1, mean over repeats">'
         'Probability</th><th data-sort="num" title="std of the probability over repeats">Std</th>'
-        '<th data-sort="num">Repeats</th><th data-sort="num">Predicted</th>'
+        '<th data-sort="num">Predicted</th>'
         f'<th data-sort="num">Correct</th>{gal_heads}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
@@ -346,8 +347,8 @@ header{background:#1d2330;color:#fff;padding:14px 24px}
 header h1{margin:0;font-size:20px} header p{margin:4px 0 0;color:#c9d1e0}
 nav{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);padding:8px 24px;z-index:5}
 nav a{margin-right:14px;color:var(--acc);text-decoration:none}
-main{padding:8px 24px 40px}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 18px;margin:16px 0}
+main{padding:8px 16px 40px}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 14px;margin:14px 0}
 h2{font-size:17px;margin:4px 0 10px} h3{font-size:14px;margin:14px 0 6px} h4{font-size:13px;margin:10px 0 4px}
 table{border-collapse:collapse;margin:4px 0 10px}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:middle}
@@ -358,7 +359,7 @@ table.kv td{font-family:ui-monospace,monospace;font-size:12px;word-break:break-a
 .muted{color:var(--mut)} .ci{color:var(--mut);font-size:12px}
 .row{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
 table.confusion td{text-align:center;font-size:16px;min-width:90px}
-td.ok,tr.ok td:nth-child(7){background:var(--ok)} td.bad,tr.bad td:nth-child(7){background:var(--bad)}
+td.ok{background:var(--ok)} td.bad{background:var(--bad)}
 table.patients th[data-sort]{cursor:pointer;user-select:none}
 table.patients th[data-sort]:after{content:" ⇅";color:var(--mut);font-size:11px}
 .bar{height:4px;background:#e9ecf2;border-radius:2px;margin-top:2px;width:70px}
@@ -368,9 +369,9 @@ figure.cell{margin:0;text-align:center;font-size:10px;color:var(--mut)}
 figure.cell img{display:block;width:64px;height:64px;border-radius:3px;border:1px solid var(--line)}
 figure.query img{outline:2px solid #e8590c}
 .noimg{width:64px;height:64px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
-table.patients td,table.patients th{white-space:nowrap}
+table.patients td,table.patients th{white-space:nowrap;padding:3px 6px}
 table.patients .gallery{flex-wrap:nowrap}
-table.patients figure.cell img{width:50px;height:50px}
+table.patients figure.cell img{width:44px;height:44px}
 .scroll{overflow-x:auto}
 figure.hit[data-label="1"] img{border:2px solid #c92a2a}
 figure.hit[data-label="0"] img{border:2px solid #2b8a3e}

@@ -392,6 +392,8 @@ def load_run(run_dir: str | Path) -> Run:
     if comparison is not None and "head" in comparison.columns:
         order = {str(h): i for i, h in enumerate(comparison["head"])}
         heads.sort(key=lambda h: (order.get(h.name, len(order)), h.name))
+    # heads with attention first: their sections carry the cell galleries
+    heads.sort(key=lambda h: h.attention is None)
     return Run(folder=root, heads=heads, splits=splits, comparison=comparison, config=config)
 
 

@@ -1,7 +1,7 @@
 """The retrieval index of one encoder of a store: where it lives, building it, staleness.
 
-Location: a local store keeps its indexes inside itself, ``STORE/indexes/<encoder>/``
-(zarr ignores folders without ``zarr.json``), holding ``index.faiss``, ``rows.npy``
+Location: a local store keeps its indexes beside itself, ``STORE.indexes/<encoder>/``
+(not inside: a plain ``zarr`` listing of the store would warn about non-Zarr files), holding ``index.faiss``, ``rows.npy``
 (index position -> store row) and ``index.json`` (kind, parameters, the embeddings
 digest, a digest of the indexed cell ids, build time). A store read through an fsspec
 URL, or a local one that is not writable, keeps them in the user cache:
@@ -79,7 +79,8 @@ def index_dirs(store: Any, encoder_id: str) -> list[Path]:
     cached = cache_root() / "indexes" / hashlib.sha1(url.encode()).hexdigest()[:16] / name
     if is_remote(store):
         return [cached]
-    return [_local_path(store) / "indexes" / name, cached]
+    local = _local_path(store)
+    return [local.with_name(local.name + ".indexes") / name, cached]
 
 
 def _writable(directory: Path) -> bool:
