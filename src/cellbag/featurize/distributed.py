@@ -16,6 +16,7 @@ Nothing here is needed for a single process: :class:`Detached` is the no-op coor
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -109,7 +110,8 @@ class TorchDistributed(Detached):
         try:
             yield
         except RuntimeError as e:  # torch.distributed's errors derive from it
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = re.sub(r"\[[^\]]*\]\s*", "", str(e)).strip()  # no "[file:line]" tags
+            first = text.splitlines()[0] if text else type(e).__name__
             raise FeaturizeError(
                 f"rank {self.rank}: another rank of the job stopped ({first[:200]}); the blocks "
                 "written are kept: rerun the command, with any number of processes, to finish"
