@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -314,3 +315,15 @@ def test_block_rows_must_divide(tmp_path, cohort_root) -> None:
     res = CliRunner().invoke(app, args)
     assert isinstance(res.exception, StoreError)
     assert "block_rows (3) must be a positive multiple of chunk_rows (2)" in str(res.exception)
+
+
+def test_a_rank_that_cannot_see_the_cohort_stops(tmp_path, cohort_root, encoder) -> None:
+    root = tmp_path / "here"
+    shutil.copytree(cohort_root, root)
+    path = tmp_path / "gone.zarr"
+    run_featurize(root, path, encoder, rank=0, world=2, job_id="j", **KW)
+    done = Store.open(path).done_blocks(encoder.id).sum()
+    root.rename(tmp_path / "elsewhere")  # as on a machine without the cohort mounted
+    with pytest.raises(FeaturizeError, match=r"rank 1 on .* cannot see the cohort \(.*here/"):
+        run_featurize(None, path, encoder, rank=1, world=2, job_id="j", **KW)
+    assert Store.open(path).done_blocks(encoder.id).sum() == done

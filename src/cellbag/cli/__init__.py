@@ -28,7 +28,9 @@ def main() -> None:
     try:
         app()
     except CellbagError as e:
+        from rich.markup import escape
+
         from cellbag.cli.app import err_console
 
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -85,8 +85,15 @@ class FeaturizeReport:
 
 
 def default_workers(device: str) -> int:
-    """Decode threads: one on a CPU (the model needs the cores), many beside a GPU."""
-    n = os.cpu_count() or 1
+    """Decode threads: one on a CPU (the model needs the cores), many beside a GPU.
+
+    Under torchrun the machine's cores are shared among its ``LOCAL_WORLD_SIZE`` ranks.
+    """
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    n = max(1, (os.cpu_count() or 1) // local)
     return max(1, min(32, n)) if device.startswith("cuda") else max(1, min(2, n // 2))
 
 
@@ -325,6 +332,13 @@ def _embed_share(
         mine = [b for b in own if not done[b]]
         report.blocks_skipped = len(own) - len(mine)
         shown = mine
+    if rank > 0 and mine:  # a machine without the cohort would record every cell unreadable
+        folder = os.path.dirname(store.cells()["path"].iloc[store.block_range(mine[0])[0]])
+        if not os.path.isdir(folder):
+            raise FeaturizeError(
+                f"{store.path}: rank {rank} on {socket.gethostname()} cannot see the cohort "
+                f"({folder} is missing); every machine needs DATA at the same path"
+            )
     total = sum(z - a for a, z in map(store.block_range, shown))
     show = progress and (rank == 0 or not coord.coordinated)
     label = f"{eid} ({world} ranks)" if coord.coordinated else eid
@@ -344,11 +358,15 @@ def _embed_share(
             t0 = time.perf_counter()
             coord.barrier()  # every rank has written its blocks
             tail = time.perf_counter() - t0
-            stats = coord.gather(dict(report.rank_stats(), waited_s=round(tail, 3)))
+            gathered = coord.gather(
+                (dict(report.rank_stats(), waited_s=round(tail, 3)), report.changed)
+            )
+            stats = [g[0] for g in gathered]
             counter.close(total=sum(s["cells"] for s in stats))
         finally:
             counter.close()
     report.ranks = stats
+    report.changed = [c for g in gathered for c in g[1]]
     report.cells_computed = sum(s["cells"] for s in stats)
     report.blocks_computed = sum(s["blocks"] for s in stats)
     if rank == 0:
