@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellbag.featurize.images import to_rgb  # the featurizer's own conversion
 from cellbag.retrieval.faiss_index import CellIndex, RetrievalError, normalize
 from cellbag.retrieval.store_index import (
     RetrievalWarning,
@@ -43,30 +44,6 @@ def open_image(path: str | Path) -> Any:
     except (UnidentifiedImageError, OSError) as e:
         raise RetrievalError(f"image {path} cannot be read as an image ({e})") from e
     return to_rgb(img)
-
-
-def to_rgb(img: Any) -> Any:
-    """An 8-bit RGB version of a PIL image of any mode, converted as the featurizer does:
-    alpha composited on white, 16-bit / float grayscale rescaled to 0..255."""
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        if img.mode.startswith("I;16") and lo >= 0 and hi <= 65535:
-            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        g = np.clip((a - lo) * scale, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(g, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def load_encoder(store: Any, encoder_id: str) -> Any:
