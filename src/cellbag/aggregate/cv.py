@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
@@ -35,25 +34,15 @@ from cellbag.aggregate.splits import check_splits, load_or_make_splits
 THRESHOLD = 0.5
 
 
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
 def default_threads() -> int:
-    """Torch threads for a run: every core when the machine is idle, else one.
+    """Torch threads for a run: one, always.
 
-    The tensors here are small; on a busy 2-core machine two OpenMP threads spin against
-    other processes and made a 5-fold abmil cv 15x slower (305 s vs 20 s) than one thread."""
-    cores = available_cores()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        load = 0.0
-    return cores if load < cores / 2 else 1
+    A fixed number keeps results reproducible (torch's CPU reductions split by thread, so
+    another thread count can change the last bits, and early stopping can amplify that).
+    One is also the fast choice here: the tensors are small, and on a busy 2-core machine
+    two OpenMP threads made a 5-fold abmil cv 15x slower (305 s vs 20 s). ``--threads``
+    overrides it (figures are then reproducible at that thread count)."""
+    return 1
 
 
 @contextmanager

@@ -44,11 +44,11 @@ def distill_cmd(
     teacher_encoder: str = typer.Option(
         None, "--teacher-encoder", help="Teacher encoder id (default: from the run's config)."
     ),
-    epochs: int = typer.Option(6, "--epochs", min=1, help="Passes over the training bags."),
+    epochs: int = typer.Option(8, "--epochs", min=1, help="Passes over the training bags."),
     cells_per_bag: int = typer.Option(
         64, "--cells-per-bag", min=1, help="At most this many cells per bag per step (M)."
     ),
-    bags_per_step: int = typer.Option(4, "--bags-per-step", min=1, help="Bags per optimiser step."),
+    bags_per_step: int = typer.Option(2, "--bags-per-step", min=1, help="Bags per optimiser step."),
     encoder_batch: int = typer.Option(
         64, "--encoder-batch", min=1, help="Cells per encoder sub-batch."
     ),
@@ -75,10 +75,11 @@ def distill_cmd(
         False, "--grad-checkpointing", help="Recompute encoder activations (less memory)."
     ),
     trainable_blocks: int = typer.Option(
-        None,
+        3,
         "--trainable-blocks",
-        min=0,
-        help="Train only the encoder's last K blocks (faster on CPU). Default: all of it.",
+        min=-1,
+        help="Train the encoder's last K blocks (earlier layers frozen: much faster on CPU); "
+        "-1 trains the whole encoder.",
     ),
     threshold: float = typer.Option(
         0.5, "--threshold", min=0, max=1, help="Decision threshold stored in the model."

@@ -195,9 +195,12 @@ def freeze_early_layers(encoder: nn.Module, trainable_blocks: int) -> int:
     of blocks left trainable."""
     blocks = getattr(encoder, "blocks", None)
     if blocks is None or not hasattr(blocks, "__len__"):
-        raise DistillError(
-            f"{type(encoder).__name__} has no `blocks` to freeze; drop --trainable-blocks"
+        import warnings
+
+        warnings.warn(
+            f"{type(encoder).__name__} has no `blocks`: the whole encoder trains", stacklevel=2
         )
+        return -1
     n = len(blocks)
     k = max(0, min(int(trainable_blocks), n))
     seen_blocks = False
@@ -258,7 +261,7 @@ def build_student(
         info = adapter_info(model)
     else:
         model.requires_grad_(True)
-        if trainable_blocks is not None:
+        if trainable_blocks is not None and trainable_blocks >= 0:
             freeze_early_layers(model, trainable_blocks)
     spec = StudentSpec(
         encoder=spec.encoder,

@@ -44,9 +44,9 @@ class DistillConfig:
     weights: str | None = None  # student encoder's starting weights (None: preset default)
     image_size: int | None = DEFAULT_IMAGE_SIZE
     adapter: str | None = None  # an adapter kind (e.g. 'lora') or a saved adapter folder
-    epochs: int = 6
+    epochs: int = 8
     cells_per_bag: int = 64
-    bags_per_step: int = 4
+    bags_per_step: int = 2
     encoder_batch: int = 64
     lr: float = 2e-4  # encoder (or adapter)
     head_lr: float = 1e-3
@@ -56,7 +56,7 @@ class DistillConfig:
     class_weighted: bool = True
     augment: bool = True
     grad_checkpointing: bool = False
-    trainable_blocks: int | None = None  # None: the whole encoder trains
+    trainable_blocks: int | None = 3  # the encoder's last K blocks train; None or -1: all
     device: str = "auto"
     seed: int = 0
     threshold: float = 0.5
