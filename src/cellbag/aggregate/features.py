@@ -27,9 +27,11 @@ def kmeans(
         c = np.asarray(centers)
         for _ in range(iters):
             assign = _sqdist(x, c).argmin(1)
-            new = np.array(
-                [x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(k)]
-            )
+            counts = np.bincount(assign, minlength=k)
+            # one (k, n) @ (n, d) product instead of k boolean-mask passes
+            sums = (assign[None, :] == np.arange(k)[:, None]).astype(x.dtype) @ x
+            empty = counts == 0
+            new = np.where(empty[:, None], c, sums / np.maximum(counts, 1)[:, None])
             if np.allclose(new, c):
                 break
             c = new
@@ -90,16 +92,28 @@ class BagStats:
             return self._transform(bags)
 
     def _transform(self, bags: list[np.ndarray]) -> np.ndarray:
-        rows = []
+        # project and assign every cell in one product, then reduce bag by bag
+        sizes = np.array([len(b) for b in bags])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        proj = self.project(np.concatenate(bags))
         k = len(self.centers_)
-        for b in bags:
-            p = self.project(b)
-            q = np.quantile(p, QUANTILES, axis=0).ravel()
-            frac = np.bincount(self.assign(p), minlength=k) / len(p)
-            rows.append(
-                np.concatenate([p.mean(0), p.std(0), p.min(0), p.max(0), q, frac, [np.log(len(p))]])
-            )
-        return np.asarray(rows, dtype=np.float64)
+        assign = self.assign(proj)
+        n = sizes[:, None].astype(np.float64)
+        mean = np.add.reduceat(proj, starts, axis=0) / n
+        var = np.maximum(np.add.reduceat(proj * proj, starts, axis=0) / n - mean * mean, 0.0)
+        mn = np.minimum.reduceat(proj, starts, axis=0)
+        mx = np.maximum.reduceat(proj, starts, axis=0)
+        q = np.stack(
+            [
+                np.quantile(proj[a : a + m], QUANTILES, axis=0).ravel()
+                for a, m in zip(starts, sizes, strict=True)
+            ]
+        )
+        bag_of = np.repeat(np.arange(len(bags)), sizes)
+        frac = np.zeros((len(bags), k))
+        np.add.at(frac, (bag_of, assign), 1.0)
+        frac /= n
+        return np.concatenate([mean, np.sqrt(var), mn, mx, q, frac, np.log(n)], axis=1)
 
     def feature_names(self) -> list[str]:
         k = self.components_.shape[0]
