@@ -158,19 +158,11 @@ def load_student(folder: str | Path, device: str = "cpu") -> DeployedStudent:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise DistillError(f"{folder / WEIGHTS_FILE}: unreadable weights ({e})") from None
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise DistillError(
-            f"{folder / WEIGHTS_FILE}: weights do not fit {spec.encoder} "
-            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise DistillError(
-                f"{folder / WEIGHTS_FILE}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
-            )
+    from cellbag.featurize.statedict import state_dict_mismatch
+
+    problem = state_dict_mismatch(state, model.state_dict())
+    if problem:
+        raise DistillError(f"{folder / WEIGHTS_FILE}: weights do not fit {spec.encoder}: {problem}")
     model.load_state_dict(state, strict=False)
     model.eval()
     scaler_doc = (doc.get("clinical") or {}).get("scaler")

@@ -532,18 +532,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> dict[str, Any]:
         tensors = load_file(str(st))
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{st}: unreadable safetensors ({e})") from None
-    expected = adapter_state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise AdapterError(
-            f"{st}: adapter keys do not match {name} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise AdapterError(
-                f"{st}: {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
-            )
+    from cellbag.featurize.statedict import state_dict_mismatch
+
+    problem = state_dict_mismatch(tensors, adapter_state_dict(model))
+    if problem:
+        raise AdapterError(f"{st}: adapter does not fit {name}: {problem}")
     model.load_state_dict(tensors, strict=False)
     return doc

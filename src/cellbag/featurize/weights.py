@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cellbag.errors import CellbagError
+from cellbag.featurize.statedict import state_dict_mismatch
 
 PACKAGE_SOURCES = {"package:efficientnet-lite0": "tf_efficientnet_lite0"}
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -168,20 +169,9 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str
         own = model.state_dict()
     if not head_fits:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise WeightsError(
-            f"{origin}: keys do not fit {type(model).__name__} "
-            f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
-            f"e.g. {unexpected[:2]})"
-        )
-    for k, v in state_dict.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise WeightsError(
-                f"{origin}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
-            )
+    problem = state_dict_mismatch(state_dict, own)
+    if problem:
+        raise WeightsError(f"{origin}: weights do not fit {type(model).__name__}: {problem}")
     model.load_state_dict(state_dict, strict=False)
     return model
 
