@@ -17,7 +17,7 @@ browser:
 	    || echo "warning: could not install chromium; browser checks will be skipped" )
 
 demo: install
-	cellbag demo --out $(DEMO_OUT)
+	$(PY) -m cellbag demo --out $(DEMO_OUT)
 
 test: install browser
 	$(PY) -m pytest -q
