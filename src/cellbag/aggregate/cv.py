@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
-from cellbag.aggregate.base import Head, standardizer
+from cellbag.aggregate.base import Bags, Head, standardizer
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.metrics import METRICS, binary_metrics, summarize
 from cellbag.aggregate.registry import head_class, make_head
@@ -93,6 +93,17 @@ def clinical_fold(
     raise AggregateError(f"{data.source}: no clinical data; use --no-clinical")
 
 
+def fold_bags(data: BagSet, train: np.ndarray, test: np.ndarray, clinical: bool):
+    """(train X, test X, clinical scaler state): ``Bags`` of the two row sets, with their
+    clinical features scaled by statistics of the train rows when ``clinical``."""
+    c_tr = c_te = state = None
+    if clinical:
+        c_tr, c_te, state = clinical_fold(data, train, test)
+    x_tr = Bags([data.bags[i] for i in train], c_tr)
+    x_te = Bags([data.bags[i] for i in test], c_te)
+    return x_tr, x_te, state
+
+
 def fit_fold(
     data: BagSet,
     head_name: str,
@@ -106,15 +117,11 @@ def fit_fold(
     if data.labels is None:
         raise AggregateError(f"{data.source}: these bags carry no labels (not the training split)")
     t0 = time.perf_counter()
-    c_tr = c_te = None
-    state = None
-    if clinical:
-        c_tr, c_te, state = clinical_fold(data, train, test)
+    x_tr, x_te, state = fold_bags(data, train, test, clinical)
     head = make_head(head_name, clinical=clinical, seed=seed, **(params or {}))
-    head.fit([data.bags[i] for i in train], c_tr, data.labels[train])
-    test_bags = [data.bags[i] for i in test]
-    proba = head.predict_proba(test_bags, c_te)
-    weights = head.cell_weights(test_bags, c_te) if head.has_cell_weights else None
+    head.fit(x_tr, data.labels[train])
+    proba = head.predict_proba(x_te)[:, 1]
+    weights = head.cell_weights(x_te) if head.has_cell_weights else None
     return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
 
 
@@ -187,6 +194,10 @@ def cross_validate(
         note = "no clinical data in this store: running image-only (--no-clinical)"
     else:
         note = None
+    if clinical and "clinical" not in names:
+        names.append("clinical")  # the clinical-only baseline, beside every fused head
+    if not clinical and "clinical" in names:
+        raise AggregateError("head 'clinical' needs clinical data; drop it or --no-clinical")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(quiet=quiet)

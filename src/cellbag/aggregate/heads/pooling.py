@@ -9,8 +9,9 @@ from cellbag.aggregate.registry import register_head
 
 
 class _PooledLogistic(Head):
-    """Pool each bag to one vector, concatenate clinical features, standardise (training
-    statistics) and fit a class-balanced logistic regression."""
+    """Pool each bag to one vector, standardise (training statistics) and fit a
+    class-balanced logistic regression. ``cell_contributions`` gives each cell's score
+    under the bag's linear model (what the report shows for heads without attention)."""
 
     def __init__(self, clinical: bool = True, seed: int = 0, C: float = 0.1) -> None:
         super().__init__(clinical=clinical, seed=seed)
@@ -19,23 +20,23 @@ class _PooledLogistic(Head):
     def _pool(self, bags: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def _features(self, bags, clinical) -> np.ndarray:
-        x = np.concatenate([self._pool(bags), clinical], axis=1)
-        return (x - self.mean_) / self.std_
-
-    def _fit(self, bags, clinical, y) -> None:
+    def _fit(self, bags, y) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        x = np.concatenate([self._pool(bags), clinical], axis=1)
+        x = self._pool(bags)
         self.mean_, self.std_ = standardizer(x)
         model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000)
         model.fit((x - self.mean_) / self.std_, y)
         self.coef_ = model.coef_[0].astype(np.float64)
         self.intercept_ = float(model.intercept_[0])
 
-    def _predict(self, bags, clinical) -> np.ndarray:
-        z = self._features(bags, clinical) @ self.coef_ + self.intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+    def _decision(self, bags) -> np.ndarray:
+        return ((self._pool(bags) - self.mean_) / self.std_) @ self.coef_ + self.intercept_
+
+    def cell_contributions(self, X) -> list[np.ndarray]:
+        """Per cell: the image model's log-odds if the bag were that cell alone."""
+        b, _ = self._inputs(X, clinical=False)
+        return [((x - self.mean_) / self.std_) @ self.coef_ + self.intercept_ for x in b]
 
     def _get_state(self):
         arrays = {"mean": self.mean_, "std": self.std_, "coef": self.coef_}
