@@ -94,14 +94,17 @@ def _metric_mean(metrics: dict[str, Any], key: str = "balanced_accuracy") -> flo
 
 
 def resolve_head_folder(path: str | Path) -> Path:
-    """``RUN_DIR/<head>`` as given, or the best head of ``RUN_DIR`` (highest mean balanced
-    accuracy in its ``metrics.json``; ties by name)."""
+    """``RUN_DIR/<head>`` as given, or the best image head of ``RUN_DIR`` (highest mean
+    balanced accuracy in its ``metrics.json``; ties by name)."""
     path = Path(path)
     if not path.is_dir():
         raise DistillError(f"{path}: teacher run folder not found")
     if _is_head_folder(path):
         return path
-    heads = sorted(p for p in path.iterdir() if p.is_dir() and _is_head_folder(p))
+    # the clinical-only baseline reads no images, so it cannot teach an image model
+    heads = sorted(
+        p for p in path.iterdir() if p.is_dir() and _is_head_folder(p) and p.name != "clinical"
+    )
     if not heads:
         raise DistillError(
             f"{path}: not a cv run folder (no <head>/{OOF_FILE}; run `cellbag cv ... --out {path}`)"
