@@ -9,6 +9,7 @@ ALL = ["meanpool", "maxpool", "abmil", "transformer", "lgbm"]
 QUICK = {
     "abmil": {"epochs": 5, "inner_folds": 2},
     "transformer": {"epochs": 3, "inner_folds": 2},
+    "maxpool": {"epochs": 5, "inner_folds": 2},
     "lgbm": {"n_estimators": 20},
 }
 
@@ -62,7 +63,7 @@ def test_same_seed_same_model(name):
     np.testing.assert_array_equal(p1, p2)
 
 
-@pytest.mark.parametrize("name", ["abmil", "transformer"])
+@pytest.mark.parametrize("name", ["abmil", "transformer", "maxpool"])
 def test_attention_depends_on_the_other_cells(name):
     bags, _, y = _data()
     head = make_head(name, clinical=False, **QUICK[name]).fit(bags, y)

@@ -180,6 +180,7 @@ def cross_validate(
     console: Any = None,
     quiet: bool = False,
     extra_config: dict | None = None,
+    cell_truth: str | Path | None = None,
 ) -> pd.DataFrame:
     """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`."""
     from rich.console import Console
@@ -187,6 +188,11 @@ def cross_validate(
 
     names = _parse_heads(heads)
     head_params = head_params or {}
+    truth = None
+    if cell_truth is not None:
+        from cellbag.aggregate.celltruth import read_cell_truth
+
+        truth = read_cell_truth(cell_truth)  # a bad file stops before any work
     if data.labels is None:
         raise AggregateError(f"{data.source}: cross-validation needs the labelled training split")
     if clinical and not data.has_clinical:
@@ -286,6 +292,11 @@ def cross_validate(
             seconds = time.perf_counter() - t_head
             progress.remove_task(task)
             summary = write_head_outputs(data, head_dir, name, records, key, seconds, extra_config)
+            if truth is not None:
+                from cellbag.aggregate.celltruth import add_instance_auc
+
+                labels = dict(zip(data.patient_ids, data.labels.tolist(), strict=True))
+                summary["instance_auc"] = add_instance_auc(head_dir, truth, labels)
             rows.append(summary)
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
@@ -400,6 +411,7 @@ def run_cv(
     threads: int | None = None,
     console: Any = None,
     quiet: bool = False,
+    cell_truth: str | Path | None = None,
 ) -> pd.DataFrame:
     """Cross-validate heads on a store's training split; returns the comparison table (one
     row per head: mean/std/95% interval of each metric, seconds) and prints it (rich)
@@ -426,4 +438,5 @@ def run_cv(
         console=console,
         quiet=quiet,
         extra_config=extra,
+        cell_truth=cell_truth,
     )

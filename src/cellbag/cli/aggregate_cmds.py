@@ -60,6 +60,12 @@ def cv_cmd(
         None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    cell_truth: Path = typer.Option(
+        None,
+        "--cell-truth",
+        help="CSV cell_id,is_key: write each head's instance AUC of its cell weights "
+        "into metrics.json.",
+    ),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training split."""
     from cellbag.aggregate.cv import _parse_heads, run_cv
@@ -78,9 +84,14 @@ def cv_cmd(
         threads=threads,
         console=console,
         quiet=quiet,
+        cell_truth=cell_truth,
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
+        if cell_truth is not None and "instance_auc" in table:
+            for h, v in zip(table["head"], table["instance_auc"], strict=True):
+                if v is not None and v == v:
+                    console.print(f"instance AUC of {h}'s cell weights: {v:.3f}")
 
 
 @app.command("fit")

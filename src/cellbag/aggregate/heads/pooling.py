@@ -1,4 +1,4 @@
-"""Mean / max pooling of the cells followed by an L2-regularised logistic regression."""
+"""Mean pooling of the cells followed by an L2-regularised logistic regression."""
 
 from __future__ import annotations
 
@@ -53,11 +53,3 @@ class MeanPoolHead(_PooledLogistic):
 
     def _pool(self, bags):
         return np.stack([b.mean(axis=0) for b in bags])
-
-
-@register_head("maxpool")
-class MaxPoolHead(_PooledLogistic):
-    """Per-dimension max of the cell embeddings -> logistic regression."""
-
-    def _pool(self, bags):
-        return np.stack([b.max(axis=0) for b in bags])
