@@ -46,6 +46,7 @@ from cellbag.store.blocks import block_range, n_blocks
 from cellbag.store.errors import EncoderNotReady, StoreError
 from cellbag.store.fastread import LocalRowReader
 from cellbag.store.lock import LOCK_NAME, JobLock, LockError
+from cellbag.store.schema import write_schema
 
 if TYPE_CHECKING:
     import zarr
@@ -331,7 +332,24 @@ class Store:
                 "block_rows": block_rows,
             }
         )
+        write_schema(root)
         return cls(path, root, "r+")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        path: str | os.PathLike,
+        bags: Sequence[np.ndarray],
+        labels: Any,
+        patient_ids: Sequence[str] | None = None,
+        clinical: Any = None,
+        name: str = "arrays",
+        **kw: Any,
+    ) -> Store:
+        """A new store from in-memory bags; see :func:`cellbag.store.importer.from_arrays`."""
+        from cellbag.store.importer import from_arrays
+
+        return from_arrays(path, bags, labels, patient_ids, clinical, name=name, **kw)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
@@ -428,6 +446,10 @@ class Store:
                     "n_cells": np.asarray(g["n_cells"][:], dtype=np.int64),
                 }
             )
+            if "clinical_extra" in g:  # further clinical columns of an imported store
+                extra = g["clinical_extra"]
+                for j, col in enumerate(extra.attrs["columns"]):
+                    self._patients[col] = np.asarray(extra[:, j], dtype=np.float64)
         return self._patients.copy()
 
     def _patient_index(self, patient_id: str) -> int:
@@ -518,6 +540,12 @@ class Store:
             warnings.simplefilter("ignore")
             groups = list(g.groups())
         return sorted(name for name, sub in groups if "done" in sub.attrs.get("arrays", []))
+
+    def resolve_encoder(self, name_or_id: str | None = None) -> str:
+        """An encoder id from an id, a model name matching one encoder, or None (the only one)."""
+        from cellbag.store.resolve import resolve_encoder
+
+        return resolve_encoder(self, name_or_id)
 
     def _group(self, encoder_id: str) -> zarr.Group:
         try:
