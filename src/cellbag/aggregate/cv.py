@@ -225,7 +225,8 @@ def cross_validate(
 ) -> pd.DataFrame:
     """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cellbag.core.progress import progress_bar
 
     names = _parse_heads(heads)
     _check_options(inner_folds, triage_sensitivity, calibrate)
@@ -257,15 +258,7 @@ def cross_validate(
     results: dict[str, dict] = {}
     with (
         torch_threads(threads),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=quiet,
-        ) as progress,
+        progress_bar("folds", enabled=not quiet, console=console) as progress,
     ):
         for name in names:
             params = dict(head_params.get(name, {}))
