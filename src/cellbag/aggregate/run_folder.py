@@ -308,7 +308,7 @@ def head_folders(run_dir: str | Path) -> list[Path]:
     folders = sorted(p for p in run_dir.iterdir() if p.is_dir() and is_head_folder(p))
     if not folders:
         raise RunFolderError(
-            f"{run_dir}: no head results, not a cv run folder (expected <head>/{METRICS_FILE} "
+            f"{run_dir}: no head results (not a cv run folder: expected <head>/{METRICS_FILE} "
             f"and <head>/{OOF_FILE}; run `cellbag cv ... --out {run_dir}` first)"
         )
     return folders
