@@ -114,8 +114,16 @@ def fit_fold(
     head.fit([data.bags[i] for i in train], c_tr, data.labels[train])
     test_bags = [data.bags[i] for i in test]
     proba = head.predict_proba(test_bags, c_te)
-    weights = head.cell_weights(test_bags, c_te) if head.has_cell_weights else None
+    weights = _cell_scores(head, test_bags, c_te)
     return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
+
+
+def _cell_scores(head: Head, bags: list[np.ndarray], clinical: Any) -> list[np.ndarray] | None:
+    """Attention weights, or the head's per-cell contributions (the report's galleries)."""
+    try:
+        return head.cell_contributions(bags, clinical)
+    except (AggregateError, AttributeError, NotImplementedError):
+        return None
 
 
 # ------------------------------------------------------------------------------ the run
@@ -259,6 +267,7 @@ def cross_validate(
                         "cell_weights": None
                         if res.weights is None
                         else [w.tolist() for w in res.weights],
+                        "cell_kind": getattr(res.head, "contribution_kind", "attention"),
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
@@ -292,6 +301,7 @@ def write_head_outputs(
 
     index = {p: i for i, p in enumerate(data.patient_ids)}
     oof_rows, per_fold, att = [], [], []
+    kind = "attention"
     for rec in records:
         idx = np.asarray([index[p] for p in rec["patients"]])
         y = data.labels[idx]
@@ -301,6 +311,7 @@ def write_head_outputs(
         for pid, prob, lab in zip(rec["patients"], p, y, strict=True):
             oof_rows.append((pid, rec["repeat"], rec["fold"], float(prob), int(lab)))
         if rec.get("cell_weights") is not None:
+            kind = rec.get("cell_kind", "attention")
             for pid, i, w in zip(rec["patients"], idx, rec["cell_weights"], strict=True):
                 ids = (
                     data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
@@ -321,8 +332,11 @@ def write_head_outputs(
     oof = pd.DataFrame(oof_rows, columns=["patient_id", "repeat", "fold", "probability", "label"])
     oof = oof.sort_values(["repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
     oof.to_csv(head_dir / "oof_predictions.csv", index=False)
-    if att:
+    if att and kind == "attention":
         pd.concat(att, ignore_index=True).to_csv(head_dir / "attention.csv", index=False)
+    elif att:  # signed or gain contributions: not attention (distill must not read them)
+        table = pd.concat(att, ignore_index=True).assign(kind=kind)
+        table.to_csv(head_dir / "contributions.csv", index=False)
     pooled = {k: [] for k in METRICS}
     for _, g in oof.groupby("repeat"):
         m = binary_metrics(g["label"].to_numpy(), g["probability"].to_numpy(), THRESHOLD)

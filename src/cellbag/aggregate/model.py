@@ -177,13 +177,15 @@ def fit_model(
     cv_run: str | Path | None = None,
     params: dict | None = None,
     threads: int | None = None,
+    progress: Any = None,
 ) -> FittedModel:
     """Train ``head`` on every training patient (or an ``ensemble``-fold ensemble whose
     members each leave one fold out) and write MODEL_DIR.
 
     ``threshold``: a number, or 'youden' — from ``cv_run``'s out-of-fold predictions of
     this head when given, else from the ensemble's out-of-fold predictions, else from an
-    inner 5-fold cv on the training patients."""
+    inner 5-fold cv on the training patients. ``progress(done, total)`` is called after each
+    model fitted."""
     from sklearn.model_selection import StratifiedKFold
 
     st = open_store(store)
@@ -198,6 +200,10 @@ def fit_model(
     t0 = time.perf_counter()
     members: list[Member] = []
     oof = None
+    inner = isinstance(threshold, str) and threshold.lower() == "youden" and cv_run is None
+    n_fits = (ensemble if ensemble and ensemble >= 2 else 1) + (5 if inner and ensemble < 2 else 0)
+    fits = iter(range(1, n_fits + 1))
+    tick = (lambda: progress(next(fits), n_fits)) if progress else (lambda: None)
     with torch_threads(threads or default_threads()):
         if ensemble and ensemble >= 2:
             oof = np.full(n, np.nan)
@@ -207,8 +213,10 @@ def fit_model(
                 c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
                 oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
                 members.append(m)
+                tick()
         else:
             members.append(_fit_member(data, all_idx, head, clinical, seed, params))
+            tick()
         thr_doc: dict[str, Any]
         if isinstance(threshold, str) and threshold.lower() == "youden":
             if cv_run is not None:
@@ -221,6 +229,7 @@ def fit_model(
                         m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
                         c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
                         oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
+                        tick()
                     source = "inner 5-fold cv on the training patients"
                 else:
                     source = f"out-of-fold predictions of the {ensemble}-fold ensemble"

@@ -2,8 +2,9 @@
 
 Layout (issue 4): ``RUN_DIR/splits.json``, ``RUN_DIR/comparison.csv`` and one folder per
 head, ``RUN_DIR/<head>/`` with ``metrics.json``, ``oof_predictions.csv``, ``config.json``,
-``roc.png`` and, for attention heads, ``attention.csv`` (or ``.parquet``). A head folder
-given directly is read as a run of one head.
+``roc.png`` and, for attention heads, ``attention.csv`` (or ``.parquet``); other heads
+leave their per-cell contributions in ``contributions.csv`` (same columns plus ``kind``:
+logit, argmax or cluster gain). A head folder given directly is read as a run of one head.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ class HeadRun:
     attention: pd.DataFrame | None
     threshold: float
     roc_png: Path | None
+    contributions: pd.DataFrame | None = None  # per-cell scores of a head without attention
+
+    @property
+    def cell_kind(self) -> str | None:
+        """What the galleries rank cells by: attention, logit, argmax, cluster gain (or None)."""
+        if self.attention is not None:
+            return "attention"
+        if self.contributions is not None and len(self.contributions):
+            return str(self.contributions["kind"].iloc[0])
+        return None
 
     def patient_table(self) -> pd.DataFrame:
         """One row per patient: label, mean/std OOF probability over repeats, prediction, correct."""
@@ -80,10 +91,11 @@ class HeadRun:
         return t.reset_index()
 
     def cell_weights(self) -> pd.DataFrame | None:
-        """Mean out-of-fold attention weight per cell (over repeats), with the bag size."""
-        if self.attention is None:
+        """Mean out-of-fold attention weight (or contribution) per cell over repeats, with
+        the bag size."""
+        a = self.attention if self.attention is not None else self.contributions
+        if a is None:
             return None
-        a = self.attention
         w = (
             a.groupby(["patient_id", "cell_id"], sort=False)
             .agg(path=("path", "first"), weight=("weight", "mean"))
@@ -281,8 +293,8 @@ def _read_oof(path: Path) -> pd.DataFrame:
     return df
 
 
-def _read_attention(folder: Path) -> pd.DataFrame | None:
-    csv, pq = folder / "attention.csv", folder / "attention.parquet"
+def _read_attention(folder: Path, stem: str = "attention") -> pd.DataFrame | None:
+    csv, pq = folder / f"{stem}.csv", folder / f"{stem}.parquet"
     if csv.exists():
         df = _read_csv(csv, _ATT_COLUMNS, "attention weights")
         where = csv
@@ -306,6 +318,8 @@ def _read_attention(folder: Path) -> pd.DataFrame | None:
         bad = df.loc[w.isna(), "cell_id"].iloc[0]
         raise ReportError(f"{where}: weight of cell {bad} is not a number")
     df["weight"] = w.astype("float64")
+    if stem != "attention":
+        df["kind"] = df["kind"].astype(str) if "kind" in df.columns else "contribution"
     return df
 
 
@@ -339,11 +353,12 @@ def load_head(folder: Path) -> HeadRun:
         config = normalize_config(c)
     oof = _read_oof(folder / "oof_predictions.csv")
     attention = _read_attention(folder)
-    if attention is not None:
-        unknown = sorted(set(attention["patient_id"]) - set(oof["patient_id"]))
+    contributions = None if attention is not None else _read_attention(folder, "contributions")
+    for stem, table in (("attention", attention), ("contributions", contributions)):
+        unknown = [] if table is None else sorted(set(table["patient_id"]) - set(oof["patient_id"]))
         if unknown:
             raise ReportError(
-                f"{folder}: attention.csv names patient {unknown[0]}, absent from oof_predictions.csv"
+                f"{folder}: {stem}.csv names patient {unknown[0]}, absent from oof_predictions.csv"
             )
     name = config.get("head") if isinstance(config.get("head"), str) else None
     roc = folder / "roc.png"
@@ -357,6 +372,7 @@ def load_head(folder: Path) -> HeadRun:
         attention=attention,
         threshold=_threshold(metrics_raw, config, folder / "metrics.json"),
         roc_png=roc if roc.is_file() else None,
+        contributions=contributions,
     )
 
 
@@ -392,8 +408,8 @@ def load_run(run_dir: str | Path) -> Run:
     if comparison is not None and "head" in comparison.columns:
         order = {str(h): i for i, h in enumerate(comparison["head"])}
         heads.sort(key=lambda h: (order.get(h.name, len(order)), h.name))
-    # heads with attention first: their sections carry the cell galleries
-    heads.sort(key=lambda h: h.attention is None)
+    # heads with cell scores first: their sections carry the cell galleries
+    heads.sort(key=lambda h: h.cell_kind is None)
     return Run(folder=root, heads=heads, splits=splits, comparison=comparison, config=config)
 
 
