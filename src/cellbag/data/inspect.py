@@ -4,7 +4,10 @@ a class too small for cross-validation)."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,6 +88,24 @@ def readiness(p: pd.DataFrame) -> tuple[str, list[str]]:
     return balance, findings
 
 
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>|\s*'[^']*'(?=$)")
+
+
+def image_error_text(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why an image could not be read, as human text (no object reprs, no paths, one line)."""
+    if path is not None and Path(path).is_symlink() and not Path(path).exists():
+        return f"broken symbolic link to {os.readlink(path)}"
+    if isinstance(error, OSError) and error.strerror and not str(error).startswith("cannot"):
+        return f"cannot read file: {error.strerror}"
+    text = str(error).splitlines()[0] if str(error) else ""
+    if path is not None:
+        text = text.replace(str(path), "").replace(repr(str(path)), "")
+    text = _REPR.sub("", text).strip().rstrip(":")
+    if text.startswith("cannot identify image file"):
+        return "not an image PIL can read (unknown format or corrupt header)"
+    return text or type(error).__name__
+
+
 def check_images(cohort: Cohort) -> list[Problem]:
     """Open every image (header + decode); list the unreadable ones."""
     from PIL import Image
@@ -95,7 +116,9 @@ def check_images(cohort: Cohort) -> list[Problem]:
             with Image.open(path) as im:
                 im.load()
         except Exception as e:  # noqa: BLE001 - any decode failure is a finding
-            found.append(Problem("unreadable-image", path, pid, f"{type(e).__name__}: {e}"))
+            found.append(
+                Problem("unreadable-image", path, pid, f"unreadable: {image_error_text(e, path)}")
+            )
     return found
 
 
