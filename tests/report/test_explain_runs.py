@@ -151,7 +151,7 @@ def test_runs_leaderboard_ranks_heads_with_intervals_and_reports_link_it(
 ):
     store, run_dir = four_head_run
     other, _ = synthetic_run
-    table = rank(collect([run_dir.parent, other]))
+    table = rank(collect([run_dir.parent, other]), "balanced_accuracy")
     assert len(table) == len(HEADS) + 2
     ba = table["balanced_accuracy"].to_numpy()
     assert (np.diff(ba) <= 0).all()

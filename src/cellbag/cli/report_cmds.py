@@ -102,7 +102,9 @@ def runs_cmd(
         help="Leaderboard page (a CSV is written beside it). Default: DIR/leaderboard.html.",
     ),
     metric: str = typer.Option(
-        "balanced_accuracy", "--metric", help="Rank by this metric (its mean)."
+        "roc_auc",
+        "--metric",
+        help="Rank by this figure (default: ROC AUC, the one each run's best head is chosen by).",
     ),
 ) -> None:
     """Leaderboard across cv runs (encoders × heads × clinical), each metric with its interval:
@@ -112,7 +114,7 @@ def runs_cmd(
     \b
     Examples:
       cellbag runs demo_out/runs
-      cellbag runs runs/effnet runs/dinov2 --out leaderboard.html --metric roc_auc
+      cellbag runs runs/effnet runs/dinov2 --out leaderboard.html --metric balanced_accuracy
     """
     from rich.table import Table
 
@@ -123,7 +125,7 @@ def runs_cmd(
     out = out if out is not None else dirs[0] / "leaderboard.html"
     page = write_leaderboard(table, out, metric)
     keys = metric_columns(table)
-    t = Table(title=f"cv runs ranked by mean {METRIC_NAMES.get(metric, metric)}")
+    t = Table(title=f"cv runs ranked by {METRIC_NAMES.get(metric, metric)}")
     for c in ("#", "run", "encoder", "head", "clinical"):
         t.add_column(c, overflow="fold")
     for k in keys:

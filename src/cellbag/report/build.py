@@ -12,7 +12,7 @@ import pandas as pd
 
 from cellbag.report import explain, render
 from cellbag.report.errors import ReportError
-from cellbag.report.figures import roc_figure
+from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
 from cellbag.report.neighbors import NeighborFinder
 from cellbag.report.run import HeadRun, Run, load_run
 from cellbag.report.thumbs import Thumbnails
@@ -248,6 +248,11 @@ def write_report(
     progress("ROC curves")
     aucs = roc_figure(run.heads, out / "roc.png")
     roc_url = "roc.png" if any(a == a for a in aucs.values()) else None
+    progress("triage and calibration")
+    triage_url = "triage.png" if triage_figure(run.heads, out / "triage.png") else None
+    calibration_url = (
+        "calibration.png" if calibration_figure(run.heads, out / "calibration.png") else None
+    )
     if thumbs.missing:
         first = next(iter(thumbs.missing.values()))
         notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
@@ -265,7 +270,7 @@ def write_report(
         "heads": {
             v.head.name: {
                 "metrics": {
-                    m.key: {"mean": m.mean, "std": m.std, "lo": m.lo, "hi": m.hi}
+                    m.key: {"value": m.value, "lo": m.lo, "hi": m.hi, "fold_sd": m.fold_sd}
                     for m in v.head.metrics
                 },
                 "threshold": v.head.threshold,
@@ -289,6 +294,7 @@ def write_report(
         data=data,
         test_view=test_view,
         runs_link=_runs_link(run.folder, out),
+        stats_html=render.stats_sections(run.heads, run.pairs, triage_url, calibration_url),
     )
     index = out / "index.html"
     tmp = out / f".index.html.{os.getpid()}.tmp"

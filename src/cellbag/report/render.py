@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from cellbag.aggregate.metrics import TITLES
 from cellbag.report.explain import kind_text
 from cellbag.report.run import HeadRun, Metric
 from cellbag.report.thumbs import DISPLAY_SIZE
@@ -164,15 +165,24 @@ def _gallery(cells: list[CellView], which: str) -> str:
     return f'<div class="gallery {which}" data-cells="{esc(ids)}">{inner}</div>'
 
 
+#: figures of the comparison table at the top (every figure is in each head's section)
+SUMMARY_METRICS = (
+    "roc_auc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "triage_sensitivity",
+    "triage_spared",
+    "brier",
+    "ece",
+)
+
+
 def metrics_comparison(heads: list[HeadRun]) -> str:
-    """Heads × metrics: mean ± std and 95% interval."""
-    keys: list[str] = []
-    titles: dict[str, str] = {}
-    for h in heads:
-        for m in h.metrics:
-            if m.key not in titles:
-                keys.append(m.key)
-                titles[m.key] = m.title
+    """Heads × the main figures: value, 95% bootstrap interval and fold sd."""
+    have = {m.key for h in heads for m in h.metrics}
+    keys = [k for k in SUMMARY_METRICS if k in have]
+    titles = {m.key: m.title for h in heads for m in h.metrics}
     head_row = "".join(f"<th>{esc(titles[k])}</th>" for k in keys)
     body = []
     for h in heads:
@@ -184,10 +194,11 @@ def metrics_comparison(heads: list[HeadRun]) -> str:
                 tds.append("<td>–</td>")
                 continue
             tds.append(
-                f'<td data-head="{esc(h.name)}" data-metric="{esc(k)}" data-value="{dv(m.mean)}" '
-                f'data-std="{dv(m.std)}" data-lo="{dv(m.lo)}" data-hi="{dv(m.hi)}">'
-                f'<b>{fmt(m.mean)}</b> <span class="muted">± {fmt(m.std)}</span><br>'
-                f'<span class="ci">[{fmt(m.lo)}, {fmt(m.hi)}]</span></td>'
+                f'<td data-head="{esc(h.name)}" data-metric="{esc(k)}" data-value="{dv(m.value)}" '
+                f'data-lo="{dv(m.lo)}" data-hi="{dv(m.hi)}" data-fold-sd="{dv(m.fold_sd)}">'
+                f"<b>{fmt(m.value)}</b><br>"
+                f'<span class="ci">[{fmt(m.lo)}, {fmt(m.hi)}]</span><br>'
+                f'<span class="muted">fold sd {fmt(m.fold_sd)}</span></td>'
             )
         body.append(
             f'<tr><th scope="row"><a href="#head-{esc(h.name)}">{esc(h.name)}</a></th>'
@@ -203,20 +214,115 @@ def metrics_comparison(heads: list[HeadRun]) -> str:
 def _metric_rows(h: HeadRun, metrics: list[Metric]) -> str:
     rows = []
     for m in metrics:
-        stats = (("mean", m.mean), ("std", m.std), ("lo", m.lo), ("hi", m.hi))
+        stats = (("value", m.value), ("lo", m.lo), ("hi", m.hi), ("fold_sd", m.fold_sd))
         tds = "".join(
             f'<td data-head="{esc(h.name)}" data-metric="{esc(m.key)}" data-stat="{s}" '
             f'data-value="{dv(v)}">{fmt(v)}</td>'
             for s, v in stats
         )
-        n = "" if m.n is None else str(m.n)
-        rows.append(f'<tr><th scope="row">{esc(m.title)}</th>{tds}<td>{n}</td></tr>')
+        spread = f"{fmt(m.fold_min)} – {fmt(m.fold_max)}"
+        rows.append(f'<tr><th scope="row">{esc(m.title)}</th>{tds}<td>{spread}</td></tr>')
     return (
         f'<table class="metrics head-metrics" data-head="{esc(h.name)}">'
-        "<thead><tr><th>Metric</th><th>Mean</th><th>Std</th><th>95% low</th><th>95% high</th>"
-        "<th>n</th></tr></thead>"
+        "<thead><tr><th>Figure</th><th>Value</th><th>95% low</th><th>95% high</th>"
+        "<th>fold sd</th><th>fold range</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def pairs_table(pairs: pd.DataFrame | None) -> str:
+    """Paired bootstrap differences between heads; "A beats B" only when the 95% interval
+    of the difference excludes 0."""
+    if pairs is None or pairs.empty:
+        return '<p class="muted">One head: no paired comparison.</p>'
+    rows = []
+    for r in pairs.itertuples(index=False):
+        ok = r.verdict != "no difference shown"
+        rows.append(
+            f'<tr data-a="{esc(r.head_a)}" data-b="{esc(r.head_b)}" data-metric="{esc(r.metric)}">'
+            f"<td>{esc(r.head_a)} − {esc(r.head_b)}</td><td>{esc(TITLES.get(r.metric, r.metric))}</td>"
+            f'<td data-value="{dv(r.difference)}">{fmt(r.difference)}</td>'
+            f'<td class="ci">[{fmt(r.ci95_low)}, {fmt(r.ci95_high)}]</td>'
+            f'<td data-value="{dv(r.p_value)}">{fmt(r.p_value)}</td>'
+            f'<td class="{"ok" if ok else "muted"}">{esc(r.verdict)}</td></tr>'
+        )
+    return (
+        '<table id="pairs-table" class="metrics">'
+        "<thead><tr><th>Pair</th><th>Figure</th><th>Difference</th><th>95% interval</th>"
+        "<th>p</th><th>Verdict</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def stats_sections(
+    heads: list[HeadRun],
+    pairs: pd.DataFrame | None,
+    triage_url: str | None,
+    calibration_url: str | None,
+) -> str:
+    """The comparison, triage and calibration sections of the page."""
+    parts = [
+        '<section id="comparison"><h2>Paired comparison of heads</h2>',
+        '<p class="muted">Differences on the same bootstrap resamples of the patients; '
+        "a head beats another only when the 95% interval of the difference excludes 0.</p>",
+        pairs_table(pairs),
+        "</section>",
+        '<section id="triage"><h2>Triage for flow cytometry</h2><div class="row"><div>',
+    ]
+    rows = []
+    for h in heads:
+        by = {m.key: m for m in h.metrics}
+        tri = (h.metrics_raw.get("thresholds") or {}).get("triage") or {}
+        if "triage_sensitivity" not in by:
+            continue
+        s, sp = by["triage_sensitivity"], by["triage_spared"]
+        rows.append(
+            f'<tr data-head="{esc(h.name)}"><th scope="row">{esc(h.name)}</th>'
+            f"<td>{fmt(tri.get('target_sensitivity'), 2)}</td>"
+            f"<td>{fmt(tri.get('fold_mean'))} ({fmt(tri.get('fold_min'))}–{fmt(tri.get('fold_max'))})</td>"
+            f'<td data-value="{dv(s.value)}">{fmt(s.value)} [{fmt(s.lo)}, {fmt(s.hi)}]</td>'
+            f'<td data-value="{dv(sp.value)}">{fmt(sp.value)} [{fmt(sp.lo)}, {fmt(sp.hi)}]</td></tr>'
+        )
+    if rows:
+        parts.append(
+            '<p class="muted">The threshold is chosen in each training fold (inner out-of-fold '
+            "predictions) for the target sensitivity, then applied to the held-out fold. "
+            "Spared: reactive patients below the threshold, whose cytometry could be spared.</p>"
+            '<table id="triage-table" class="metrics"><thead><tr><th>Head</th><th>Target</th>'
+            "<th>Threshold, fold mean (range)</th><th>Sensitivity [95%]</th>"
+            f"<th>Spared [95%]</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+    else:
+        parts.append('<p class="muted">This run has no triage figures (--inner-folds 0).</p>')
+    parts.append("</div>")
+    if triage_url:
+        parts.append(f'<div><img class="fig" src="{esc(triage_url)}" alt="Triage curve"></div>')
+    parts.append(
+        '</div></section><section id="calibration"><h2>Calibration</h2><div class="row"><div>'
+    )
+    rows = []
+    for h in heads:
+        by = {m.key: m for m in h.metrics}
+        method = (h.metrics_raw.get("calibration") or {}).get("method") or "none"
+        cells = "".join(
+            f'<td data-value="{dv(by[k].value)}">{fmt(by[k].value)} [{fmt(by[k].lo)}, {fmt(by[k].hi)}]</td>'
+            if k in by
+            else "<td>–</td>"
+            for k in ("brier", "ece")
+        )
+        rows.append(
+            f'<tr data-head="{esc(h.name)}"><th scope="row">{esc(h.name)}</th><td>{esc(method)}</td>{cells}</tr>'
+        )
+    parts.append(
+        '<table id="calibration-table" class="metrics"><thead><tr><th>Head</th><th>Calibration</th>'
+        f"<th>Brier [95%]</th><th>ECE [95%]</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    if calibration_url:
+        parts.append(
+            f'<div><img class="fig" src="{esc(calibration_url)}" alt="Reliability curves"></div>'
+        )
+    parts.append("</div></section>")
+    return "".join(parts)
 
 
 def _confusion(h: HeadRun, c: dict[str, int]) -> str:
@@ -313,7 +419,7 @@ def head_section(v: HeadView, top_k: int) -> str:
         f'<section class="head" id="head-{esc(h.name)}" data-head="{esc(h.name)}">',
         f"<h2>Head <code>{esc(h.name)}</code></h2>",
         '<div class="row"><div>',
-        "<h3>Metrics across folds × repeats</h3>",
+        "<h3>Figures (pooled out-of-fold, 95% bootstrap interval over patients)</h3>",
         _metric_rows(h, h.metrics),
         _confusion(h, v.confusion),
         "</div>",
@@ -512,6 +618,7 @@ def page(
     data: dict[str, Any],
     test_view: TestView | None = None,
     runs_link: str | None = None,
+    stats_html: str = "",
 ) -> str:
     """The whole ``index.html``."""
     nav = "".join(
@@ -519,6 +626,9 @@ def page(
             '<a href="#config">Configuration</a>',
             '<a href="#metrics">Metrics</a>',
             '<a href="#roc">ROC</a>',
+            '<a href="#comparison">Comparison</a>',
+            '<a href="#triage">Triage</a>',
+            '<a href="#calibration">Calibration</a>',
             *(f'<a href="#head-{esc(h.name)}">{esc(h.name)}</a>' for h in heads),
             '<a href="#test">Predicted patients</a>' if test_view is not None else "",
             f'<a id="runs-link" href="{esc(runs_link)}">All runs (leaderboard)</a>'
@@ -582,9 +692,11 @@ def page(
 <section id="config"><h2>Run configuration</h2>{config_html}</section>
 <section id="results"><div class="row">
 <div id="metrics"><h2>Metrics per head</h2>
-<p class="muted">mean ± std over folds × repeats; 95% interval in brackets</p>
+<p class="muted">value on the pooled out-of-fold predictions (mean over repeats per
+patient); [95% bootstrap interval over patients]; fold sd: spread of the folds, not an interval</p>
 {metrics_comparison(heads)}</div>
 <div id="roc"><h2>ROC curves</h2>{roc}</div></div></section>
+{stats_html}
 {"".join(head_section(v, top_k) for v in head_views)}
 {test_section(test_view, top_k) if test_view is not None else ""}
 </main>

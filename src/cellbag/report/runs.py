@@ -1,7 +1,7 @@
 """The leaderboard across cv runs (``cellbag runs DIR...``): encoders × heads × clinical,
 each metric with its interval, as a table and as a page linked from each report.
 
-A ranking by the mean is no claim that the first beats the second: overlapping intervals
+A ranking by a figure is no claim that the first beats the second: overlapping intervals
 mean no demonstrated difference (each run's report has the paired comparison of its heads).
 """
 
@@ -14,11 +14,13 @@ from typing import Any
 
 import pandas as pd
 
+from cellbag.aggregate.run_folder import is_head_folder
 from cellbag.report.errors import ReportError
-from cellbag.report.run import METRIC_NAMES, is_head_folder, load_head
+from cellbag.report.run import METRIC_NAMES, load_head
 
-#: the metric the leaderboard is ranked by unless asked otherwise (the challenge's)
-DEFAULT_METRIC = "balanced_accuracy"
+#: the metric the leaderboard is ranked by unless asked otherwise: the one each run's
+#: ``best`` head is chosen by (run_folder.best_head), so the two answers agree
+DEFAULT_METRIC = "roc_auc"
 #: how deep under each DIR run folders are looked for
 MAX_DEPTH = 4
 
@@ -45,7 +47,7 @@ def find_head_folders(dirs: list[str | Path]) -> list[Path]:
 
 def collect(dirs: list[str | Path]) -> pd.DataFrame:
     """One row per head of every run under ``dirs``: run, encoder, head, clinical, and per
-    metric its mean, interval (``lo``, ``hi``) and spread."""
+    figure its value (pooled out-of-fold) and interval (``lo``, ``hi``)."""
     rows = []
     for folder in find_head_folders(dirs):
         h = load_head(folder)
@@ -57,12 +59,12 @@ def collect(dirs: list[str | Path]) -> pd.DataFrame:
             "encoder_id": cfg.get("encoder_id") or "",
             "clinical": raw.get("clinical", cfg.get("clinical")),
             "n_patients": raw.get("n_patients", cfg.get("n_patients")),
-            "interval": raw.get("interval", ""),
+            "interval": _interval_text(raw.get("interval")),
             "store": cfg.get("store") or _run_store(folder.parent),
             "folder": str(folder),
         }
         for m in h.metrics:
-            row[f"{m.key}"] = m.mean
+            row[f"{m.key}"] = m.value
             row[f"{m.key}_lo"] = m.lo
             row[f"{m.key}_hi"] = m.hi
         rows.append(row)
@@ -71,6 +73,14 @@ def collect(dirs: list[str | Path]) -> pd.DataFrame:
             f"no cv runs under {', '.join(map(str, dirs))} (run `cellbag cv STORE --out DIR` first)"
         )
     return pd.DataFrame(rows)
+
+
+def _interval_text(doc: Any) -> str:
+    if isinstance(doc, dict):
+        level = doc.get("level")
+        pct = f"{100 * level:.0f}% " if isinstance(level, int | float) else ""
+        return f"{pct}{doc.get('method', '')}".strip()
+    return str(doc or "")
 
 
 def _run_store(run: Path) -> str | None:
@@ -85,7 +95,7 @@ def _run_store(run: Path) -> str | None:
 
 
 def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
-    """Rows ordered by ``metric`` (mean, best first; ties by run and head)."""
+    """Rows ordered by ``metric`` (best first; ties by run and head)."""
     if metric not in table.columns:
         have = [k for k in METRIC_NAMES if k in table.columns]
         raise ReportError(f"no metric {metric!r} in these runs (have: {', '.join(have)})")
@@ -93,13 +103,17 @@ def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
-def best_head(run_dir: str | Path, metric: str = DEFAULT_METRIC) -> dict[str, Any] | None:
-    """The best row of one run by ``metric`` (for a ``next:`` line), or None."""
+def best_head(run_dir: str | Path) -> dict[str, Any] | None:
+    """The row of the run's best head (the one ``run_folder.best_head`` picks, as distill
+    does), for a ``next:`` line; None when the folder is no run."""
+    from cellbag.aggregate import run_folder as rf
+
     try:
-        t = rank(collect([run_dir]), metric)
-    except ReportError:
+        folder = rf.best_head(run_dir)
+        t = collect([folder])
+    except (ReportError, rf.RunFolderError):
         return None
-    return t.iloc[0].to_dict() if len(t) else None
+    return t.iloc[0].to_dict()
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -150,9 +164,9 @@ def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAUL
 <title>cellbag runs: leaderboard</title>
 <style>{_CSS}</style></head>
 <body><header><h1>cellbag runs: which encoder and head?</h1>
-<p>{len(table)} head(s) in {table["run"].nunique()} run(s), ranked by mean
+<p>{len(table)} head(s) in {table["run"].nunique()} run(s), ranked by
 {esc(METRIC_NAMES.get(metric, metric))}</p></header>
-<main><p class="muted">Mean over the run's out-of-fold evaluation, interval in brackets
+<main><p class="muted">Value on each run's pooled out-of-fold predictions, interval in brackets
 ({esc(note)}). A rank is not a verdict: overlapping intervals mean no demonstrated
 difference; each run's report compares its heads on the same patients.</p>
 <table id="leaderboard" class="sortable"><thead><tr><th data-sort="num">#</th>
