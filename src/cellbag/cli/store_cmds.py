@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cellbag.cli.app import console, store_app
+from cellbag.cli.app import console, next_step, shell_path, store_app
 
 
 @store_app.command("import")
@@ -28,7 +28,13 @@ def store_import_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing cellbag store."),
 ) -> None:
-    """Import features made by another tool into a new store (cv, fit, predict work on it)."""
+    """Import features made by another tool into a new store (cv, fit, predict work on it).
+
+    \b
+    Examples:
+      cellbag store import clam_features/ store.zarr --labels labels.csv --name uni
+      cellbag store import instances.parquet store.zarr --labels labels.csv
+    """
     from cellbag.store.importer import import_features
 
     s = import_features(source, store, labels=labels, name=name, force=force)
@@ -41,3 +47,7 @@ def store_import_cmd(
         highlight=False,
     )
     console.print(f"encoder id: [bold]{eid}[/]", highlight=False)
+    next_step(
+        f"cellbag cv {shell_path(store)} --encoder {eid} --head meanpool,abmil,lgbm "
+        f"--out {shell_path(f'runs/{eid}')}"
+    )
