@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,14 +27,13 @@ def witness_run(tmp_path_factory):
 def test_instance_auc_in_metrics(witness_run, fast):
     store, enc, root = witness_run
     out = root / "run"
-    table = run_cv(
+    run_cv(
         store, enc, "abmil,meanpool", out, clinical=False, folds=2, repeats=1,
         head_params=fast, quiet=True, cell_truth=root / "truth.csv",
     )  # fmt: skip
     m = json.loads((out / "abmil" / "metrics.json").read_text())["cell_truth"]
     assert m["instance_auc"] > 0.8 and m["n_key"] > 0  # the witnesses get the weight
     assert "cell_truth" not in json.loads((out / "meanpool" / "metrics.json").read_text())
-    assert np.isnan(table.set_index("head").loc["meanpool", "instance_auc"])
 
 
 def test_bad_cell_truth_is_one_clear_error(witness_run, tmp_path):

@@ -207,6 +207,8 @@ class Head(ClassifierMixin, BaseEstimator):
     name: ClassVar[str] = "head"
     #: True when the head pools with learned per-cell weights (``cell_weights`` works)
     has_cell_weights: ClassVar[bool] = False
+    #: False for heads without an image model (the clinical baseline)
+    image_model: ClassVar[bool] = True
 
     def __init__(self, clinical: bool = True, seed: int = 0) -> None:
         self.clinical = clinical
@@ -233,6 +235,11 @@ class Head(ClassifierMixin, BaseEstimator):
                 if oof is None:
                     oof = self._inner_oof(bags, labels)
                 self.fusion_ = LateFusion().fit(oof, c, labels)
+                oof = self.fusion_.decision(oof, c) if oof is not None else None
+        if oof is not None and self.image_model:
+            # each training bag's probability from models that did not see it (the fusion
+            # stage, a handful of coefficients, is the one part fitted on all of them)
+            self.train_oof_proba_ = sigmoid(oof)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -287,6 +294,23 @@ class Head(ClassifierMixin, BaseEstimator):
             twin.fit([bags[i] for i in tr], y[tr])
             oof[te] = twin._decision([bags[i] for i in te])
         return oof
+
+    # -- per-cell contributions (the report's explanations) ---------------------------------
+    #: what ``cell_contributions`` measures: attention | logit | argmax | cluster gain
+    contribution_kind: ClassVar[str] = "attention"
+
+    def cell_contributions(self, X: Any) -> list[np.ndarray]:
+        """One score per cell, higher = pulls the bag towards class 1 (or, for attention and
+        cluster gain, weighs more in the decision); see ``contribution_kind``. Image-only:
+        the clinical features of ``X``, if any, play no part."""
+        if self.has_cell_weights:
+            return self.cell_weights(X)
+        b, _ = self._inputs(X, clinical=False)
+        with blas_single_thread():
+            return self._cell_contributions(b)
+
+    def _cell_contributions(self, bags: list[np.ndarray]) -> list[np.ndarray]:
+        raise AggregateError(f"head {self.name!r} gives no per-cell contributions")
 
     # -- to implement -----------------------------------------------------------------------
     def _fit(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray | None:

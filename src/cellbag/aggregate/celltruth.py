@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.errors import AggregateError
@@ -45,19 +44,9 @@ def instance_auc(attention: pd.DataFrame, truth: pd.DataFrame, labels: dict[str,
     }
 
 
-def add_instance_auc(head_dir: Path, truth: pd.DataFrame, labels: dict[str, int]) -> float | None:
-    """Write ``cell_truth`` into ``head_dir/metrics.json`` for a head with cell weights."""
-    import json
+def head_instance_auc(head_dir: Path, truth: pd.DataFrame, labels: dict[str, int]) -> dict | None:
+    """:func:`instance_auc` of a head's out-of-fold attention (None: the head has none)."""
+    from cellbag.aggregate.run_folder import read_attention
 
-    att_path = head_dir / "attention.csv"
-    if not att_path.is_file():
-        return None
-    res = instance_auc(pd.read_csv(att_path, dtype={"cell_id": str}), truth, labels)
-    path = head_dir / "metrics.json"
-    doc = json.loads(path.read_text())
-    doc["cell_truth"] = res
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=True))
-    tmp.replace(path)
-    v = res["instance_auc"]
-    return None if v is None or np.isnan(v) else float(v)
+    att = read_attention(head_dir)
+    return None if att is None else instance_auc(att, truth, labels)

@@ -14,6 +14,8 @@ class ClinicalHead(Head):
     bags are checked but not used. It is the fusion stage of the other heads with an
     image score of 0, so what fusion adds over it is measured on the same footing."""
 
+    image_model = False
+
     def __init__(self, clinical: bool = True, seed: int = 0) -> None:
         super().__init__(clinical=clinical, seed=seed)
 

@@ -80,10 +80,8 @@ class LGBMHead(Head):
         self.stats_ = BagStats(self.n_components, self.n_clusters, seed=self.seed).fit(bags)
         x = self.stats_.transform(bags)
         self.booster_ = self._booster(x, y)
-        if not self.n_clinical_:
-            return None
-        # out-of-fold scores for late fusion: boosters on inner folds of the same table (the
-        # PCA/k-means are label-free, so they are shared instead of refitted 5 times)
+        # out-of-fold scores (late fusion, nested thresholds): boosters on inner folds of the
+        # same table (the PCA/k-means are label-free: shared instead of refitted 5 times)
         from sklearn.model_selection import StratifiedKFold
 
         k = int(min(FUSION_FOLDS, np.bincount(y).min()))
@@ -103,6 +101,17 @@ class LGBMHead(Head):
             raw_score=True,
             num_threads=self.num_threads or default_threads(),
         )
+
+    contribution_kind = "cluster gain"
+
+    def _cell_contributions(self, bags):
+        # each cell scores the share of the trees' gain carried by its cluster's fraction
+        names = self.booster_.feature_name()
+        gain = dict(zip(names, self.booster_.feature_importance("gain"), strict=True))
+        k = len(self.stats_.centers_)
+        g = np.array([gain.get(f"cluster{j}_frac", 0.0) for j in range(k)], dtype=np.float64)
+        g = g / g.sum() if g.sum() > 0 else g
+        return [g[self.stats_.assign(self.stats_.project(b))] for b in bags]
 
     def _get_state(self):
         return {}, self.stats_.state(), {"lgbm_model.txt": self.booster_.model_to_string()}

@@ -29,6 +29,7 @@ class MaxPoolHead(TorchHead):
     ``cell_weights`` are the softmax of the cell scores (the arg-max cell weighs most)."""
 
     has_cell_weights = True
+    contribution_kind = "attention"
 
     def __init__(
         self,

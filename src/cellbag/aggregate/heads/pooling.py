@@ -10,8 +10,7 @@ from cellbag.aggregate.registry import register_head
 
 class _PooledLogistic(Head):
     """Pool each bag to one vector, standardise (training statistics) and fit a
-    class-balanced logistic regression. ``cell_contributions`` gives each cell's score
-    under the bag's linear model (what the report shows for heads without attention)."""
+    class-balanced logistic regression."""
 
     def __init__(self, clinical: bool = True, seed: int = 0, C: float = 0.1) -> None:
         super().__init__(clinical=clinical, seed=seed)
@@ -33,11 +32,6 @@ class _PooledLogistic(Head):
     def _decision(self, bags) -> np.ndarray:
         return ((self._pool(bags) - self.mean_) / self.std_) @ self.coef_ + self.intercept_
 
-    def cell_contributions(self, X) -> list[np.ndarray]:
-        """Per cell: the image model's log-odds if the bag were that cell alone."""
-        b, _ = self._inputs(X, clinical=False)
-        return [((x - self.mean_) / self.std_) @ self.coef_ + self.intercept_ for x in b]
-
     def _get_state(self):
         arrays = {"mean": self.mean_, "std": self.std_, "coef": self.coef_}
         return {"intercept": self.intercept_}, arrays, {}
@@ -51,5 +45,12 @@ class _PooledLogistic(Head):
 class MeanPoolHead(_PooledLogistic):
     """Mean of the cell embeddings -> logistic regression."""
 
+    contribution_kind = "logit"
+
     def _pool(self, bags):
         return np.stack([b.mean(axis=0) for b in bags])
+
+    def _cell_contributions(self, bags):
+        # the linear head applied to each cell: the bag's image logit is their sum (+ bias)
+        w = self.coef_ / self.std_
+        return [((b - self.mean_) @ w) / len(b) for b in bags]
