@@ -87,6 +87,7 @@ def run(datasets, heads, folds, repeats, out: Path, seed: int = 0) -> pd.DataFra
             repeats=repeats,
             seed=seed,
             quiet=True,
+            inner_folds=0,  # accuracy at 0.5 needs no nested thresholds
         )
         for _, r in table.iterrows():
             acc = fold_accuracy(pd.read_csv(out / name / r["head"] / "oof_predictions.csv"))

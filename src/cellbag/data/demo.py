@@ -215,6 +215,8 @@ PRESETS: dict[str, dict] = {
         "reactive": {"normal": 0.6, "activated": 0.4},
         "clinical": "none",
         "stain": (0.08, 14.0),
+        # the drawn fraction is exact (rounded, at least one key cell per tumoral bag)
+        "exact_witnesses": True,
     },
 }
 #: (tumoral, reactive) age mean/sd and log lymphocyte count mean/sd per clinical strength
@@ -292,7 +294,15 @@ def make_demo_cohort(
         dob = REFERENCE_DATE - pd.Timedelta(days=int(age * 365.25))
         gender = rng.choice(["M", "F", "m", "f"], p=[0.42, 0.42, 0.08, 0.08])
         n_cells = max(1, int(round(cells_per_patient * rng.uniform(0.75, 1.25))))
-        types = rng.choice(len(CELL_TYPES), size=n_cells, p=probs / probs.sum())
+        if y == 1 and cfg.get("exact_witnesses"):
+            n_key = min(n_cells, max(1, int(round(w * n_cells))))
+            rest = _mix(cfg["tumoral_rest"])
+            types = rng.choice(len(CELL_TYPES), size=n_cells, p=rest / rest.sum())
+            key = _mix(cfg["witness_mix"])
+            pos = rng.choice(n_cells, size=n_key, replace=False)
+            types[pos] = rng.choice(len(CELL_TYPES), size=n_key, p=key / key.sum())
+        else:
+            types = rng.choice(len(CELL_TYPES), size=n_cells, p=probs / probs.sum())
         for j, t in enumerate(types):
             name = CELL_TYPES[t]
             fname = f"{j:06d}.jpg"
