@@ -3,7 +3,11 @@
 ``cellbag finetune`` records the patients whose labels trained the encoder in the
 adapter's metadata (``label_patients``); featurizing with that adapter carries the
 record into the store's encoder metadata (``encoder_info["adapter"]``), where ``cv`` and
-``fit`` read it.
+``fit`` read it. Fine-tuning inside each outer fold (a ``cv --nested-finetune``) is not
+offered: it would re-featurize the whole cohort once per fold (minutes of GPU each, about
+an hour per fold on this 2-core CPU for ViT-S/16); hold the fine-tuning patients out instead.
+A full fine-tune (``--adapter none``) writes its patients to ``FT/metrics.json`` only: its
+weights file carries no record into the store, so it is not guarded.
 """
 
 from __future__ import annotations
