@@ -4,8 +4,9 @@
 adapter's metadata (``label_patients``); featurizing with that adapter carries the
 record into the store's encoder metadata (``encoder_info["adapter"]``), where ``cv`` and
 ``fit`` read it. Fine-tuning inside each outer fold (a ``cv --nested-finetune``) is not
-offered: it would re-featurize the whole cohort once per fold (minutes of GPU each, about
-an hour per fold on this 2-core CPU for ViT-S/16); hold the fine-tuning patients out instead.
+offered: each outer fold would need its own fine-tuning and a featurize of the whole cohort
+(one ViT-S/16 pass over 20,000 cells alone takes 1,027 s on the 2-core development CPU,
+README figures); hold the fine-tuning patients out instead.
 A full fine-tune (``--adapter none``) writes its patients to ``FT/metrics.json`` only: its
 weights file carries no record into the store, so it is not guarded.
 """
