@@ -1,4 +1,4 @@
-"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store export-h5`."""
+"""Commands of stage 1: `featurize`, `encoders`, `store info`."""
 
 from __future__ import annotations
 
@@ -216,19 +216,3 @@ def store_info_cmd(
         for row in bad.head(20).itertuples():
             console.print(f"  {row.cell_id}: {row.reason}", highlight=False)
     console.print(f"size on disk: {_human_bytes(s.size_bytes())}")
-
-
-@store_app.command("export-h5")
-def store_export_cmd(
-    store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
-    out_dir: Path = typer.Argument(..., help="Folder for one <patient_id>.h5 per patient."),
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder id (see `cellbag store info`)."
-    ),
-) -> None:
-    """Write one <patient>.h5 per patient (`features`, `cell_ids`, encoder metadata as attributes)."""
-    from cellbag.store import Store, export_h5
-
-    s = Store.open(store)
-    files = export_h5(s, encoder, out_dir)
-    console.print(f"wrote {len(files)} files to {out_dir}", highlight=False)
