@@ -161,9 +161,41 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
-    res = _invoke("neighbors", s, "--cell", "P0/0", "-k", "3", "--encoder", "arr")
+    res = _invoke(
+        "neighbors",
+        s,
+        "--cell",
+        "P0/0",
+        "-k",
+        "3",
+        "--encoder",
+        "arr",
+        "--montage",
+        tmp_path / "m.png",
+    )
     assert res.exit_code == 0, res.output
-    assert "P0/0" in res.output
+    assert "P0/0" in res.output and "no images (imported features)" in res.output
+    res = _invoke(
+        "cv",
+        s,
+        "--head",
+        "abmil",
+        "--folds",
+        "2",
+        "--repeats",
+        "1",
+        "-o",
+        tmp_path / "r",
+        "--set",
+        "epochs=3",
+    )
+    assert res.exit_code == 0, res.output
+    res = _invoke("report", tmp_path / "r", "--store", s, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert (
+        "The cells have no images (imported features)" in page and "could not be read" not in page
+    )
 
 
 BAD = {

@@ -15,7 +15,7 @@ from cellbag.report.errors import ReportError
 from cellbag.report.figures import roc_figure
 from cellbag.report.neighbors import NeighborFinder
 from cellbag.report.run import HeadRun, Run, load_run
-from cellbag.report.thumbs import Thumbnails
+from cellbag.report.thumbs import NO_IMAGE, Thumbnails
 
 #: bookkeeping fields of a store's encoder record, not worth a reader's time
 _ENCODER_SKIP = {
@@ -64,7 +64,7 @@ def _split_config(run: Run) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 
 
 def _cell_view(thumbs: Thumbnails, row: Any, attrs: dict[str, str], caption: str, title: str):
-    url = thumbs.get(str(row.cell_id), str(row.path))
+    url = thumbs.get(str(row.cell_id), "" if pd.isna(row.path) else str(row.path))
     return render.CellView(str(row.cell_id), url, caption, title, attrs)
 
 
@@ -224,7 +224,9 @@ def write_report(
     progress("ROC curves")
     aucs = roc_figure(run.heads, out / "roc.png")
     roc_url = "roc.png" if any(a == a for a in aucs.values()) else None
-    if thumbs.missing:
+    if thumbs.missing and set(thumbs.missing.values()) == {NO_IMAGE}:
+        notes.append("The cells have no images (imported features): galleries show no pictures.")
+    elif thumbs.missing:
         first = next(iter(thumbs.missing.values()))
         notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
 

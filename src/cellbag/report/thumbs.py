@@ -20,6 +20,9 @@ def thumb_name(cell_id: str) -> str:
     return f"{safe}-{digest}.jpg"
 
 
+NO_IMAGE = "no image (features imported from another tool)"
+
+
 class Thumbnails:
     """Writes each cell's thumbnail at most once and remembers the cells it could not read."""
 
@@ -37,7 +40,10 @@ class Thumbnails:
         rel = f"thumbs/{thumb_name(cell_id)}"
         dest = self.dir / thumb_name(cell_id)
         url: str | None = rel
-        if not dest.is_file():
+        if str(path) == "":  # features imported from another tool
+            self.missing[cell_id] = NO_IMAGE
+            url = None
+        elif not dest.is_file():
             try:
                 with Image.open(path) as im:
                     im = im.convert("RGB")
