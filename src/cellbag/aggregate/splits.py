@@ -87,3 +87,20 @@ def check_splits(splits: list[dict]) -> None:
                 f"split r{s['repeat']}f{s['fold']}: a patient is in two test folds"
             )
         seen |= te
+
+
+def inner_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``folds``-fold splits (positions into ``y``) of one outer training fold,
+    for the nested choice of thresholds; deterministic in ``seed``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y).astype(int)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < folds:
+        raise AggregateError(
+            f"--inner-folds {folds} needs >= {folds} patients per class in every training "
+            f"fold, a fold has {counts[0]} reactive / {counts[1]} tumoral; use fewer "
+            "--inner-folds or --folds"
+        )
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(y)), y))

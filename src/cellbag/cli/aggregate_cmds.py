@@ -60,8 +60,32 @@ def cv_cmd(
         None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    triage_sensitivity: float = typer.Option(
+        0.95,
+        "--triage-sensitivity",
+        help="Target sensitivity of the triage operating point (its threshold is chosen "
+        "inside each training fold).",
+    ),
+    inner_folds: int = typer.Option(
+        3,
+        "--inner-folds",
+        min=0,
+        help="Inner folds for the nested thresholds and calibration (0: none; each adds a "
+        "head fit per outer fold).",
+    ),
+    calibrate: str = typer.Option(
+        None,
+        "--calibrate",
+        help="Calibrate probabilities inside the training fold: sigmoid | isotonic.",
+    ),
+    holdout_finetuned: bool = typer.Option(
+        False,
+        "--holdout-finetuned",
+        help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
+    ),
 ) -> None:
-    """Patient-level, stratified, repeated k-fold cross-validation of heads on the training split."""
+    """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
+    split; every figure with its 95% bootstrap interval over patients."""
     from cellbag.aggregate.cv import _parse_heads, run_cv
 
     names = _parse_heads(head)
@@ -78,6 +102,10 @@ def cv_cmd(
         threads=threads,
         console=console,
         quiet=quiet,
+        inner_folds=inner_folds,
+        triage_sensitivity=triage_sensitivity,
+        calibrate=calibrate,
+        holdout_finetuned=holdout_finetuned,
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
@@ -101,12 +129,21 @@ def fit_cmd(
     threshold: str = typer.Option(
         "0.5",
         "--threshold",
-        help="Decision threshold: a probability, or 'youden' (from OOF predictions).",
+        help="Decision threshold: a probability, 'youden', or 'triage[:SENS]' (target "
+        "sensitivity, default 0.95); chosen from out-of-fold predictions of the training patients.",
     ),
     cv_run: Path = typer.Option(
         None,
         "--cv-run",
-        help="A `cellbag cv` run folder whose OOF predictions give the Youden threshold.",
+        help="A `cellbag cv` run folder whose out-of-fold predictions choose the threshold.",
+    ),
+    calibrate: str = typer.Option(
+        None, "--calibrate", help="Calibrate on out-of-fold predictions: sigmoid | isotonic."
+    ),
+    holdout_finetuned: bool = typer.Option(
+        False,
+        "--holdout-finetuned",
+        help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
@@ -134,11 +171,19 @@ def fit_cmd(
             cv_run=cv_run,
             params=_head_params(sets, names)[names[0]],
             threads=threads,
+            calibrate=calibrate,
+            holdout_finetuned=holdout_finetuned,
         )
     t = model.doc["threshold"]
     console.print(
         f"saved [bold]{out}[/]: {names[0]} on {model.doc['n_train_patients']} patients, "
         f"{len(model.members)} member(s), threshold {t['value']:.3f} ({t['method']})"
+        + (
+            f", triage threshold {model.triage_threshold:.3f} (sensitivity "
+            f"{t['triage']['target_sensitivity']:.2f})"
+            if model.triage_threshold is not None
+            else ""
+        )
     )
 
 
@@ -152,13 +197,19 @@ def predict_cmd(
     ),
     split: str = typer.Option("test", "--split", help="Patients to predict: test | train | all."),
 ) -> None:
-    """Write `Id,Predicted` (0/1) for a split, and `<out>_proba.csv` with probabilities."""
+    """Write `Id,Predicted` (0/1) for a split, and `<out>_proba.csv` with probabilities,
+    the threshold and each patient's triage call."""
     from cellbag.aggregate.model import load_model, write_submission
 
     model = load_model(model_dir)
     pred = model.predict_store(store, split=split, threshold=threshold)
     sub, proba = write_submission(pred, out)
     n_pos = int(pred["predicted"].sum())
+    triage = ""
+    if "triage" in pred:
+        spared = int((pred["triage"] == "spared").sum())
+        triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
     console.print(
-        f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral) and {proba}"
+        f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
+        f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"
     )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cellbag.cli.app import app, console, store_app
+from cellbag.cli.app import app, console, next_step, shell_path, store_app
 
 if TYPE_CHECKING:
     from cellbag.featurize.pipeline import FeaturizeReport
@@ -74,6 +74,12 @@ def featurize_cmd(
 
     Under torchrun (WORLD_SIZE > 1) every process embeds its share of the blocks into the
     same store: `torchrun --nproc_per_node=N -m cellbag featurize DATA STORE`.
+
+    \b
+    Examples:
+      cellbag featurize demo_out/data demo_out/store.zarr
+      cellbag featurize cohort/manifest.csv store.zarr --encoder vit_small_patch16_224 --device cuda
+      cellbag featurize DATA store.zarr -e vit_small_patch16_224 -w mae/encoder.safetensors
     """
     from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
     from cellbag.featurize.pipeline import run_featurize
@@ -108,6 +114,21 @@ def featurize_cmd(
     else:
         report = run_featurize(data, store, encoder, device=device, progress=not quiet, **kw)
     _print_report(report)
+    if not report.complete:
+        next_step("rerun the same command: it resumes where this one stopped")
+    else:
+        runs = shell_path(_runs_dir(store, report.encoder_id))
+        next_step(
+            f"cellbag cv {shell_path(store)} --encoder {report.encoder_id} "
+            f"--head meanpool,abmil,lgbm --out {runs}"
+        )
+
+
+def _runs_dir(store: str, encoder_id: str) -> str:
+    """``runs/<encoder id>`` beside a local store (a URL store: under the current folder)."""
+    if "://" in str(store):
+        return f"runs/{encoder_id}"
+    return str(Path(store).parent / "runs" / encoder_id)
 
 
 def _print_report(report: FeaturizeReport) -> None:
@@ -154,7 +175,13 @@ def _print_report(report: FeaturizeReport) -> None:
 
 @app.command("encoders")
 def encoders_cmd() -> None:
-    """List the encoder presets (any timm model name works too)."""
+    """List the encoder presets (any timm model name works too).
+
+    \b
+    Examples:
+      cellbag encoders
+      cellbag featurize DATA STORE --encoder vit_small_patch14_dinov2
+    """
     from rich.table import Table
 
     from cellbag.featurize.registry import list_presets
@@ -167,13 +194,20 @@ def encoders_cmd() -> None:
     for p in list_presets():
         table.add_row(p.name, p.weights, str(p.dim), p.description)
     console.print(table)
+    next_step("cellbag featurize DATA STORE --encoder NAME")
 
 
 @store_app.command("info")
 def store_info_cmd(
     store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
 ) -> None:
-    """Cohort, encoders (dims, completeness), unreadable cells and size on disk."""
+    """Cohort, encoders (dims, completeness), unreadable cells and size on disk.
+
+    \b
+    Examples:
+      cellbag store info demo_out/store.zarr
+      cellbag store info s3://bucket/cohort.zarr
+    """
     from cellbag.store import Store
 
     s = Store.open(store)
@@ -216,3 +250,11 @@ def store_info_cmd(
         for row in bad.head(20).itertuples():
             console.print(f"  {row.cell_id}: {row.reason}", highlight=False)
     console.print(f"size on disk: {_human_bytes(s.size_bytes())}")
+    done = [e for e in encoders if s.encoder_info(e)["complete"]]
+    if done:
+        next_step(
+            f"cellbag cv {shell_path(store)} --encoder {done[0]} --head meanpool,abmil,lgbm "
+            f"--out {shell_path(_runs_dir(store, done[0]))}"
+        )
+    else:
+        next_step(f"cellbag featurize {shell_path(c['root'])} {shell_path(store)}")

@@ -256,18 +256,9 @@ def resolve_device(device: str) -> tuple[torch.device, torch.dtype | None]:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from cellbag.core.progress import progress_bar
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+    return progress_bar("steps", enabled=enabled, extra="{task.fields[loss]}")
 
 
 def distill(

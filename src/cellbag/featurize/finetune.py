@@ -255,20 +255,13 @@ def finetune(
     history: list[dict[str, Any]] = []
     step = 0
     t1 = time.perf_counter()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from cellbag.core.progress import progress_bar
 
-    with Progress(
-        TextColumn("[bold]fine-tune[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=total_steps, loss=float("nan"))
+    with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
+        task = bar.add_task("fine-tune", total=total_steps, loss=float("nan"))
         for epoch in range(epochs):
             clf.train()
-            bar.update(task, description=f"epoch {epoch + 1}/{epochs}")
+            bar.update(task, description=f"fine-tune epoch {epoch + 1}/{epochs}")
             losses = []
             loader = make_loader(
                 tr_set,

@@ -404,27 +404,13 @@ def pretrain_mae(
             ckpt_path,
         )
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from cellbag.core.progress import progress_bar
 
     steps_now = 0
     t_train, images_seen = 0.0, 0
     stopped = False
-    with Progress(
-        TextColumn("[bold]MAE[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=total, completed=global_step, loss=float("nan"))
+    with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
+        task = bar.add_task("MAE", total=total, completed=global_step, loss=float("nan"))
         while epoch < cfg.epochs and not stopped:
             mae.train()
             loader = make_loader(
@@ -438,7 +424,7 @@ def pretrain_mae(
                 drop_last=True,
                 pin_memory=precision.is_cuda,
             )
-            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            bar.update(task, description=f"MAE epoch {epoch + 1}/{cfg.epochs}")
             if step_in_epoch == 0:
                 epoch_losses = []
             for batch in loader:

@@ -127,35 +127,10 @@ def open_or_create(
 
 
 def _progress(enabled: bool):
-    """A rich progress bar on stderr with a cells/s column."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    """Progress in cells (a bar on a terminal, plain lines in a log)."""
+    from cellbag.core.progress import progress_bar
 
-    class CellsPerSecond(ProgressColumn):
-        def render(self, task):  # noqa: ANN001, ANN202
-            elapsed = task.elapsed or 0.0  # the run's mean rate (steadier than a window)
-            speed = task.completed / elapsed if elapsed > 0 and task.completed else None
-            return Text(f"{speed:,.1f} cells/s" if speed else "-- cells/s", style="cyan")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        CellsPerSecond(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+    return progress_bar("cells", enabled=enabled)
 
 
 def run_featurize(
