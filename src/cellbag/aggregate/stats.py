@@ -287,9 +287,11 @@ FIXED_THRESHOLD = 0.5
 
 
 def _calls(oof: Any) -> dict[str, np.ndarray]:
-    """Per row, the 0/1 call at each threshold the table carries."""
+    """Per row, the 0/1 call at each threshold the table carries (the fixed one: column
+    ``threshold`` when present, else 0.5)."""
     p = oof["probability"].to_numpy(dtype=np.float64)
-    calls = {"": (p >= FIXED_THRESHOLD).astype(float)}
+    fixed = oof["threshold"].to_numpy(dtype=np.float64) if "threshold" in oof else FIXED_THRESHOLD
+    calls = {"": (p >= fixed).astype(float)}
     for prefix, col in THRESHOLD_COLUMNS.items():
         if col in oof.columns:
             calls[prefix] = (p >= oof[col].to_numpy(dtype=np.float64)).astype(float)

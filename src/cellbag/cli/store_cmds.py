@@ -32,8 +32,8 @@ def store_import_cmd(
 
     \b
     Examples:
-      cellbag store import clam_out/ store.zarr --labels clam_out/dataset.csv --name uni
-      cellbag store import instances.csv store.zarr --labels labels.csv
+      cellbag store import clam_features/ store.zarr --labels labels.csv --name uni
+      cellbag store import instances.parquet store.zarr --labels labels.csv
     """
     from cellbag.store.importer import import_features
 
@@ -47,8 +47,10 @@ def store_import_cmd(
         highlight=False,
     )
     console.print(f"encoder id: [bold]{eid}[/]", highlight=False)
-    runs = Path(s.path).parent / "runs" / eid
-    next_step(f"cellbag cv {shell_path(store)} --head meanpool,abmil,lgbm --out {shell_path(runs)}")
+    next_step(
+        f"cellbag cv {shell_path(store)} --encoder {eid} --head meanpool,abmil,lgbm "
+        f"--out {shell_path(f'runs/{eid}')}"
+    )
 
 
 @store_app.command("export-h5")

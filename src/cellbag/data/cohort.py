@@ -180,7 +180,9 @@ EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
 def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    return (
+        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    )
 
 
 def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
@@ -321,7 +323,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 who = fields[0].strip() or "?"
                 raise CohortError(
                     f"{path}: line {reader.line_num} (patient {who}): {len(fields)} fields but "
-                    f"the header has {len(header)}; quote a value holding a comma (\"12,5\") "
+                    f'the header has {len(header)}; quote a value holding a comma ("12,5") '
                     "or write 12.5"
                 )
             rows.append([f.strip() for f in fields])
@@ -560,9 +562,7 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
                 )
             )
     sources = [manifest] + ([clinical] if clinical is not None else [])
-    return _finish(
-        manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems, sources
-    )
+    return _finish(manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems, sources)
 
 
 def read_cohort(path: str | Path, clinical: str | Path | None = None) -> Cohort:
