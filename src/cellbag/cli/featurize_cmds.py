@@ -1,4 +1,4 @@
-"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store verify`, `store export-h5`."""
+"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store verify`."""
 
 from __future__ import annotations
 
@@ -221,7 +221,8 @@ def _cohort_for(s, data: Path | None):  # noqa: ANN001, ANN202
     from cellbag.data import read_cohort
 
     root = data if data is not None else Path(s.attrs["cohort"].get("root", ""))
-    if data is None and not root.exists():
+    imported = str(s.attrs["cohort"].get("layout", "")).startswith("import:")  # no images
+    if data is None and (imported or not root.exists()):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -376,27 +377,3 @@ def store_verify_cmd(
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
-
-
-@store_app.command("export-h5")
-def store_export_cmd(
-    store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
-    out_dir: Path = typer.Argument(..., help="Folder for one <patient_id>.h5 per patient."),
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder id (see `cellbag store info`)."
-    ),
-) -> None:
-    """Write one <patient>.h5 per patient (`features`, `cell_ids`, encoder metadata as attributes).
-
-    \b
-    Examples:
-      cellbag store export-h5 demo_out/store.zarr h5/ --encoder ENCODER_ID
-    """
-    from cellbag.store import Store, export_h5
-
-    s = Store.open(store)
-    files = export_h5(s, encoder, out_dir)
-    console.print(f"wrote {len(files)} files to {out_dir}", highlight=False)
-    next_step(
-        f"read {shell_path(out_dir)}/<patient>.h5 with h5py (datasets `features`, `cell_ids`)"
-    )
