@@ -851,12 +851,13 @@ class Store:
         if not len(rows):
             return
         cells = self._root["cells"]
+        have = set(cells.array_keys())  # a format 1 store has no size / mtime_ns
         for name, values, dtype in (
             ("sha256", sha256, object),
             ("size", size, np.int64),
             ("mtime_ns", mtime_ns, np.int64),
         ):
-            if values is None:
+            if values is None or name not in have:
                 continue
             arr = cells[name]
             full = np.asarray(arr[:], dtype=dtype)
