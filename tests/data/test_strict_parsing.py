@@ -270,3 +270,27 @@ def test_any_patient_id_is_read_or_refused(tmp_path_factory, pid) -> None:
         assert "\n" not in str(e) and "trainset_true.csv" in str(e)
         return
     assert c.n_cells == 0  # no folder of that name: listed as a problem, never read elsewhere
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    d=st.dates(min_value=date(1850, 1, 1), max_value=date(2200, 12, 31)),
+    style=st.sampled_from(["mdy", "dmy", "iso"]),
+)
+def test_any_date_of_birth_is_read_exactly_or_refused(tmp_path_factory, d, style) -> None:
+    text = {
+        "mdy": f"{d.month}/{d.day}/{d.year}",
+        "dmy": f"{d.day}-{d.month}-{d.year}",
+        "iso": d.isoformat(),
+    }[style]
+    root = _cohort(tmp_path_factory.mktemp("dob"), [["P1", "1", "M", text, "3"]])
+    plausible = date(1900, 1, 1) <= d <= date.today()
+    try:
+        got = read_challenge(root).patients["dob"].iloc[0]
+    except CohortError as e:
+        assert not plausible, f"{text!r} refused: {e}"
+        assert ("future" in str(e)) == (d > date.today())
+        return
+    assert plausible and got.date() == d
