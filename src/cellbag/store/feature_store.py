@@ -676,8 +676,8 @@ class Store:
         more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
         return CorruptStore(
             f"{self.path}: encoder {encoder_id}: {what} for patient(s) "
-            f"{', '.join(pids[:5])}{more}; run `cellbag store verify {self.path}`, then "
-            f"recompute with `{self.featurize_command(encoder_id)} --force`"
+            f"{', '.join(pids[:5])}{more}; run `cellbag store verify {self.path} --repair`, "
+            f"then `{self.featurize_command(encoder_id)}` recomputes the damaged blocks"
         )
 
     def _check_rows(self, encoder_id: str, a: int, x: np.ndarray) -> None:
