@@ -55,7 +55,17 @@ def test_labels_are_exactly_zero_or_one(tmp_path: Path, label: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "want"), [("0", 0), ("1", 1), (" 1 ", 1), ("1.0", 1), ("-1", None), ("", None)]
+    ("text", "want"),
+    [
+        ("0", 0),
+        ("1", 1),
+        (" 1 ", 1),
+        ("1.0", 1),
+        ("-1", None),
+        ("", None),
+        ("Tumoral", 1),
+        ("reactive", 0),
+    ],
 )
 def test_valid_labels(tmp_path: Path, text: str, want: int | None) -> None:
     root = _cohort(tmp_path, [["P1", text, "M", "1/2/1950", "3"]])
@@ -160,6 +170,8 @@ _NUM = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 
 def _expected_label(text: str) -> object:
     t = text.strip()
+    if t.lower() in ("reactive", "tumoral"):
+        return int(t.lower() == "tumoral")
     if t == "" or re.fullmatch(r"-1(\.0+)?", t):
         return None
     if re.fullmatch(r"[01](\.0+)?", t):
