@@ -213,3 +213,60 @@ def test_any_cell_text_is_read_right_or_refused(
         assert row["dob"].year >= 1900 and row["dob"].date() <= date.today()
     else:
         assert pd.isna(row["dob"])
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(image=st.one_of(_cell, st.text(min_size=250, max_size=300)), split=_cell)
+def test_any_manifest_text_is_read_right_or_refused(tmp_path_factory, image, split) -> None:
+    from hypothesis import assume
+
+    assume("\x00" not in image and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in image))
+    root = tmp_path_factory.mktemp("man")
+    Image.new("RGB", (4, 4)).save(root / "ok.png")
+    buf = io.StringIO()
+    csv.writer(buf).writerows(
+        [["patient_id", "image_path", "split"], ["A", "ok.png", "train"], ["B", image, split]]
+    )
+    (root / "m.csv").write_text(buf.getvalue(), encoding="utf-8")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = read_manifest(root / "m.csv")
+    except CohortError as e:
+        assert "\n" not in str(e) and "m.csv" in str(e)
+        s = split.strip().lower()
+        assert s not in ("", "train", "test") or "B" not in str(e) or "both" in str(e), str(e)
+        return
+    s = split.strip().lower() or "train"
+    assert s in ("train", "test")
+    b = c.patients.set_index("patient_id")
+    if "B" in b.index:
+        assert b.loc["B", "split"] == s
+        assert set(c.cells.loc[c.cells["patient_id"] == "B", "path"]) <= {str(root / "ok.png")}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pid=st.one_of(_cell, st.text(min_size=250, max_size=300)))
+def test_any_patient_id_is_read_or_refused(tmp_path_factory, pid) -> None:
+    from hypothesis import assume
+
+    assume(not any(0xD800 <= ord(ch) <= 0xDFFF for ch in pid))
+    root = tmp_path_factory.mktemp("pid")
+    (root / "trainset").mkdir()
+    buf = io.StringIO()
+    csv.writer(buf).writerows([HEADER, [pid, "1", "M", "1/2/1950", "3"]])
+    (root / "trainset" / "trainset_true.csv").write_text(buf.getvalue(), encoding="utf-8")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = read_challenge(root)
+    except CohortError as e:
+        assert "\n" not in str(e) and "trainset_true.csv" in str(e)
+        return
+    assert c.n_cells == 0  # no folder of that name: listed as a problem, never read elsewhere
