@@ -331,3 +331,21 @@ def test_store_describes_every_column_and_code(tmp_path: Path, store_cohort, fak
     g = zarr.open_group(str(tmp_path / "imp.zarr"), mode="r")
     assert {"coords", "cell_id"} <= set(g["cells"].array_keys())
     assert list(g["patients/clinical_extra"].attrs["columns"]) == ["score"]
+
+
+def test_clinical_columns_survive_export_and_import(tmp_path: Path) -> None:
+    from cellbag.store import export_h5
+
+    _write_h5(tmp_path / "in", _bags(4))
+    lab = _labels(tmp_path / "l.csv", 4, dob=["1950-01-02", "", "1960-03-04", "1970-05-06"])
+    pd.read_csv(lab).assign(score=[0.5, None, 2.0, 3.5], arm=["a", "b", "a", None]).to_csv(
+        lab
+    )  # with its index
+    a = import_features(tmp_path / "in", tmp_path / "a.zarr", labels=lab)
+    export_h5(a, None, tmp_path / "out", layout="stamp")
+    b = import_features(tmp_path / "out", tmp_path / "b.zarr", labels=tmp_path / "out/clini.csv")
+    pa, pb = a.patients(), b.patients()
+    assert {"score", "arm=a", "arm=b"} <= set(pa.columns)
+    assert "Unnamed: 0" not in pa.columns  # the row index pandas wrote is not a feature
+    pd.testing.assert_frame_equal(pa, pb)
+    assert a.encoders() == b.encoders()

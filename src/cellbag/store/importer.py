@@ -278,7 +278,11 @@ def patients_table(
     take = {k: next((lower[a] for a in al if a in lower), None) for k, al in aliases.items()}
     take = {k: v for k, v in take.items() if v is not None}
     ignored = set(take.values()) | {lower[c] for c in ID_COLUMNS if c in lower}
-    rest = [c for c in labels.columns if c != "patient_id" and c not in ignored]
+    rest = [
+        c
+        for c in labels.columns
+        if c != "patient_id" and c not in ignored and not str(c).startswith("Unnamed:")
+    ]  # "Unnamed: 0": a row index written by pandas, not a clinical value
     df = pd.DataFrame({"patient_id": pids}).merge(
         labels.rename(columns={v: k for k, v in take.items()}), how="left", on="patient_id"
     )
