@@ -131,6 +131,10 @@ def test_stamp_feats_and_table_import_give_identical_bags(tmp_path: Path) -> Non
     b = import_features(tmp_path / "t.parquet", tmp_path / "b.zarr")
     (ea,), (eb,) = a.encoders(), b.encoders()
     assert ea == eb  # same name, same feature bytes: same encoder id
+    table.rename(columns=lambda c: c.replace("f", "x")).to_csv(tmp_path / "t.csv")  # + index
+    c = import_features(tmp_path / "t.csv", tmp_path / "c.zarr")  # every numeric column
+    assert c.encoder_info(c.encoders()[0])["dim"] == 4  # not the row index
+    np.testing.assert_array_equal(c.bag("P1", c.encoders()[0]), bags[1][:, [2, 0, 3, 1]])
     assert list(b.patients()["label"]) == [i % 2 for i in range(6)]
     for i in range(6):
         np.testing.assert_array_equal(a.bag(f"P{i}", ea), b.bag(f"P{i}", eb))
