@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -163,8 +164,10 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     labels = list(y[:14]) + [None, None]
     Store.from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
     s = str(tmp_path / "s.zarr")
-    res = _invoke("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    fit = ("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    res = _invoke(*fit, "--encoder", "arr")  # the encoder's name stands for its id
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["encoder_id"].startswith("arr-")
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
