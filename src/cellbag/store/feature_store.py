@@ -100,7 +100,7 @@ def _check_target(path: str, cohort: Cohort) -> None:
                 f"entries, e.g. {entries[0]!r}); refusing to write into it, choose a new or "
                 "empty folder"
             )
-    folders = {Path(p).parent for p in cohort.cells["path"]}
+    folders = {Path(p).parent for p in cohort.cells["path"] if p}  # '': imported, no image
     if cohort.sources:
         folders.add(Path(cohort.root))
         folders.update(Path(f).parent for f in cohort.sources)
