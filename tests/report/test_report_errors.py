@@ -102,7 +102,7 @@ def test_cli_writes_report(synthetic_run, tmp_path):
 
 def test_cli_help():
     r = CliRunner().invoke(app, ["report", "--help"])
-    assert r.exit_code == 0 and "--store" in r.output and "--top-k" in r.output
+    assert r.exit_code == 0 and "--store" in r.output and "--cells" in r.output
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 from cellbag.aggregate.metrics import TITLES
+from cellbag.report.explain import kind_text
 from cellbag.report.run import HeadRun, Metric
+from cellbag.report.thumbs import DISPLAY_SIZE
 
 LABELS = {1: "tumoral", 0: "reactive"}
 #: settings shown up front; the rest sit under "All settings"
@@ -64,6 +66,7 @@ class CellView:
     caption: str
     title: str
     attrs: dict[str, str] = field(default_factory=dict)
+    href: str | None = None  # the original image (click-through)
 
 
 @dataclass
@@ -84,6 +87,24 @@ class PatientView:
     top: list[CellView]
     bottom: list[CellView]
     neighbors: list[NeighborRow] | None = None  # None: not asked / not available
+
+
+@dataclass
+class TestRow:
+    """A patient of a ``cellbag predict`` output (no label) and its galleries."""
+
+    patient_id: str
+    probability: float
+    predicted: int
+    top: list[CellView]
+    bottom: list[CellView]
+
+
+@dataclass
+class TestView:
+    source: str
+    kind: str | None
+    rows: list[TestRow]
 
 
 @dataclass
@@ -126,8 +147,9 @@ def _cell(c: CellView, cls: str) -> str:
         img = '<div class="noimg">image<br>unreadable</div>'
     else:
         img = (
-            f'<a href="{esc(c.url)}"><img src="{esc(c.url)}" alt="{esc(c.cell_id)}" '
-            f'width="64" height="64"></a>'
+            f'<a href="{esc(c.href or c.url)}" title="original image"><img src="{esc(c.url)}" '
+            f'alt="{esc(c.cell_id)}" width="{DISPLAY_SIZE}" height="{DISPLAY_SIZE}" '
+            'loading="lazy"></a>'
         )
     return (
         f'<figure class="{cls}" data-cell-id="{esc(c.cell_id)}"{attrs} title="{esc(c.title)}">'
@@ -336,7 +358,7 @@ def _neighbors_block(head: str, p: PatientView) -> str:
 
 def _patients(v: HeadView, top_k: int) -> str:
     h = v.head
-    has_att = h.attention is not None
+    has_att = h.cell_kind is not None
     rows = []
     for p in v.patients:
         mark = "✓" if p.correct else "✗"
@@ -365,7 +387,8 @@ def _patients(v: HeadView, top_k: int) -> str:
             f"{galleries}</tr>"
         )
     gal_heads = (
-        f"<th>Top {top_k} cells (highest attention)</th><th>Bottom {top_k} cells</th>"
+        f"<th>Top {top_k} cells ({esc(kind_text(h.cell_kind, 'top'))})</th>"
+        f"<th>Bottom {top_k} cells ({esc(kind_text(h.cell_kind, 'bottom'))})</th>"
         if has_att
         else ""
     )
@@ -414,16 +437,16 @@ def head_section(v: HeadView, top_k: int) -> str:
         )
     parts.append("</div>")
     parts.append("<h3>Patients (out-of-fold)</h3>")
-    if h.attention is None:
+    if h.cell_kind is None:
         parts.append(
-            '<p class="muted">This head gives no per-cell attention weights: no cell galleries '
-            "(attention heads such as <code>abmil</code> or <code>transformer</code> have them).</p>"
+            '<p class="muted">The run holds no per-cell scores for this head: no cell galleries '
+            "(rerun <code>cellbag cv</code> with this version to get them).</p>"
         )
     else:
         parts.append(
-            '<p class="muted">Galleries: each patient\'s cells ordered by their attention weight '
-            "averaged over the repeats (out-of-fold); the caption is the weight relative to a "
-            "uniform weight (×1 = 1/bag size).</p>"
+            f'<p class="muted explain" data-kind="{esc(h.cell_kind)}">Galleries '
+            f"({esc(h.cell_kind)}): {esc(kind_text(h.cell_kind, 'what'))}. "
+            "Click a cell for its original image.</p>"
         )
     parts.append(_patients(v, top_k))
     wrong = [p for p in v.patients if not p.correct]
@@ -435,7 +458,7 @@ def head_section(v: HeadView, top_k: int) -> str:
     blocks = [_neighbors_block(h.name, p) for p in wrong if p.neighbors]
     if blocks:
         parts.append(
-            '<p class="muted">Each of the patient\'s top-attention cells (orange) and its nearest '
+            '<p class="muted">Each of the patient\'s top cells (orange) and its nearest '
             "cells in other patients (cosine similarity), framed by that patient's label: "
             '<span class="lab1">1 tumoral</span>, <span class="lab0">0 reactive</span>, '
             "none when unknown (test split).</p>"
@@ -443,6 +466,49 @@ def head_section(v: HeadView, top_k: int) -> str:
     parts.append(f'<div class="nn">{"".join(blocks)}</div>')
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def test_section(v: TestView, top_k: int) -> str:
+    """Patients of a ``cellbag predict`` output: probability, prediction and galleries."""
+    has = v.kind is not None
+    rows = []
+    for r in v.rows:
+        gal = (
+            f'<td class="g">{_gallery(r.top, "top")}</td>'
+            f'<td class="g">{_gallery(r.bottom, "bottom")}</td>'
+            if has
+            else ""
+        )
+        rows.append(
+            f'<tr data-patient="{esc(r.patient_id)}" data-predicted="{r.predicted}">'
+            f'<td data-value="{esc(r.patient_id)}">{esc(r.patient_id)}</td>'
+            f'<td data-col="probability" data-value="{dv(r.probability)}">{fmt(r.probability)}'
+            f'<div class="bar"><span style="width:{100 * (r.probability if r.probability == r.probability else 0):.1f}%"></span></div></td>'
+            f'<td data-col="predicted" data-value="{r.predicted}">{esc(label_text(r.predicted))}</td>'
+            f"{gal}</tr>"
+        )
+    gal_heads = (
+        f"<th>Top {top_k} cells ({esc(kind_text(v.kind, 'top'))})</th>"
+        f"<th>Bottom {top_k} cells ({esc(kind_text(v.kind, 'bottom'))})</th>"
+        if has
+        else ""
+    )
+    what = (
+        f'<p class="muted explain" data-kind="{esc(v.kind)}">Galleries ({esc(v.kind)}): '
+        f"{esc(kind_text(v.kind, 'what'))}; from the fitted model's members.</p>"
+        if has
+        else '<p class="muted">No per-cell table beside the predictions '
+        "(<code>&lt;submission&gt;_cells.csv</code>, written by <code>cellbag predict</code>).</p>"
+    )
+    return (
+        '<section id="test" class="test"><h2>Predicted patients</h2>'
+        f'<p class="muted">From <code>{esc(v.source)}</code> ({len(v.rows)} patients, no labels).</p>'
+        f"{what}"
+        '<div class="scroll"><table id="pt-test" class="patients sortable" data-head="test">'
+        '<thead><tr><th data-sort="text">Patient</th><th data-sort="num">Probability</th>'
+        f'<th data-sort="num">Predicted</th>{gal_heads}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
 
 
 CSS = """
@@ -472,12 +538,12 @@ table.patients th[data-sort]:after{content:" ⇅";color:var(--mut);font-size:11p
 .bar span{display:block;height:4px;background:var(--acc);border-radius:2px}
 .gallery{display:flex;flex-wrap:wrap;gap:3px}
 figure.cell{margin:0;text-align:center;font-size:10px;color:var(--mut)}
-figure.cell img{display:block;width:64px;height:64px;border-radius:3px;border:1px solid var(--line)}
+figure.cell img{display:block;width:128px;height:128px;border-radius:3px;border:1px solid var(--line)}
 figure.query img{outline:2px solid #e8590c}
-.noimg{width:64px;height:64px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
+.noimg{width:128px;height:128px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
 table.patients td,table.patients th{white-space:nowrap;padding:3px 6px}
-table.patients .gallery{flex-wrap:nowrap}
-table.patients figure.cell img{width:44px;height:44px}
+table.patients .gallery{flex-wrap:wrap;width:528px}
+table.patients td.g{vertical-align:top}
 .scroll{overflow-x:auto}
 figure.hit[data-label="1"] img{border:2px solid #c92a2a}
 figure.hit[data-label="0"] img{border:2px solid #2b8a3e}
@@ -550,6 +616,8 @@ def page(
     top_k: int,
     notes: list[str],
     data: dict[str, Any],
+    test_view: TestView | None = None,
+    runs_link: str | None = None,
     stats_html: str = "",
 ) -> str:
     """The whole ``index.html``."""
@@ -562,6 +630,10 @@ def page(
             '<a href="#triage">Triage</a>',
             '<a href="#calibration">Calibration</a>',
             *(f'<a href="#head-{esc(h.name)}">{esc(h.name)}</a>' for h in heads),
+            '<a href="#test">Predicted patients</a>' if test_view is not None else "",
+            f'<a id="runs-link" href="{esc(runs_link)}">All runs (leaderboard)</a>'
+            if runs_link
+            else "",
         ]
     )
     cfg_main = [(k, v) for k, v in config_items if k in CONFIG_MAIN]
@@ -626,6 +698,7 @@ patient); [95% bootstrap interval over patients]; fold sd: spread of the folds, 
 <div id="roc"><h2>ROC curves</h2>{roc}</div></div></section>
 {stats_html}
 {"".join(head_section(v, top_k) for v in head_views)}
+{test_section(test_view, top_k) if test_view is not None else ""}
 </main>
 <script type="application/json" id="cellbag-data">{blob}</script>
 <script>{JS}</script>

@@ -1,8 +1,8 @@
 """A cross-validation run folder (``cellbag cv --out RUN_DIR``) as the report sees it.
 
 Files are read by :mod:`cellbag.aggregate.run_folder` (the one reader/writer of the
-layout); this module adds what the report shows: per-patient tables, attention galleries,
-confusion counts. A head folder given directly is read as a run of one head.
+layout); this module adds what the report shows: per-patient tables, cell galleries
+(attention, or the per-cell contributions of heads without attention), confusion counts. A head folder given directly is read as a run of one head.
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ class HeadRun:
     attention: pd.DataFrame | None
     threshold: float
     roc_png: Path | None
+    contributions: pd.DataFrame | None = None  # per-cell scores of a head without attention
+
+    @property
+    def cell_kind(self) -> str | None:
+        """What the galleries rank cells by: attention, logit, argmax, cluster gain (or None)."""
+        if self.attention is not None:
+            return "attention"
+        if self.contributions is not None and len(self.contributions):
+            return str(self.contributions["kind"].iloc[0])
+        return None
 
     def patient_table(self) -> pd.DataFrame:
         """One row per patient: label, mean/std OOF probability over repeats, prediction, correct."""
@@ -73,10 +83,11 @@ class HeadRun:
         return t.reset_index()
 
     def cell_weights(self) -> pd.DataFrame | None:
-        """Mean out-of-fold attention weight per cell (over repeats), with the bag size."""
-        if self.attention is None:
+        """Mean out-of-fold attention weight (or contribution) per cell over repeats, with
+        the bag size."""
+        a = self.attention if self.attention is not None else self.contributions
+        if a is None:
             return None
-        a = self.attention
         w = (
             a.groupby(["patient_id", "cell_id"], sort=False)
             .agg(path=("path", "first"), weight=("weight", "mean"))
@@ -198,6 +209,10 @@ def load_head(folder: Path) -> HeadRun:
         raise ReportError(str(e)) from None
     path = Path(folder) / rf.METRICS_FILE
     roc = Path(folder) / "roc.png"
+    try:
+        contributions = None if r.attention is not None else rf.read_contributions(folder)
+    except rf.RunFolderError as e:
+        raise ReportError(str(e)) from None
     return HeadRun(
         name=r.name,
         folder=Path(folder),
@@ -208,6 +223,7 @@ def load_head(folder: Path) -> HeadRun:
         attention=r.attention,
         threshold=_threshold(r.metrics, r.config, path),
         roc_png=roc if roc.is_file() else None,
+        contributions=contributions,
     )
 
 
@@ -230,7 +246,7 @@ def load_run(run_dir: str | Path) -> Run:
     if comparison is not None and "head" in comparison.columns:
         order = {str(h): i for i, h in enumerate(comparison["head"])}
         heads.sort(key=lambda h: (order.get(h.name, len(order)), h.name))
-    heads.sort(key=lambda h: h.attention is None)
+    heads.sort(key=lambda h: h.cell_kind is None)  # heads with galleries first
     return Run(
         folder=root, heads=heads, splits=splits, comparison=comparison, pairs=pairs, config={}
     )
