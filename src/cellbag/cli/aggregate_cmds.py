@@ -45,7 +45,7 @@ def _head_params(sets: list[str] | None, heads: list[str]) -> dict[str, dict]:
 def cv_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option("abmil", "--head", help=HEAD_HELP),
     clinical: bool = typer.Option(
@@ -125,7 +125,7 @@ def cv_cmd(
 def fit_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option(
         ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."

@@ -427,8 +427,14 @@ def read_challenge(root: str | Path) -> Cohort:
             if pid in seen:
                 raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
             seen[pid] = str(csv)
+            if pid in ("", ".", "..") or "/" in pid or "\\" in pid or "\x00" in pid:
+                raise CohortError(f"{csv}: patient {pid!r}: an ID must be a plain folder name")
             pdir = folder / pid
-            if not pdir.is_dir():
+            try:
+                is_dir = pdir.is_dir()
+            except OSError as e:
+                raise CohortError(f"{csv}: patient {pid[:40]!r}: {e.strerror}") from None
+            if not is_dir:
                 problems.append(
                     Problem(
                         "no-folder", str(pdir), pid, "patient in CSV has no image folder; skipped"
@@ -495,6 +501,12 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
             raise CohortError(f"{manifest}: patient {pid}: cells in both train and test")
         path = Path(str(r["image_path"]).strip())
         path = path if path.is_absolute() else (base / path)
+        try:
+            path.is_symlink(), path.is_file()  # probe: can the name be looked up at all?
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(Problem("missing-image", str(path)[:200], pid, f"{why}; skipped"))
+            continue
         if _is_dangling(path):
             problems.extend(dangling_problems([path], pid))
             cells.append(
