@@ -333,6 +333,11 @@ def store_verify_cmd(
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
     Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+
+    \b
+    Examples:
+      cellbag store verify demo_out/store.zarr
+      cellbag store verify store.zarr --data cohort/manifest.csv
     """
     from cellbag.store import Store
     from cellbag.store.sync import compare
@@ -375,5 +380,8 @@ def store_verify_cmd(
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
+        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
+    next_step(f"cellbag store info {shell_path(store)}")
