@@ -17,7 +17,7 @@ NAMES = (
     "05_fit_predict_distill",
 )
 SMALL = {
-    "CELLBAG_NB_PATIENTS": "20",  # nested thresholds need >= 3 patients per class per fold
+    "CELLBAG_NB_PATIENTS": "12",
     "CELLBAG_NB_CELLS": "6",
     "CELLBAG_NB_IMAGE_SIZE": "48",
     "CELLBAG_NB_FOLDS": "2",
