@@ -137,6 +137,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
     sub = tmp_path / "pred" / "sub.csv"
     r = runner.invoke(app, ["predict", str(model), str(store), "--split", "train", "-o", str(sub)])
     assert r.exit_code == 0, r.output
+    assert "next: cellbag distill" in r.output
     cells = pd.read_csv(tmp_path / "pred" / "sub_cells.csv", dtype={"cell_id": str})
     assert set(cells["kind"]) == {"logit"} and cells["patient_id"].nunique() == 40
     r = runner.invoke(
@@ -144,6 +145,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
         ["report", str(run_dir), "-o", str(tmp_path / "rep"), "--predictions", str(sub), "-q"],
     )
     assert r.exit_code == 0, r.output
+    assert "next: open" in r.output and "next: cellbag fit" in r.output
     page = read_page(tmp_path / "rep" / "index.html")
     rows = {c.row.get("data-patient") for c in page.cells if c.table.get("id") == "pt-test"}
     assert len(rows) == 40

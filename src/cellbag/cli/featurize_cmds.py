@@ -394,5 +394,8 @@ def store_verify_cmd(
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
+        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
+    next_step(f"cellbag store info {shell_path(store)}")
