@@ -38,7 +38,7 @@ import contextlib
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -121,6 +121,18 @@ class _Timer:
         with self._lock:
             self.seconds[stage] += seconds
 
+    def read_then(self, path: str, keep: Callable[[ImageBytes], bool], size: int, interp: str):
+        """Read ``path``; return its bytes when ``keep(bytes)``, else decode them with PIL."""
+        t0 = time.perf_counter()
+        raw = read_image_file(path)
+        t1 = time.perf_counter()
+        self.add("read", t1 - t0)
+        if isinstance(raw, Decoded) or keep(raw):
+            return raw
+        out = decode_bytes(raw, size, interp)
+        self.add("decode", time.perf_counter() - t1)
+        return out
+
 
 class CpuLoader:
     """Read and decode each file with PIL in ``workers`` threads (the reference path)."""
@@ -133,15 +145,7 @@ class CpuLoader:
         self.timer = _Timer()
 
     def _one(self, path: str) -> Decoded:
-        t0 = time.perf_counter()
-        raw = read_image_file(path)
-        t1 = time.perf_counter()
-        self.timer.add("read", t1 - t0)
-        if isinstance(raw, Decoded):
-            return raw
-        out = decode_bytes(raw, self.size, self.interpolation)
-        self.timer.add("decode", time.perf_counter() - t1)
-        return out
+        return self.timer.read_then(path, lambda raw: False, self.size, self.interpolation)
 
     def submit(self, paths: Sequence[str]) -> list[Future[Decoded]]:
         """Start reading and decoding ``paths`` (one batch)."""
@@ -190,18 +194,11 @@ class DeviceJpegLoader:
     # ------------------------------------------------------------ read threads
     def _read(self, path: str) -> ImageBytes | Decoded:
         """Bytes of a JPEG the device will decode, else the CPU path's result."""
-        t0 = time.perf_counter()
-        raw = read_image_file(path)
-        t1 = time.perf_counter()
-        self.timer.add("read", t1 - t0)
-        if isinstance(raw, Decoded):
-            return raw
+        return self.timer.read_then(path, self._on_device, self.size, self.interpolation)
+
+    def _on_device(self, raw: ImageBytes) -> bool:
         info = jpeg_info(raw.data)
-        if info is not None and (info[:2] == (self.size, self.size) or self.resize_mode):
-            return raw
-        out = decode_bytes(raw, self.size, self.interpolation)
-        self.timer.add("decode", time.perf_counter() - t1)
-        return out
+        return info is not None and (info[:2] == (self.size, self.size) or bool(self.resize_mode))
 
     # ------------------------------------------------------------ decode thread
     def _resize(self, img: Any) -> Any:
