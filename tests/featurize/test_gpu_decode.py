@@ -139,3 +139,17 @@ def test_pipeline_with_batched_decode_matches_cpu_decode(
     assert ok.sum() > 20 and (np.isfinite(eb).all(1) == ok).all()
     diff = np.abs(ea[ok] - eb[ok]).max()
     assert diff <= 2e-3 * np.abs(ea[ok]).max(), diff  # measured: 0.0039 of 5.0 (1 fp16 step)
+
+
+def test_cli_decode_gpu_without_cuda_is_one_clear_error(tmp_path, feat_cohort):
+    from typer.testing import CliRunner
+
+    from cellbag.cli import app
+
+    store = tmp_path / "s.zarr"
+    args = ["featurize", str(feat_cohort.root), str(store), "--weights", "none"]
+    args += ["--image-size", "32", "--device", "cpu", "--decode", "gpu", "-q"]
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, DecodeError), res.output
+    assert "--decode gpu needs a CUDA device" in str(res.exception)
+    assert not store.exists()  # refused before anything was written
