@@ -89,6 +89,9 @@ def test_h5_folder_import_keeps_bags_labels_coords_and_clinical(tmp_path: Path) 
     s = Store.open(tmp_path / "s.zarr")
     (eid,) = s.encoders()
     assert eid.startswith("uni-") and s.resolve_encoder("uni") == eid
+    for verb in ("info", "verify"):  # no image cohort to compare with: not an error
+        res = _invoke("store", verb, s.path)
+        assert res.exit_code == 0, res.output
     pts = s.patients()
     assert list(pts["patient_id"]) == [f"P{i}" for i in range(6)]
     assert list(pts["label"]) == [0, 1, 0, 1, 0, 1]
@@ -151,9 +154,9 @@ def test_from_arrays_store_runs_cv_with_its_clinical_columns(tmp_path: Path) -> 
 
 def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    y = np.array([0, 1] * 6)
+    y = np.array([0, 1] * 8)
     bags = [(rng.standard_normal((5, 8)) + yy).astype(np.float32) for yy in y]
-    labels = list(y[:10]) + [None, None]
+    labels = list(y[:14]) + [None, None]
     Store.from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
     s = str(tmp_path / "s.zarr")
     res = _invoke("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
@@ -161,9 +164,41 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
-    res = _invoke("neighbors", s, "--cell", "P0/0", "-k", "3", "--encoder", "arr")
+    res = _invoke(
+        "neighbors",
+        s,
+        "--cell",
+        "P0/0",
+        "-k",
+        "3",
+        "--encoder",
+        "arr",
+        "--montage",
+        tmp_path / "m.png",
+    )
     assert res.exit_code == 0, res.output
-    assert "P0/0" in res.output
+    assert "P0/0" in res.output and "no images (imported features)" in res.output
+    res = _invoke(
+        "cv",
+        s,
+        "--head",
+        "abmil",
+        "--folds",
+        "2",
+        "--repeats",
+        "1",
+        "-o",
+        tmp_path / "r",
+        "--set",
+        "epochs=3",
+    )
+    assert res.exit_code == 0, res.output
+    res = _invoke("report", tmp_path / "r", "--store", s, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert (
+        "The cells have no images (imported features)" in page and "could not be read" not in page
+    )
 
 
 BAD = {
@@ -268,3 +303,31 @@ def test_bad_sources_and_targets(tmp_path: Path) -> None:
         import_features(tmp_path / "in", tmp_path / "s.zarr")
     import_features(tmp_path / "in", tmp_path / "s.zarr", name="again", force=True)
     assert Store.open(tmp_path / "s.zarr").encoders()[0].startswith("again-")
+
+
+def test_store_describes_every_column_and_code(tmp_path: Path, store_cohort, fake_embeddings):
+    import zarr
+
+    made = Store.create(tmp_path / "made.zarr", store_cohort)
+    made.add_embeddings("fake-0001", fake_embeddings)
+    _write_h5(tmp_path / "in", _bags(4))
+    _labels(tmp_path / "l.csv", 4, score=[1.0, 2.0, 3.0, 4.0])
+    import_features(tmp_path / "in", tmp_path / "imp.zarr", labels=tmp_path / "l.csv")
+    for path in (made.path, tmp_path / "imp.zarr"):
+        g = zarr.open_group(str(path), mode="r")  # a plain zarr user, no cellbag
+        for group in ("cells", "patients"):
+            described = g[group].attrs["columns"]
+            assert set(g[group].array_keys()) <= set(described), (path, group)
+            for column, codes in g[group].attrs["codes"].items():
+                assert column in described and codes
+        schema = g.attrs["schema"]
+        assert schema["patients"]["codes"]["label"] == {
+            "0": "reactive",
+            "1": "tumoral",
+            "-1": "unknown (test patient)",
+        }
+        for eid in g["embeddings"].group_keys():
+            assert set(g["embeddings"][eid].array_keys()) <= set(schema["embeddings/<encoder_id>"])
+    g = zarr.open_group(str(tmp_path / "imp.zarr"), mode="r")
+    assert {"coords", "cell_id"} <= set(g["cells"].array_keys())
+    assert list(g["patients/clinical_extra"].attrs["columns"]) == ["score"]

@@ -121,6 +121,10 @@ def load_bags(store: Any, encoder_id: str | None = None, split: str = "train") -
     store = open_store(store)
     encoder_id = resolve_encoder(store, encoder_id)
     store.require_complete(encoder_id)
+    if split != "test":  # never train on labels the cohort's CSV no longer holds
+        from cellbag.store.sync import require_labels_in_sync
+
+        require_labels_in_sync(store)
     patients = store.patients()
     all_pids = patients["patient_id"].astype(str).tolist()
     if split == "all":

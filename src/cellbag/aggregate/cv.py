@@ -132,8 +132,16 @@ def fit_fold(
     head.fit([data.bags[i] for i in train], c_tr, data.labels[train])
     test_bags = [data.bags[i] for i in test]
     proba = head.predict_proba(test_bags, c_te)
-    weights = head.cell_weights(test_bags, c_te) if head.has_cell_weights else None
+    weights = _cell_scores(head, test_bags, c_te)
     return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
+
+
+def _cell_scores(head: Head, bags: list[np.ndarray], clinical: Any) -> list[np.ndarray] | None:
+    """Attention weights, or the head's per-cell contributions (the report's galleries)."""
+    try:
+        return head.cell_contributions(bags, clinical)
+    except (AggregateError, AttributeError, NotImplementedError):
+        return None
 
 
 # ------------------------------------------------------------------------------ the run
@@ -311,6 +319,7 @@ def cross_validate(
                         "cell_weights": None
                         if res.weights is None
                         else [w.tolist() for w in res.weights],
+                        "cell_kind": getattr(res.head, "contribution_kind", "attention"),
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
@@ -406,6 +415,7 @@ def write_head_outputs(
 
     index = {p: i for i, p in enumerate(data.patient_ids)}
     oof_rows, att = [], []
+    kind = "attention"
     for rec in records:
         idx = np.asarray([index[p] for p in rec["patients"]])
         y = data.labels[idx]
@@ -427,6 +437,7 @@ def write_head_outputs(
                 row["probability_raw"] = float(praw)
             oof_rows.append(row)
         if rec.get("cell_weights") is not None:
+            kind = rec.get("cell_kind", "attention")
             for pid, i, w in zip(rec["patients"], idx, rec["cell_weights"], strict=True):
                 ids = (
                     data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
@@ -447,8 +458,12 @@ def write_head_outputs(
     oof = pd.DataFrame(oof_rows)
     oof = oof.sort_values(["repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
     write_csv(head_dir / "oof_predictions.csv", oof)
-    if att:
+    if att and kind == "attention":
         write_csv(head_dir / "attention.csv", pd.concat(att, ignore_index=True))
+    elif att:  # signed or gain contributions: not attention (distill must not read them)
+        write_csv(
+            head_dir / "contributions.csv", pd.concat(att, ignore_index=True).assign(kind=kind)
+        )
     roc_plot(
         oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
     )

@@ -234,7 +234,13 @@ def _oof_from_run(
 
 
 def _inner_oof(
-    data: BagSet, head: str, clinical: bool, seed: int, params: dict, folds: int = 5
+    data: BagSet,
+    head: str,
+    clinical: bool,
+    seed: int,
+    params: dict,
+    folds: int = 5,
+    tick: Any = None,
 ) -> np.ndarray:
     """Out-of-fold predictions of every training patient from an inner ``folds``-fold cv."""
     from sklearn.model_selection import StratifiedKFold
@@ -246,6 +252,8 @@ def _inner_oof(
         m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
         c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
         oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
+        if tick:
+            tick()
     return oof
 
 
@@ -295,6 +303,7 @@ def fit_model(
     threads: int | None = None,
     calibrate: str | None = None,
     holdout_finetuned: bool = False,
+    progress: Any = None,
 ) -> FittedModel:
     """Train ``head`` on every training patient (or an ``ensemble``-fold ensemble whose
     members each leave one fold out) and write MODEL_DIR.
@@ -303,7 +312,7 @@ def fit_model(
     ``calibrate``: ``sigmoid`` or ``isotonic``. Both are chosen from out-of-fold
     predictions of the training patients: ``cv_run``'s for this head when given, else the
     ensemble's, else an inner 5-fold cv's. An encoder fine-tuned on these patients' labels
-    is refused for such a choice (``holdout_finetuned`` leaves those patients out)."""
+    is refused for such a choice (``holdout_finetuned`` leaves those patients out). ``progress(done, total)`` is called after each model fitted."""
     from sklearn.model_selection import StratifiedKFold
 
     from cellbag.aggregate.leaks import guard
@@ -322,6 +331,11 @@ def fit_model(
     t0 = time.perf_counter()
     members: list[Member] = []
     oof = None
+    chosen = parse_threshold(threshold)[0] != "fixed" or calibrate
+    inner = chosen and cv_run is None and not (ensemble and ensemble >= 2)
+    n_fits = (ensemble if ensemble and ensemble >= 2 else 1) + (5 if inner else 0)
+    fits = iter(range(1, n_fits + 1))
+    tick = (lambda: progress(next(fits), n_fits)) if progress else (lambda: None)
     with torch_threads(threads or default_threads()):
         if ensemble and ensemble >= 2:
             oof = np.full(n, np.nan)
@@ -331,8 +345,10 @@ def fit_model(
                 c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
                 oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
                 members.append(m)
+                tick()
         else:
             members.append(_fit_member(data, all_idx, head, clinical, seed, params))
+            tick()
 
         def oof_source() -> tuple[np.ndarray, np.ndarray, str]:
             if cv_run is not None:
@@ -342,7 +358,7 @@ def fit_model(
                 return data.labels, oof, f"the {ensemble}-fold ensemble"
             return (
                 data.labels,
-                _inner_oof(data, head, clinical, seed, params),
+                _inner_oof(data, head, clinical, seed, params, tick=tick),
                 "inner 5-fold cv on the training patients",
             )
 

@@ -12,6 +12,9 @@
         [, probability_raw]: one row per patient and repeat; the thresholds are those
         chosen inside that row's training fold; probability_raw before --calibrate
     RUN_DIR/<head>/attention.csv     patient_id, cell_id, path, repeat, fold, weight
+    RUN_DIR/<head>/contributions.csv the same plus kind, for heads without attention: signed
+        per-cell terms of the logit (meanpool: logit, maxpool: argmax) or the cluster gain
+        share (lgbm); the report's galleries (distill reads attention only)
     RUN_DIR/<head>/config.json       {"key": what defines the run, "state", ...}
     RUN_DIR/<head>/folds/r<R>_f<F>.json   finished folds (resume)
 
@@ -60,6 +63,7 @@ METRICS_FILE = "metrics.json"
 OOF_FILE = "oof_predictions.csv"
 CONFIG_FILE = "config.json"
 ATTENTION_FILES = ("attention.csv", "attention.parquet")
+CONTRIBUTIONS_FILE = "contributions.csv"
 OOF_COLUMNS = ("patient_id", "repeat", "fold", "probability", "label")
 ATTENTION_COLUMNS = ("patient_id", "cell_id", "path", "repeat", "fold", "weight")
 INTERVAL_METHOD = (
@@ -252,6 +256,22 @@ def read_attention(folder: Path) -> pd.DataFrame | None:
     return df
 
 
+def read_contributions(folder: Path) -> pd.DataFrame | None:
+    """A head's per-cell out-of-fold contributions (``contributions.csv``, signed), or None."""
+    path = Path(folder) / CONTRIBUTIONS_FILE
+    if not path.is_file():
+        return None
+    df = _read_csv(path, (*ATTENTION_COLUMNS, "kind"), "per-cell contributions")
+    w = pd.to_numeric(df["weight"], errors="coerce")
+    if w.isna().any():
+        raise RunFolderError(
+            f"{path}: weight of cell {df.loc[w.isna(), 'cell_id'].iloc[0]} is not a number"
+        )
+    df["weight"] = w.astype("float64")
+    df["kind"] = df["kind"].astype(str)
+    return df
+
+
 def normalize_config(c: dict[str, Any]) -> dict[str, Any]:
     """A head's config with the settings that define the run (nested under ``key``) at the
     top level."""
@@ -308,7 +328,7 @@ def head_folders(run_dir: str | Path) -> list[Path]:
     folders = sorted(p for p in run_dir.iterdir() if p.is_dir() and is_head_folder(p))
     if not folders:
         raise RunFolderError(
-            f"{run_dir}: no head results, not a cv run folder (expected <head>/{METRICS_FILE} "
+            f"{run_dir}: no head results (not a cv run folder: expected <head>/{METRICS_FILE} "
             f"and <head>/{OOF_FILE}; run `cellbag cv ... --out {run_dir}` first)"
         )
     return folders

@@ -91,16 +91,18 @@ def check_splits(splits: list[dict]) -> None:
 
 def inner_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified ``folds``-fold splits (positions into ``y``) of one outer training fold,
-    for the nested choice of thresholds; deterministic in ``seed``."""
+    for the nested choice of thresholds; deterministic in ``seed``. Fewer folds when a class
+    has fewer than ``folds`` patients (at least 2)."""
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y).astype(int)
     counts = np.bincount(y, minlength=2)
-    if counts.min() < folds:
+    folds = min(folds, int(counts.min()))  # a small cohort: as many as each class allows
+    if folds < 2:
         raise AggregateError(
-            f"--inner-folds {folds} needs >= {folds} patients per class in every training "
-            f"fold, a fold has {counts[0]} reactive / {counts[1]} tumoral; use fewer "
-            "--inner-folds or --folds"
+            f"a training fold has {counts[0]} reactive / {counts[1]} tumoral patients: too few "
+            "for inner folds (thresholds chosen inside the fold); use fewer --folds or "
+            "--inner-folds 0"
         )
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(skf.split(np.zeros(len(y)), y))

@@ -180,7 +180,9 @@ EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
 def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    return (
+        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    )
 
 
 def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
@@ -321,7 +323,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 who = fields[0].strip() or "?"
                 raise CohortError(
                     f"{path}: line {reader.line_num} (patient {who}): {len(fields)} fields but "
-                    f"the header has {len(header)}; quote a value holding a comma (\"12,5\") "
+                    f'the header has {len(header)}; quote a value holding a comma ("12,5") '
                     "or write 12.5"
                 )
             rows.append([f.strip() for f in fields])
@@ -425,8 +427,14 @@ def read_challenge(root: str | Path) -> Cohort:
             if pid in seen:
                 raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
             seen[pid] = str(csv)
+            if pid in ("", ".", "..") or "/" in pid or "\\" in pid or "\x00" in pid:
+                raise CohortError(f"{csv}: patient {pid!r}: an ID must be a plain folder name")
             pdir = folder / pid
-            if not pdir.is_dir():
+            try:
+                is_dir = pdir.is_dir()
+            except OSError as e:
+                raise CohortError(f"{csv}: patient {pid[:40]!r}: {e.strerror}") from None
+            if not is_dir:
                 problems.append(
                     Problem(
                         "no-folder", str(pdir), pid, "patient in CSV has no image folder; skipped"
@@ -493,6 +501,12 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
             raise CohortError(f"{manifest}: patient {pid}: cells in both train and test")
         path = Path(str(r["image_path"]).strip())
         path = path if path.is_absolute() else (base / path)
+        try:
+            path.is_symlink(), path.is_file()  # probe: can the name be looked up at all?
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(Problem("missing-image", str(path)[:200], pid, f"{why}; skipped"))
+            continue
         if _is_dangling(path):
             problems.extend(dangling_problems([path], pid))
             cells.append(
@@ -560,9 +574,7 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
                 )
             )
     sources = [manifest] + ([clinical] if clinical is not None else [])
-    return _finish(
-        manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems, sources
-    )
+    return _finish(manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems, sources)
 
 
 def read_cohort(path: str | Path, clinical: str | Path | None = None) -> Cohort:

@@ -402,9 +402,9 @@ def write_store(
     order = [by_pid[p] for p in patients["patient_id"]]
     first = order[0]
     dim = first.dim
-    # pass 1: check everything, digest the float16 bytes
+    # pass 1: check everything, digest the float16 bytes (by patient id: order-free)
     h = hashlib.sha256()
-    for bag in order:
+    for bag in sorted(order, key=lambda b: b.patient_id):
         x, ids, coords = bag.read()
         x16 = _check(bag, np.asarray(x), dim, first)
         h.update(f"{bag.patient_id}:{x16.shape}".encode())
