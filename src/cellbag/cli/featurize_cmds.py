@@ -55,6 +55,9 @@ def featurize_cmd(
     workers: int = typer.Option(
         None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
     ),
+    decode: str = typer.Option(
+        "auto", "--decode", help="auto (gpu on CUDA) | cpu (PIL threads) | gpu (JPEGs on the GPU)."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -100,6 +103,7 @@ def featurize_cmd(
         batch_size=batch_size,
         precision=precision,
         workers=workers,
+        decode=decode,
         force=force,
         update=update,
         chunk_rows=chunk_rows,
