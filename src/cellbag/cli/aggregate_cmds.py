@@ -9,7 +9,10 @@ import typer
 
 from cellbag.cli.app import app, console, next_step, shell_path
 
-HEAD_HELP = "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm."
+HEAD_HELP = (
+    "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm, clinical "
+    "(the clinical-only baseline, added by itself when the store has clinical data)."
+)
 SET_HELP = (
     "Head parameter KEY=VALUE (all heads) or HEAD.KEY=VALUE, repeatable, "
     "e.g. --set epochs=30 --set abmil.hidden=32."
@@ -140,7 +143,7 @@ def fit_cmd(
         None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option(
-        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."
+        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm, clinical."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
