@@ -507,6 +507,7 @@ def run_cv(
     refused (``holdout_finetuned`` leaves those patients out instead)."""
     from cellbag.aggregate.leaks import guard
 
+    _check_options(inner_folds, triage_sensitivity, calibrate)  # before any reading
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
     info = {}
