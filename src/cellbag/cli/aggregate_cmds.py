@@ -251,10 +251,11 @@ def predict_cmd(
     sub, proba = write_submission(pred, out)
     _write_cells(model, store, split, sub)
     n_pos = int(pred["predicted"].sum())
-    triage = ""
     if "triage" in pred:
         spared = int((pred["triage"] == "spared").sum())
         triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
+    else:
+        triage = "; no triage calls: fit with --threshold triage[:SENS] for them"
     console.print(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"
