@@ -48,8 +48,8 @@ ENCODERS = {  # name -> weights
 CPU_ENCODERS = ["tf_efficientnet_lite0", "vit_small_patch16_224"]  # ViT-B/14: ~3 cells/s here
 
 
-def bare_forward(enc, pixels: np.ndarray, batch_size: int) -> float:
-    """Cells/s of the model alone on pre-decoded uint8 pixels (same batches as the pipeline).
+def bare_forward(enc, pixels: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
+    """Cells/s of the model alone on pre-decoded uint8 pixels, and the embeddings.
 
     On a GPU the pixels are uploaded once beforehand: the figure is the model's alone.
     """
@@ -63,11 +63,11 @@ def bare_forward(enc, pixels: np.ndarray, batch_size: int) -> float:
     if gpu:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-        enc.forward_pixels(x[i : i + batch_size])
+    out = [enc.forward_pixels(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     if gpu:
         torch.cuda.synchronize()
-    return len(x) / (time.perf_counter() - t)
+    rate = len(x) / (time.perf_counter() - t)
+    return rate, torch.cat(out).numpy()
 
 
 class GpuSampler:
@@ -240,7 +240,7 @@ def main() -> None:
         # bare forward before and after the pipeline: a shared machine's load drifts
         # rounds of bare, pipeline, bare...: each pipeline run is compared with the bare
         # forward just before and just after it (a shared machine's load drifts)
-        bares = [bare_forward(enc, pixels, batch)]
+        bares = [bare_forward(enc, pixels, batch)[0]]
         rounds = []
         store_path = work / f"{name}.zarr"
         for _ in range(args.rounds):
@@ -249,7 +249,8 @@ def main() -> None:
                 t = time.perf_counter()
                 rep = run_featurize(cohort, store_path, enc, **kw)
                 wall = time.perf_counter() - t
-            bares.append(bare_forward(enc, pixels, batch))
+            rate, pil_emb = bare_forward(enc, pixels, batch)
+            bares.append(rate)
             b = 2 / (1 / bares[-2] + 1 / bares[-1])  # cells/s of the mean time
             rounds.append((cohort.n_cells / wall, cohort.n_cells / rep.seconds, b))
         ratios = [p / b for p, _, b in rounds]
@@ -261,6 +262,9 @@ def main() -> None:
         nbytes = store.size_bytes(enc.id)
         raw = cohort.n_cells * enc.dim * 4
         real = np.asarray(store.embeddings(enc.id)[:], dtype=np.float32)
+        ok = np.isfinite(real).all(1)  # the pipeline's embeddings against the PIL pixels'
+        emb_diff = float(np.abs(real[ok] - pil_emb[ok]).max())  # (float16 store rounding too)
+        emb_max = float(np.abs(pil_emb[ok]).max())
         sp50, sp95 = synthetic_bag_latency(real, work / f"syn-{name}", 205, 80)
         shutil.rmtree(work / f"syn-{name}", ignore_errors=True)
         split = {
@@ -283,6 +287,7 @@ def main() -> None:
             "bare_runs": [round(v, 1) for v in bares],
             "pipeline_over_bare_rounds": [round(v, 3) for v in ratios],
             "forward_share_of_loop": round(share, 3),
+            "max_abs_diff_vs_pil_path": round(emb_diff, 5),
             "pipeline_cells_per_s": round(pipe, 1),
             "pipeline_over_bare": round(pipe / bare, 3),
             "streaming_cells_per_s": round(stream, 1),
@@ -316,6 +321,8 @@ def main() -> None:
             f"{split['write_s']:.2f} s (writer thread); the model waited "
             f"{split['wait_decode_s']:.2f} s for images, {split['wait_write_s']:.2f} s for "
             f"the writer\n"
+            f"  decode check     embeddings max abs diff {emb_diff:.4f} against the bare "
+            f"forward on PIL-decoded pixels (values up to {emb_max:.2f}; float16 store)\n"
             f"  bag read         p50 {p50:.2f} ms, p95 {p95:.2f} ms "
             f"(bags of ~{cohort.n_cells // cohort.n_patients})   target p50 <= 2 ms\n"
             f"  bag read, 80/bag p50 {sp50:.2f} ms, p95 {sp95:.2f} ms (205 patients x 80)\n"
