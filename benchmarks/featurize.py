@@ -8,7 +8,7 @@ on a GPU, its mean utilisation during the pipeline; then the p50/p95 latency of
 ``store.bag()`` and the store's bytes against raw float32.
 
     python benchmarks/featurize.py                      # CPU, demo cohort, lite0 + ViT-S/16
-    python benchmarks/featurize.py --device cuda        # + DinoBloom-B shape, 10,000 cells
+    python benchmarks/featurize.py --device cuda        # + DinoBloom-B shape, ~20,000 cells
     python benchmarks/featurize.py --device cuda --decode cpu   # the PIL path beside a GPU
 
 Encoders: EfficientNet-Lite0 (the package's ImageNet weights), ViT-S/16 and the
@@ -132,6 +132,27 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def replicate(root: Path, times: int) -> None:
+    """Copy every patient folder ``times - 1`` more times (new ids, same clinical rows).
+
+    Generating demo images costs ~10-30 ms each on a CPU; a GPU needs ~20,000 files for a
+    steady figure, and identical files decode at the same speed.
+    """
+    import pandas as pd
+
+    for split, csv in (("trainset", "trainset_true.csv"), ("testset", "testset_data.csv")):
+        path = root / split / csv
+        if not path.exists():
+            continue
+        table = pd.read_csv(path, dtype=str)
+        copies = []
+        for k in range(1, times):
+            for pid in table["ID"]:
+                shutil.copytree(root / split / pid, root / split / f"{pid}x{k}")
+            copies.append(table.assign(ID=table["ID"] + f"x{k}"))
+        pd.concat([table, *copies]).to_csv(path, index=False)
+
+
 def bag_latency(store, eid: str, n: int = 300, seed: int = 0) -> tuple[float, float]:
     """p50 and p95 (ms) of ``store.bag`` for random patients, on a freshly opened store."""
     from cellbag.store import Store
@@ -183,9 +204,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--decode", default="auto", help="auto (gpu on CUDA) | cpu | gpu")
-    ap.add_argument("--patients", type=int, default=None, help="default 6 (CPU), 100 (GPU)")
+    ap.add_argument("--patients", type=int, default=None, help="default 6 (CPU), 40 (GPU)")
     ap.add_argument(
-        "--cells-per-patient", type=int, default=None, help="default 30 (CPU), 100 (GPU)"
+        "--cells-per-patient", type=int, default=None, help="default 30 (CPU), 50 (GPU)"
+    )
+    ap.add_argument(
+        "--copies", type=int, default=None, help="cohort copies: default 1 (CPU), 10 (GPU)"
     )
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 (CPU), 256 (GPU)")
     ap.add_argument("--workers", type=int, default=None, help="decode (CPU) / read (GPU) threads")
@@ -206,14 +230,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.startswith("cuda")
-    patients = args.patients or (100 if gpu else 6)
-    per_patient = args.cells_per_patient or (100 if gpu else 30)
+    patients = args.patients or (40 if gpu else 6)
+    per_patient = args.cells_per_patient or (50 if gpu else 30)
+    copies = args.copies or (10 if gpu else 1)
     names = args.encoders or (list(ENCODERS) if gpu else CPU_ENCODERS)
     work = args.keep or Path(tempfile.mkdtemp(prefix="cellbag-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     root = work / "demo"
     if not (root / "trainset").exists():
         make_demo_cohort(root, patients=patients, cells_per_patient=per_patient)
+        replicate(root, copies)
     cohort = read_cohort(root)
     # a warm-up run first: one-time costs (imports, CUDA context, cuDNN autotuning, nvJPEG
     # set-up) stay out of the timing, as the bare forward's warm-up batch does
