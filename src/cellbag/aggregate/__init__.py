@@ -1,8 +1,9 @@
 """Stage 2: aggregators over cached bags, clinical fusion and honest cross-validation.
 
-    from cellbag.aggregate import make_head, run_cv
-    head = make_head("abmil", clinical=True, seed=0)
-    head.fit(bags, clinical, y); head.predict_proba(bags, clinical); head.cell_weights(bags, clinical)
+    from cellbag.aggregate import Bags, make_head, run_cv
+    head = make_head("abmil", seed=0)              # a scikit-learn classifier over bags
+    head.fit(Bags(bags, clinical), y)              # or head.fit(bags, y): image only
+    head.predict_proba(Bags(bags, clinical))       # (n, 2); head.cell_weights(X) per cell
     table = run_cv("store.zarr", heads="abmil,lgbm,meanpool", out="runs/cv")
 
 Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). Importing
@@ -10,7 +11,7 @@ this package does not import torch or LightGBM; building a head does.
 """
 
 from cellbag.aggregate.bags import BagSet, load_bags
-from cellbag.aggregate.base import Head
+from cellbag.aggregate.base import Bags, Head
 from cellbag.aggregate.cv import cross_validate, fit_fold, run_cv
 from cellbag.aggregate.errors import AggregateError, UnknownHeadError
 from cellbag.aggregate.metrics import binary_metrics, youden_threshold
@@ -20,6 +21,7 @@ from cellbag.aggregate.registry import head_class, list_heads, make_head, regist
 __all__ = [
     "AggregateError",
     "BagSet",
+    "Bags",
     "FittedModel",
     "Head",
     "UnknownHeadError",

@@ -83,6 +83,12 @@ def cv_cmd(
         "--holdout-finetuned",
         help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
+    cell_truth: Path = typer.Option(
+        None,
+        "--cell-truth",
+        help="CSV cell_id,is_key: write the instance AUC of each head's cell weights "
+        "into its metrics.json.",
+    ),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
     split; every figure with its 95% bootstrap interval over patients.
@@ -112,9 +118,15 @@ def cv_cmd(
         triage_sensitivity=triage_sensitivity,
         calibrate=calibrate,
         holdout_finetuned=holdout_finetuned,
+        cell_truth=cell_truth,
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
+        if cell_truth is not None:
+            for h in table["head"]:
+                m = json.loads((out / h / "metrics.json").read_text()).get("cell_truth") or {}
+                if m.get("instance_auc") is not None:
+                    console.print(f"instance AUC of {h}'s cell weights: {m['instance_auc']:.3f}")
     next_step(
         f"cellbag report {shell_path(out)} --store {shell_path(store)} "
         f"--out {shell_path(out / 'report')}"

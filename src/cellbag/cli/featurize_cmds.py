@@ -333,16 +333,28 @@ def store_verify_cmd(
         "--data",
         help="Cohort to compare with (default: the one the store recorded, if it is there).",
     ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Un-mark the blocks holding damaged chunks, so `cellbag featurize` recomputes "
+        "only them.",
+    ),
 ) -> None:
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
     Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+
+    \b
+    Examples:
+      cellbag store verify demo_out/store.zarr
+      cellbag store verify store.zarr --data cohort/manifest.csv
     """
     from cellbag.store import Store
     from cellbag.store.sync import compare
     from cellbag.store.verify import check_encoder
+    from cellbag.store.verify import repair as repair_blocks
 
-    s = Store.open(store)
+    s = Store.open(store, mode="r+" if repair else "r")
     n_bad = 0
     encoders = s.encoders()
     if not encoders:
@@ -365,6 +377,13 @@ def store_verify_cmd(
             console.print(f"      {f}", highlight=False)
         if len(check.findings) > 20:
             console.print(f"      ... {len(check.findings) - 20} more", highlight=False)
+        if repair:
+            blocks = repair_blocks(s, check)
+            console.print(
+                f"      repaired: {len(blocks)} block(s) un-marked; recompute them with "
+                f"`{s.featurize_command(eid)}`",
+                highlight=False,
+            )
     cohort = _cohort_for(s, data)
     if cohort is None:
         console.print("sync: cohort not found here; not compared", highlight=False)
@@ -379,5 +398,8 @@ def store_verify_cmd(
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
+        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
+    next_step(f"cellbag store info {shell_path(store)}")
