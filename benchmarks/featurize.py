@@ -255,11 +255,15 @@ def main() -> None:
         f"{torch.get_num_threads()}; cpus {os.cpu_count()}; batch {batch}; {_load()}"
     )
     results = []
+    prepared: dict[tuple[int, str], np.ndarray] = {}
     for name in names:
         enc = create_encoder(
             name, weights=ENCODERS.get(name, "none"), image_size=224, device=device
         )
-        pixels = np.stack([enc.prepare(_open(p)) for p in cohort.cells["path"]])
+        key = (enc.image_size, enc.interpolation)  # PIL-decoded once per input shape
+        if key not in prepared:
+            prepared[key] = np.stack([enc.prepare(_open(p)) for p in cohort.cells["path"]])
+        pixels = prepared[key]
         kw = dict(batch_size=batch, workers=args.workers, decode=args.decode)
         shutil.rmtree(work / f"warm-{name}.zarr", ignore_errors=True)
         run_featurize(warm, work / f"warm-{name}.zarr", enc, **kw)
