@@ -4,8 +4,9 @@ The work is cut into blocks of rows (see :mod:`cellbag.store.blocks`). Batches n
 span two blocks, so a block's numbers do not depend on which other blocks were done
 before, nor on which process did them: a resumed run, or one split among the ranks of
 a torchrun job (:mod:`cellbag.featurize.distributed`), equals an uninterrupted one.
-While the model runs on one batch, worker threads decode the next ones, and a writer
-thread stores the previous block.
+While the model runs on one batch, worker threads decode the next ones (beside a GPU:
+threads read the files and the GPU decodes the JPEGs, see
+:mod:`cellbag.featurize.gpu_decode`), and a writer thread stores the previous block.
 """
 
 from __future__ import annotations
