@@ -79,6 +79,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
         head_params=fast,
         threads=1,
         quiet=True,
+        inner_folds=2,
     )
     for head in ("meanpool", "abmil"):
         assert (tmp_path / head / "oof_predictions.csv").read_bytes() == (
@@ -100,6 +101,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
         head_params=fast,
         threads=1,
         quiet=True,
+        inner_folds=2,
     )
     assert (tmp_path / "abmil" / "folds" / "r0_f0.json").stat().st_mtime_ns == before
     with pytest.raises(CellbagError, match="made for other settings"):
@@ -108,6 +110,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
 
 def test_no_test_label_is_read(store_path, tmp_path, monkeypatch, fast):
     kw = dict(heads="meanpool,lgbm", folds=3, repeats=1, seed=0, head_params=fast, quiet=True)
+    kw["inner_folds"] = 2
     ref = run_cv(str(store_path), out=tmp_path / "a", **kw)
     real = Store.patients
 

@@ -134,3 +134,51 @@ def test_cli_leak_refusal_is_one_line(tuned_store, tmp_path, monkeypatch, capsys
         main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err and "fine-tuned" in err
+
+
+def test_fit_calibrates_and_picks_triage_from_out_of_fold(tmp_path):
+    from cellbag.aggregate import load_model
+
+    path = tmp_path / "s.zarr"
+    witness_store(str(path), n_train=30, n_test=6, cells=(5, 8), dim=8)
+    m = fit_model(
+        str(path), "meanpool", tmp_path / "m", threshold="triage:0.9", calibrate="sigmoid"
+    )
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert doc["calibration"]["kind"] == "sigmoid" and doc["threshold"]["method"] == "triage"
+    assert "inner 5-fold cv" in doc["threshold"]["source"]
+    plain = fit_model(str(path), "meanpool", tmp_path / "p", threshold=0.5)
+    pred = load_model(tmp_path / "m").predict_store(str(path), split="test")
+    raw = plain.predict_store(str(path), split="test")
+    # the same head, its probabilities mapped by the calibrator fitted on out-of-fold ones
+    assert not np.allclose(pred["probability"], raw["probability"])
+    np.testing.assert_array_equal(
+        np.argsort(pred["probability"].to_numpy()), np.argsort(raw["probability"].to_numpy())
+    )
+    assert (pred["threshold"] == m.threshold).all() and "triage" not in raw
+    assert ((pred["triage"] == "spared") == (pred["probability"] < m.triage_threshold)).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--calibrate", "platt"], "--calibrate must be one of sigmoid, isotonic"),
+        (["--triage-sensitivity", "1.5"], "--triage-sensitivity must be in (0, 1]"),
+        (["--inner-folds", "1"], "--inner-folds must be 0 (off) or >= 2"),
+    ],
+)
+def test_cli_bad_statistics_options_are_one_line(
+    tuned_store, tmp_path, monkeypatch, capsys, args, message
+):
+    import sys
+
+    from cellbag.cli import main
+
+    path, _ = tuned_store
+    argv = ["cellbag", "cv", str(path), "--head", "meanpool", "--out", str(tmp_path / "r"), *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

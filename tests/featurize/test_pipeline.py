@@ -204,7 +204,9 @@ def test_cli_errors_are_one_line(tmp_path, feat_cohort) -> None:
     assert "no feature store here" in out.stderr
 
 
-def test_changed_images_are_refused_in_one_line(tmp_path, feat_cohort, tiny_encoder, feat_kw) -> None:
+def test_changed_images_are_refused_in_one_line(
+    tmp_path, feat_cohort, tiny_encoder, feat_kw
+) -> None:
     import shutil
 
     from cellbag.data import read_cohort

@@ -242,9 +242,44 @@ def test_cli_update_info_and_verify(tmp_path, feat_cohort) -> None:
     assert res.exit_code == 1 and "chunk 1 is missing" in res.output
     pid = s.patients_of_rows([s.chunk_rows])[0]
     assert pid in res.output
+    res = _cli("store", "verify", str(store), "--repair")
+    assert res.exit_code == 1 and "1 block(s) un-marked" in res.output, res.output
+    res = _cli("featurize", str(root), str(store), *FEAT)  # recomputes only that block
+    assert res.exit_code == 0 and "embedded 8 cells" in res.output, res.output
+    res = _cli("store", "verify", str(store))
+    assert res.exit_code == 0 and "all checks passed" in res.output, res.output
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for cmd in (["store", "verify", str(store)], ["store", "info", str(store)]):
         out = subprocess.run(
             [sys.executable, "-m", "cellbag", *cmd], capture_output=True, text=True, env=env
         )
         assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path, feat_cohort, second_encoder) -> None:
+    import json
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+
+    def run(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "cellbag", *args], capture_output=True, text=True, env=env
+        )
+        assert "Traceback" not in out.stdout + out.stderr, out.stderr
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        return out.stderr
+
+    root = _copy(feat_cohort.root, tmp_path / "cohort")
+    store = tmp_path / "s.zarr"
+    Store.create(store, read_cohort(root))
+    lock = store / "embeddings" / second_encoder.id / "job.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": "abc", "host": os.uname().nodename, "job_id": "x"}))
+    assert "non-numeric pid" in run("featurize", str(root), str(store), *FEAT)
+    csv = root / "trainset" / "trainset_true.csv"
+    text = csv.read_text().splitlines()
+    text[1] = ",".join([text[1].split(",")[0], "inf", *text[1].split(",")[2:]])
+    csv.write_text("\n".join(text) + "\n")
+    assert "invalid LABEL 'inf'" in run("inspect", str(root))
+    csv.write_bytes(csv.read_bytes() + b"P99,1,M,1/2/1950,\xff\n")
+    assert "not UTF-8" in run("featurize", str(root), str(tmp_path / "new.zarr"), *FEAT)

@@ -137,6 +137,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
     sub = tmp_path / "pred" / "sub.csv"
     r = runner.invoke(app, ["predict", str(model), str(store), "--split", "train", "-o", str(sub)])
     assert r.exit_code == 0, r.output
+    assert "next: cellbag distill" in r.output
     cells = pd.read_csv(tmp_path / "pred" / "sub_cells.csv", dtype={"cell_id": str})
     assert set(cells["kind"]) == {"logit"} and cells["patient_id"].nunique() == 40
     r = runner.invoke(
@@ -144,6 +145,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
         ["report", str(run_dir), "-o", str(tmp_path / "rep"), "--predictions", str(sub), "-q"],
     )
     assert r.exit_code == 0, r.output
+    assert "next: open" in r.output and "next: cellbag fit" in r.output
     page = read_page(tmp_path / "rep" / "index.html")
     rows = {c.row.get("data-patient") for c in page.cells if c.table.get("id") == "pt-test"}
     assert len(rows) == 40
@@ -166,6 +168,8 @@ def test_runs_leaderboard_ranks_heads_with_intervals_and_reports_link_it(
     assert (np.diff(ba) <= 0).all()
     assert (table["balanced_accuracy_lo"] <= ba + 1e-12).all()
     assert (table["balanced_accuracy_hi"] >= ba - 1e-12).all()
+    if "brier" in table.columns:  # a lower-is-better figure ranks the other way round
+        assert (np.diff(rank(table, "brier")["brier"].to_numpy()) >= 0).all()
     page = write_leaderboard(table, tmp_path / "board" / "leaderboard.html")
     html = page.read_text()
     assert html.count("<tr data-rank=") == len(table)

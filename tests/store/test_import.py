@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -89,6 +90,9 @@ def test_h5_folder_import_keeps_bags_labels_coords_and_clinical(tmp_path: Path) 
     s = Store.open(tmp_path / "s.zarr")
     (eid,) = s.encoders()
     assert eid.startswith("uni-") and s.resolve_encoder("uni") == eid
+    for verb in ("info", "verify"):  # no image cohort to compare with: not an error
+        res = _invoke("store", verb, s.path)
+        assert res.exit_code == 0, res.output
     pts = s.patients()
     assert list(pts["patient_id"]) == [f"P{i}" for i in range(6)]
     assert list(pts["label"]) == [0, 1, 0, 1, 0, 1]
@@ -128,6 +132,10 @@ def test_stamp_feats_and_table_import_give_identical_bags(tmp_path: Path) -> Non
     b = import_features(tmp_path / "t.parquet", tmp_path / "b.zarr")
     (ea,), (eb,) = a.encoders(), b.encoders()
     assert ea == eb  # same name, same feature bytes: same encoder id
+    table.rename(columns=lambda c: c.replace("f", "x")).to_csv(tmp_path / "t.csv")  # + index
+    c = import_features(tmp_path / "t.csv", tmp_path / "c.zarr")  # every numeric column
+    assert c.encoder_info(c.encoders()[0])["dim"] == 4  # not the row index
+    np.testing.assert_array_equal(c.bag("P1", c.encoders()[0]), bags[1][:, [2, 0, 3, 1]])
     assert list(b.patients()["label"]) == [i % 2 for i in range(6)]
     for i in range(6):
         np.testing.assert_array_equal(a.bag(f"P{i}", ea), b.bag(f"P{i}", eb))
@@ -151,19 +159,53 @@ def test_from_arrays_store_runs_cv_with_its_clinical_columns(tmp_path: Path) -> 
 
 def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    y = np.array([0, 1] * 6)
+    y = np.array([0, 1] * 8)
     bags = [(rng.standard_normal((5, 8)) + yy).astype(np.float32) for yy in y]
-    labels = list(y[:10]) + [None, None]
+    labels = list(y[:14]) + [None, None]
     Store.from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
     s = str(tmp_path / "s.zarr")
-    res = _invoke("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    fit = ("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    res = _invoke(*fit, "--encoder", "arr")  # the encoder's name stands for its id
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["encoder_id"].startswith("arr-")
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
-    res = _invoke("neighbors", s, "--cell", "P0/0", "-k", "3", "--encoder", "arr")
+    res = _invoke(
+        "neighbors",
+        s,
+        "--cell",
+        "P0/0",
+        "-k",
+        "3",
+        "--encoder",
+        "arr",
+        "--montage",
+        tmp_path / "m.png",
+    )
     assert res.exit_code == 0, res.output
-    assert "P0/0" in res.output
+    assert "P0/0" in res.output and "no images (imported features)" in res.output
+    res = _invoke(
+        "cv",
+        s,
+        "--head",
+        "abmil",
+        "--folds",
+        "2",
+        "--repeats",
+        "1",
+        "-o",
+        tmp_path / "r",
+        "--set",
+        "epochs=3",
+    )
+    assert res.exit_code == 0, res.output
+    res = _invoke("report", tmp_path / "r", "--store", s, "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert (
+        "The cells have no images (imported features)" in page and "could not be read" not in page
+    )
 
 
 BAD = {
@@ -268,3 +310,49 @@ def test_bad_sources_and_targets(tmp_path: Path) -> None:
         import_features(tmp_path / "in", tmp_path / "s.zarr")
     import_features(tmp_path / "in", tmp_path / "s.zarr", name="again", force=True)
     assert Store.open(tmp_path / "s.zarr").encoders()[0].startswith("again-")
+
+
+def test_store_describes_every_column_and_code(tmp_path: Path, store_cohort, fake_embeddings):
+    import zarr
+
+    made = Store.create(tmp_path / "made.zarr", store_cohort)
+    made.add_embeddings("fake-0001", fake_embeddings)
+    _write_h5(tmp_path / "in", _bags(4))
+    _labels(tmp_path / "l.csv", 4, score=[1.0, 2.0, 3.0, 4.0])
+    import_features(tmp_path / "in", tmp_path / "imp.zarr", labels=tmp_path / "l.csv")
+    for path in (made.path, tmp_path / "imp.zarr"):
+        g = zarr.open_group(str(path), mode="r")  # a plain zarr user, no cellbag
+        for group in ("cells", "patients"):
+            described = g[group].attrs["columns"]
+            assert set(g[group].array_keys()) <= set(described), (path, group)
+            for column, codes in g[group].attrs["codes"].items():
+                assert column in described and codes
+        schema = g.attrs["schema"]
+        assert schema["patients"]["codes"]["label"] == {
+            "0": "reactive",
+            "1": "tumoral",
+            "-1": "unknown (test patient)",
+        }
+        for eid in g["embeddings"].group_keys():
+            assert set(g["embeddings"][eid].array_keys()) <= set(schema["embeddings/<encoder_id>"])
+    g = zarr.open_group(str(tmp_path / "imp.zarr"), mode="r")
+    assert {"coords", "cell_id"} <= set(g["cells"].array_keys())
+    assert list(g["patients/clinical_extra"].attrs["columns"]) == ["score"]
+
+
+def test_clinical_columns_survive_export_and_import(tmp_path: Path) -> None:
+    from cellbag.store import export_h5
+
+    _write_h5(tmp_path / "in", _bags(4))
+    lab = _labels(tmp_path / "l.csv", 4, dob=["1950-01-02", "", "1960-03-04", "1970-05-06"])
+    pd.read_csv(lab).assign(score=[0.5, None, 2.0, 3.5], arm=["a", "b", "a", None]).to_csv(
+        lab
+    )  # with its index
+    a = import_features(tmp_path / "in", tmp_path / "a.zarr", labels=lab)
+    export_h5(a, None, tmp_path / "out", layout="stamp")
+    b = import_features(tmp_path / "out", tmp_path / "b.zarr", labels=tmp_path / "out/clini.csv")
+    pa, pb = a.patients(), b.patients()
+    assert {"score", "arm=a", "arm=b"} <= set(pa.columns)
+    assert "Unnamed: 0" not in pa.columns  # the row index pandas wrote is not a feature
+    pd.testing.assert_frame_equal(pa, pb)
+    assert a.encoders() == b.encoders()

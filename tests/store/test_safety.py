@@ -241,3 +241,40 @@ def test_non_finite_embeddings_are_refused_at_write(tmp_path: Path, store_cohort
     with pytest.raises(StoreError, match="non-finite embeddings for patient"):
         s.write_block(EID, 0, data)
     assert not s.done_blocks(EID)[0]
+
+
+def test_an_update_killed_between_its_renames_is_finished(tmp_path: Path, store_cohort) -> None:
+    from cellbag.store.sync import OLD_SUFFIX, UPDATE_SUFFIX, recover_swap
+
+    path = tmp_path / "s.zarr"
+    Store.create(str(path) + OLD_SUFFIX, store_cohort, chunk_rows=4, block_rows=8)
+    new = Store.create(str(path) + UPDATE_SUFFIX, store_cohort, chunk_rows=8, block_rows=8)
+    assert recover_swap(path)
+    assert Store.open(path).chunk_rows == new.chunk_rows == 8
+    assert not Path(str(path) + OLD_SUFFIX).exists() and not recover_swap(path)
+
+
+def test_labels_check_is_cheap_and_tolerates_a_missing_cohort(tmp_path: Path, store_cohort) -> None:
+    from cellbag.data import read_cohort
+    from cellbag.store.sync import labels_out_of_sync, require_labels_in_sync
+
+    root = tmp_path / "cohort"
+    shutil.copytree(store_cohort.root, root)
+    s = Store.create(tmp_path / "s.zarr", read_cohort(root))
+    assert labels_out_of_sync(s) is None
+    csv = root / "trainset" / "trainset_true.csv"
+    csv.write_text(csv.read_text().replace(",", " ,"))  # same values, other bytes
+    assert labels_out_of_sync(s) is None
+    lines = csv.read_text().splitlines()
+    pid = lines[1].split(",")[0].strip()
+    lines[1] = (
+        lines[1].replace(" ,1 ,", " ,0 ,", 1)
+        if " ,1 ," in lines[1]
+        else lines[1].replace(" ,0 ,", " ,1 ,", 1)
+    )
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StoreError, match=rf"{pid}.*--update") as e:
+        require_labels_in_sync(s)
+    assert "\n" not in str(e.value)
+    shutil.rmtree(root)  # a store copied to another machine: the store is the source
+    assert labels_out_of_sync(s) is None

@@ -3,7 +3,12 @@
 ``cellbag finetune`` records the patients whose labels trained the encoder in the
 adapter's metadata (``label_patients``); featurizing with that adapter carries the
 record into the store's encoder metadata (``encoder_info["adapter"]``), where ``cv`` and
-``fit`` read it.
+``fit`` read it. Fine-tuning inside each outer fold (a ``cv --nested-finetune``) is not
+offered: each outer fold would need its own fine-tuning and a featurize of the whole cohort
+(one ViT-S/16 pass over 20,000 cells alone takes 1,027 s on the 2-core development CPU,
+README figures); hold the fine-tuning patients out instead.
+A full fine-tune (``--adapter none``) writes its patients to ``FT/metrics.json`` only: its
+weights file carries no record into the store, so it is not guarded.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the same figure over stratified bootstrap resamples of the patients (each class 
 with replacement within itself, seeded). A resample is a row of patient *counts*, so every
 figure is a weighted sum and all resamples are computed at once: AUC by ranks (the
 Mann-Whitney form, ties counted half), rates by matrix products. 2,000 resamples of 200
-patients for five heads take ~0.1 s (``benchmarks/stats_speed.py``).
+patients for five heads take well under a second (``benchmarks/stats.py``).
 
 Decisions at a threshold chosen inside each training fold are carried per patient as a
 *call rate*: the share of repeats in which the patient was called tumoral; sensitivity is

@@ -48,7 +48,7 @@ def _head_params(sets: list[str] | None, heads: list[str]) -> dict[str, dict]:
 def cv_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option("abmil", "--head", help=HEAD_HELP),
     clinical: bool = typer.Option(
@@ -140,7 +140,7 @@ def cv_cmd(
 def fit_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option(
         ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm, clinical."
@@ -251,10 +251,11 @@ def predict_cmd(
     sub, proba = write_submission(pred, out)
     _write_cells(model, store, split, sub)
     n_pos = int(pred["predicted"].sum())
-    triage = ""
     if "triage" in pred:
         spared = int((pred["triage"] == "spared").sum())
         triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
+    else:
+        triage = "; no triage calls: fit with --threshold triage[:SENS] for them"
     console.print(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"

@@ -1,4 +1,4 @@
-"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store verify`, `store export-h5`."""
+"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store verify`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def featurize_cmd(
     workers: int = typer.Option(
         None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
     ),
+    decode: str = typer.Option(
+        "auto", "--decode", help="auto (gpu on CUDA) | cpu (PIL threads) | gpu (JPEGs on the GPU)."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -100,6 +103,7 @@ def featurize_cmd(
         batch_size=batch_size,
         precision=precision,
         workers=workers,
+        decode=decode,
         force=force,
         update=update,
         chunk_rows=chunk_rows,
@@ -221,7 +225,8 @@ def _cohort_for(s, data: Path | None):  # noqa: ANN001, ANN202
     from cellbag.data import read_cohort
 
     root = data if data is not None else Path(s.attrs["cohort"].get("root", ""))
-    if data is None and not root.exists():
+    imported = str(s.attrs["cohort"].get("layout", "")).startswith("import:")  # no images
+    if data is None and (imported or not root.exists()):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -328,16 +333,28 @@ def store_verify_cmd(
         "--data",
         help="Cohort to compare with (default: the one the store recorded, if it is there).",
     ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Un-mark the blocks holding damaged chunks, so `cellbag featurize` recomputes "
+        "only them.",
+    ),
 ) -> None:
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
     Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+
+    \b
+    Examples:
+      cellbag store verify demo_out/store.zarr
+      cellbag store verify store.zarr --data cohort/manifest.csv
     """
     from cellbag.store import Store
     from cellbag.store.sync import compare
     from cellbag.store.verify import check_encoder
+    from cellbag.store.verify import repair as repair_blocks
 
-    s = Store.open(store)
+    s = Store.open(store, mode="r+" if repair else "r")
     n_bad = 0
     encoders = s.encoders()
     if not encoders:
@@ -360,6 +377,13 @@ def store_verify_cmd(
             console.print(f"      {f}", highlight=False)
         if len(check.findings) > 20:
             console.print(f"      ... {len(check.findings) - 20} more", highlight=False)
+        if repair:
+            blocks = repair_blocks(s, check)
+            console.print(
+                f"      repaired: {len(blocks)} block(s) un-marked; recompute them with "
+                f"`{s.featurize_command(eid)}`",
+                highlight=False,
+            )
     cohort = _cohort_for(s, data)
     if cohort is None:
         console.print("sync: cohort not found here; not compared", highlight=False)
@@ -374,29 +398,8 @@ def store_verify_cmd(
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
+        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
-
-
-@store_app.command("export-h5")
-def store_export_cmd(
-    store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
-    out_dir: Path = typer.Argument(..., help="Folder for one <patient_id>.h5 per patient."),
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder id (see `cellbag store info`)."
-    ),
-) -> None:
-    """Write one <patient>.h5 per patient (`features`, `cell_ids`, encoder metadata as attributes).
-
-    \b
-    Examples:
-      cellbag store export-h5 demo_out/store.zarr h5/ --encoder ENCODER_ID
-    """
-    from cellbag.store import Store, export_h5
-
-    s = Store.open(store)
-    files = export_h5(s, encoder, out_dir)
-    console.print(f"wrote {len(files)} files to {out_dir}", highlight=False)
-    next_step(
-        f"read {shell_path(out_dir)}/<patient>.h5 with h5py (datasets `features`, `cell_ids`)"
-    )
+    next_step(f"cellbag store info {shell_path(store)}")

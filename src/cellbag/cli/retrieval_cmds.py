@@ -42,7 +42,7 @@ def _open(store_path: str) -> Any:
 def index_cmd(
     store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
     encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     kind: str = typer.Option(
         "auto",
@@ -111,7 +111,7 @@ def index_cmd(
 def neighbors_cmd(
     store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
     encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     cell: str | None = typer.Option(None, "--cell", help="Query cell id, e.g. P26/000012.jpg."),
     image: Path | None = typer.Option(
@@ -180,6 +180,8 @@ def neighbors_cmd(
             r.path,
         )
     console.print(t)
+    if (montage_png or html) and not df["path"].fillna("").astype(str).str.len().any():
+        console.print("[yellow]note:[/] these cells have no images (imported features)")
     if montage_png is not None:
         console.print(f"montage -> {montage(df, montage_png)}", highlight=False)
     if html is not None:

@@ -176,6 +176,7 @@ _DATE_PATTERNS = (
 )
 _NUMBER = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 _LABEL = re.compile(r"^(-1|0|1)([.]0+)?$")
+CLASS_NAMES = {"reactive": 0, "tumoral": 1}  # the class names a LABEL may also be written as
 EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
@@ -240,14 +241,16 @@ def parse_count(value: object, *, file: str, patient_id: str) -> float:
 
 
 def parse_label(value: object, *, file: str, patient_id: str) -> object:
-    """Exactly ``0`` (reactive) or ``1`` (tumoral); ``-1`` or empty is unknown."""
+    """Exactly ``0`` / ``reactive`` or ``1`` / ``tumoral``; ``-1`` or empty is unknown."""
     if _blank(value):
         return pd.NA
     text = str(value).strip()
+    if text.lower() in CLASS_NAMES:
+        return CLASS_NAMES[text.lower()]
     if not _LABEL.match(text):
         raise CohortError(
-            f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0, 1, or -1/empty "
-            "for unknown)"
+            f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0/reactive, "
+            "1/tumoral, or -1/empty for unknown)"
         )
     x = int(float(text))
     return pd.NA if x == -1 else x
@@ -427,8 +430,14 @@ def read_challenge(root: str | Path) -> Cohort:
             if pid in seen:
                 raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
             seen[pid] = str(csv)
+            if pid in ("", ".", "..") or "/" in pid or "\\" in pid or "\x00" in pid:
+                raise CohortError(f"{csv}: patient {pid!r}: an ID must be a plain folder name")
             pdir = folder / pid
-            if not pdir.is_dir():
+            try:
+                is_dir = pdir.is_dir()
+            except OSError as e:
+                raise CohortError(f"{csv}: patient {pid[:40]!r}: {e.strerror}") from None
+            if not is_dir:
                 problems.append(
                     Problem(
                         "no-folder", str(pdir), pid, "patient in CSV has no image folder; skipped"
@@ -495,6 +504,12 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
             raise CohortError(f"{manifest}: patient {pid}: cells in both train and test")
         path = Path(str(r["image_path"]).strip())
         path = path if path.is_absolute() else (base / path)
+        try:
+            path.is_symlink(), path.is_file()  # probe: can the name be looked up at all?
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(Problem("missing-image", str(path)[:200], pid, f"{why}; skipped"))
+            continue
         if _is_dangling(path):
             problems.extend(dangling_problems([path], pid))
             cells.append(

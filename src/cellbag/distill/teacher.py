@@ -65,7 +65,8 @@ class Teacher:
             "encoder_id": self.encoder_id,
             "has_attention": self.attention is not None,
             "n_patients": len(self.probabilities),
-            "metrics": self.metrics,
+            # the run's figures (with intervals), without its per-fold detail
+            "metrics": self.metrics.get("metrics", self.metrics),
         }
 
 

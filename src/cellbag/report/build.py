@@ -15,7 +15,7 @@ from cellbag.report.errors import ReportError
 from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
 from cellbag.report.neighbors import NeighborFinder
 from cellbag.report.run import HeadRun, Run, load_run
-from cellbag.report.thumbs import Thumbnails
+from cellbag.report.thumbs import NO_IMAGE, Thumbnails
 
 #: bookkeeping fields of a store's encoder record, not worth a reader's time
 _ENCODER_SKIP = {
@@ -64,7 +64,7 @@ def _split_config(run: Run) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 
 
 def _cell_view(thumbs: Thumbnails, row: Any, attrs: dict[str, str], caption: str, title: str):
-    url = thumbs.get(str(row.cell_id), str(row.path))
+    url = thumbs.get(str(row.cell_id), "" if pd.isna(row.path) else str(row.path))
     view = render.CellView(str(row.cell_id), url, caption, title, attrs)
     view.href = thumbs.original(str(row.cell_id))
     return view
@@ -253,7 +253,9 @@ def write_report(
     calibration_url = (
         "calibration.png" if calibration_figure(run.heads, out / "calibration.png") else None
     )
-    if thumbs.missing:
+    if thumbs.missing and set(thumbs.missing.values()) == {NO_IMAGE}:
+        notes.append("The cells have no images (imported features): galleries show no pictures.")
+    elif thumbs.missing:
         first = next(iter(thumbs.missing.values()))
         notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
 

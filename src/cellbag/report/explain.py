@@ -24,9 +24,9 @@ KINDS: dict[str, dict[str, str]] = {
     "attention": {
         "top": "highest attention",
         "bottom": "lowest attention",
-        "what": "each patient's cells ordered by their attention weight averaged over the "
-        "repeats (out-of-fold); the caption is the weight relative to a uniform weight "
-        "(×1 = 1/bag size)",
+        "what": "each patient's cells ordered by their attention weight (abmil; the CLS "
+        "token's attention for transformer) averaged over the repeats (out-of-fold); the "
+        "caption is the weight relative to a uniform weight (×1 = 1/bag size)",
     },
     "logit": {
         "top": "pull most towards tumoral",

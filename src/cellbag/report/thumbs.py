@@ -31,6 +31,9 @@ def _original_name(cell_id: str, path: str) -> str:
     return thumb_name(cell_id)[: -len(".jpg")] + ext
 
 
+NO_IMAGE = "no image (features imported from another tool)"
+
+
 class Thumbnails:
     """Names each cell's thumbnail and original copy when asked (``get``), writes them all at
     once (``write``, with progress) and remembers the cells it could not read."""
@@ -75,6 +78,9 @@ class Thumbnails:
                 bar.advance(task)
 
     def _write_one(self, cell_id: str, path: str) -> None:
+        if path in ("", "nan"):  # features imported from another tool: no image
+            self.missing[cell_id] = NO_IMAGE
+            return
         dest = self.dir / thumb_name(cell_id)
         orig = self.out / "cells" / _original_name(cell_id, path)
         try:

@@ -23,10 +23,16 @@ CELLS_COLUMNS = {
     "status": "uint8: per-cell status code, see codes.status",
     "reason": "str: why a cell is unreadable ('' when ok)",
     "sha256": "str: sha256 of the image file ('' if not read yet or imported)",
+    "size": "int64: the image file's size in bytes when last read (see codes.size)",
+    "mtime_ns": "int64: the image file's modification time (ns) when last read, "
+    "-2 never read, -1 missing",
     "coords": "optional (n_cells, 2): positions read from imported files "
     "(e.g. patch x, y); absent when unknown",
 }
-CELLS_CODES = {"status": {"0": "ok", "1": "unreadable (embedding row is NaN, skipped in bags)"}}
+CELLS_CODES = {
+    "status": {"0": "ok", "1": "unreadable (embedding row is NaN, skipped in bags)"},
+    "size": {"-2": "never read (or imported features: no image)", "-1": "file missing"},
+}
 
 PATIENTS_COLUMNS = {
     "patient_id": "str: patient id (row i of every patients/ array is the same patient)",
@@ -45,7 +51,9 @@ PATIENTS_CODES = {"label": {"0": "reactive", "1": "tumoral", "-1": "unknown (tes
 
 EMBEDDINGS = {
     "data": "float16 (n_cells, dim): one row per cell, in the order of cells/; "
-    "NaN for unreadable cells",
+    "NaN for unreadable cells; chunks of chunk_rows rows, zstd + crc32c",
+    "status": "uint8 (n_cells,): what this encoder did with each cell: 0 embedded, "
+    "1 unreadable (row NaN, left out of bags), 255 not yet",
     "done": "uint8 (n_blocks,): 1 once a block of block_rows rows is written (resume marks)",
     "attrs": "encoder metadata: name, model, weights (+ sha256), image size, normalisation, "
     "dim, dtype, completed (null while unfinished)",
@@ -56,7 +64,7 @@ ROOT = (
     "patients/: one row per patient; offsets are CSR offsets into the cell rows. "
     "embeddings/<encoder_id>/data: (n_cells, dim) float16; the encoder id changes whenever "
     "the numbers would. A bag is data[offsets[i]:offsets[i+1]] minus rows whose "
-    "cells/status is not 0. Descriptions of every column and code are in the 'columns' and "
+    "embeddings/<encoder_id>/status is not 0. Descriptions of every column and code are in the 'columns' and "
     "'codes' attributes of cells/ and patients/."
 )
 
