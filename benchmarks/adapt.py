@@ -24,7 +24,7 @@ def mae_steps(model: str, size: int, batch: int, steps: int, device: str) -> Non
     import torch
 
     from cellbag.featurize.mae import MaskedAutoencoder
-    from cellbag.featurize.training import resolve_device
+    from cellbag.core.device import resolve_device
 
     prec = resolve_device(device)
     torch.manual_seed(0)

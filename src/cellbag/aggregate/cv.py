@@ -30,6 +30,7 @@ from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.metrics import METRICS, binary_metrics, summarize
 from cellbag.aggregate.registry import head_class, make_head
 from cellbag.aggregate.splits import check_splits, load_or_make_splits
+from cellbag.core.io import write_json
 
 THRESHOLD = 0.5
 
@@ -128,12 +129,6 @@ def _data_digest(data: BagSet) -> str:
     if data.clinical_matrix is not None:
         h.update(np.ascontiguousarray(data.clinical_matrix).tobytes())
     return h.hexdigest()[:16]
-
-
-def _atomic_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=True))
-    tmp.replace(path)
 
 
 def _versions() -> dict[str, str]:
@@ -245,7 +240,7 @@ def cross_validate(
                     )
                     shutil.rmtree(fold_dir)
             fold_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_json(head_dir / "config.json", {"key": key, "state": "running"})
+            write_json(head_dir / "config.json", {"key": key, "state": "running"}, indent=1)
             task = progress.add_task(f"cv {name}", total=len(splits))
             t_head = time.perf_counter()
             records = []
@@ -269,7 +264,7 @@ def cross_validate(
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
-                    _atomic_json(path, rec)
+                    write_json(path, rec, indent=1)
                 records.append(rec)
                 progress.advance(task)
             seconds = time.perf_counter() - t_head
@@ -349,7 +344,7 @@ def write_head_outputs(
         "pooled_oof": {k: summarize(v) for k, v in pooled.items()},
         "per_fold": per_fold,
     }
-    _atomic_json(head_dir / "metrics.json", metrics)
+    write_json(head_dir / "metrics.json", metrics, indent=1)
     roc_plot(
         oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
     )
@@ -363,7 +358,7 @@ def write_head_outputs(
         "versions": _versions(),
         **(extra_config or {}),
     }
-    _atomic_json(head_dir / "config.json", config)
+    write_json(head_dir / "config.json", config, indent=1)
     row: dict[str, Any] = {
         "head": name,
         "clinical": key["clinical"],

@@ -18,9 +18,10 @@ import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Head
-from cellbag.aggregate.cv import _atomic_json, _versions, default_threads, torch_threads
+from cellbag.aggregate.cv import _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.metrics import youden_threshold
+from cellbag.core.io import atomic_path, write_json
 
 MODEL_FORMAT = "cellbag-model"
 MODEL_VERSION = 1
@@ -241,7 +242,7 @@ def fit_model(
         name = f"member{k}"
         m.head.save(out / name)
         if m.scaler is not None:
-            _atomic_json(out / name / "clinical.json", m.scaler.to_dict())
+            write_json(out / name / "clinical.json", m.scaler.to_dict(), indent=1)
         names.append(name)
     info = {}
     try:
@@ -266,7 +267,7 @@ def fit_model(
         "seconds": time.perf_counter() - t0,
         "versions": _versions(),
     }
-    _atomic_json(out / "model.json", doc)
+    write_json(out / "model.json", doc, indent=1)
     return FittedModel(out, doc, members)
 
 
@@ -286,7 +287,6 @@ def write_submission(pred: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     )
     proba_path = out.with_name(out.stem + "_proba.csv")
     for df, path in ((sub, out), (proba, proba_path)):
-        tmp = path.with_name(path.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
     return out, proba_path

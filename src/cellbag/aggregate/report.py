@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.metrics import METRICS
+from cellbag.core.io import atomic_path
 
 LABELS = {
     "balanced_accuracy": "bal. acc",
@@ -83,7 +84,6 @@ def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cellbag.errors import CellbagError
-from cellbag.featurize.training import atomic_write_bytes, file_sha256
+from cellbag.core.io import file_sha256, write_bytes
+from cellbag.featurize.errors import AdapterError
 
 ADAPTER_KINDS = ("lora", "bottleneck", "adaptformer", "prompt")
 ADAPTER_JSON = "adapter.json"
@@ -50,10 +50,6 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 FORMAT = "cellbag-adapter"
 FORMAT_VERSION = 1
 _STATE_ATTR = "_cellbag_adapter"
-
-
-class AdapterError(CellbagError, ValueError):
-    """An adapter cannot be added, saved or loaded (the message names the model or file)."""
 
 
 # ----------------------------------------------------------------------------- configs
@@ -454,7 +450,7 @@ def save_adapter(model: nn.Module, path: str | Path, **meta: Any) -> Path:
         raise AdapterError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model).items()}
-    atomic_write_bytes(out / ADAPTER_WEIGHTS, save(tensors, metadata={"format": FORMAT}))
+    write_bytes(out / ADAPTER_WEIGHTS, save(tensors, metadata={"format": FORMAT}))
     doc = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -467,7 +463,7 @@ def save_adapter(model: nn.Module, path: str | Path, **meta: Any) -> Path:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    atomic_write_bytes(out / ADAPTER_JSON, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    write_bytes(out / ADAPTER_JSON, (json.dumps(doc, indent=2, default=str) + "\n").encode())
     return out
 
 

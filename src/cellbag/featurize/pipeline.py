@@ -23,17 +23,13 @@ import numpy as np
 import pandas as pd
 
 from cellbag.data import Cohort, read_cohort
-from cellbag.errors import CellbagError
+from cellbag.featurize.errors import FeaturizeError
 from cellbag.featurize.images import Decoded, decode_file
 from cellbag.featurize.registry import DEFAULT_ENCODER, Encoder, create_encoder
 from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 
 if TYPE_CHECKING:
     from cellbag.featurize.distributed import Detached
-
-
-class FeaturizeError(CellbagError, RuntimeError):
-    """Featurization cannot start or go on (names the store and the encoder)."""
 
 
 @dataclass

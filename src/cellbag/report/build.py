@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from cellbag.core.io import write_text
 from cellbag.report import render
 from cellbag.report.errors import ReportError
 from cellbag.report.figures import roc_figure
@@ -265,7 +265,5 @@ def write_report(
         data=data,
     )
     index = out / "index.html"
-    tmp = out / f".index.html.{os.getpid()}.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, index)
+    write_text(index, html)
     return index

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from cellbag.core.io import atomic_path
+
 THUMB_SIZE = 112
 
 
@@ -43,9 +45,8 @@ class Thumbnails:
                     im = im.convert("RGB")
                     im.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
                     self.dir.mkdir(parents=True, exist_ok=True)
-                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-                    im.save(tmp, format="JPEG", quality=88)
-                    os.replace(tmp, dest)
+                    with atomic_path(dest) as tmp:
+                        im.save(tmp, format="JPEG", quality=88)
                     self.written += 1
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 reason = getattr(e, "strerror", None) or type(e).__name__

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from cellbag.core.io import write_bytes
 from cellbag.retrieval.faiss_index import RetrievalError
 
 LABEL_NAMES = {1: "tumoral", 0: "reactive"}
@@ -74,16 +73,9 @@ def _query_caption(query: dict[str, Any]) -> tuple[str, str]:
     return "query", f"{pid} · {label_name(query.get('label'))}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)
 
 
 def montage(
@@ -130,7 +122,7 @@ def montage(
         draw.text((x, y + thumb + 18), line2, fill=(60, 60, 60), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    _atomic_write(out, buf.getvalue())
+    _write(out, buf.getvalue())
     return out
 
 
@@ -211,5 +203,5 @@ def html_page(
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
-    _atomic_write(out, page.encode("utf-8"))
+    _write(out, page.encode("utf-8"))
     return out

@@ -1,0 +1,1 @@
+"""The ground floor: mechanics shared by several stages (imports no stage)."""
