@@ -1,6 +1,6 @@
 """The feature store: one Zarr v3 group per cohort, embeddings of several encoders inside.
 
-Layout (see DESIGN.md)::
+Layout::
 
     store.zarr/                      attrs: format, format_version, created_with, created,
                                             cohort {root, layout, fingerprint, ...},
@@ -499,12 +499,6 @@ class Store:
                 x = x if keep.all() else x[keep]
             out.append(np.ascontiguousarray(x))
         return out
-
-    def neighbors(self, *args: Any, **kwargs: Any) -> Any:
-        """Nearest cells; see :func:`cellbag.retrieval.neighbors`."""
-        from cellbag.retrieval import neighbors
-
-        return neighbors(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
