@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 
 from cellbag.cli.app import app, console
+from cellbag.core.registry import declared_names
 
-HEAD_HELP = "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm."
+HEADS = ", ".join(declared_names("cellbag.aggregate.heads", "register_head"))
+HEAD_HELP = f"Head(s), comma-separated: {HEADS}."
 SET_HELP = (
     "Head parameter KEY=VALUE (all heads) or HEAD.KEY=VALUE, repeatable, "
     "e.g. --set epochs=30 --set abmil.hidden=32."
@@ -57,7 +59,10 @@ def cv_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (splits.json, <head>/...)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
@@ -89,9 +94,7 @@ def fit_cmd(
     encoder: str = typer.Option(
         None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
     ),
-    head: str = typer.Option(
-        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."
-    ),
+    head: str = typer.Option(..., "--head", help=f"One head: {HEADS}."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -110,7 +113,10 @@ def fit_cmd(
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
 ) -> None:
     """Train a head on all training patients (optionally a fold ensemble) and save it."""

@@ -230,9 +230,9 @@ def build_student(
     (no adapter): train only the last blocks of the encoder (see :func:`freeze_early_layers`).
     """
     from cellbag.featurize import EncoderError, create_encoder
-    from cellbag.featurize.adapters import ADAPTER_KINDS, AdapterError, add_adapter, freeze_base
+    from cellbag.featurize.adapters import AdapterError, add_adapter, freeze_base, list_adapters
 
-    is_kind = adapter in ADAPTER_KINDS
+    is_kind = adapter in list_adapters()
     try:
         enc = create_encoder(
             spec.encoder,

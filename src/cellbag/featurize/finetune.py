@@ -192,9 +192,9 @@ def finetune(
     (every encoder weight trains). Returns the dict written to ``metrics.json`` with
     ``probe_val_balanced_accuracy`` and ``finetuned_val_balanced_accuracy``.
     """
-    if adapter != "none" and adapter not in ad.ADAPTER_KINDS:
+    if adapter != "none" and adapter not in ad.list_adapters():
         raise TrainingError(
-            f"unknown adapter {adapter!r}; choose one of {', '.join(ad.ADAPTER_KINDS)} or none"
+            f"unknown adapter {adapter!r}; choose one of {', '.join(ad.list_adapters())} or none"
         )
     if epochs < 1:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
