@@ -93,7 +93,7 @@ def main() -> None:
             )
             wall = time.perf_counter() - t
             cpu = time.process_time() - cpu
-            rows.append((head, note, wall, target, table.loc[0, "roc_auc_mean"]))
+            rows.append((head, note, wall, target, table.loc[0, "roc_auc"]))
             print(
                 f"  cv {head:<12} {note:<26} {wall:7.2f} s wall, {cpu:6.2f} s cpu"
                 + (
@@ -101,7 +101,7 @@ def main() -> None:
                     if target
                     else ""
                 )
-                + f"  AUC {table.loc[0, 'roc_auc_mean']:.3f}"
+                + f"  AUC {table.loc[0, 'roc_auc']:.3f}"
             )
 
     import timm

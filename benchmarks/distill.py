@@ -3,9 +3,9 @@
 1. A demo cohort whose training split is the default demo's size (32 patients x ~40
    cells) plus a larger held-out split (48 patients) with known labels.
 2. Teacher: the offline default encoder (tf_efficientnet_lite0, package weights, 224 px)
-   featurized into a store; `abmil` with clinical features, 5-fold x 3-repeat cv (its
-   out-of-fold targets teach the student) and fitted on all training patients (its
-   held-out predictions are the teacher's figure).
+   featurized into a store; `abmil` with clinical features, 5-fold x 3-repeat cv. Its
+   out-of-fold targets teach the student; its own predictor (the run's 15 fold models,
+   averaged) scored on the held-out patients is the teacher's figure.
 3. Student: `cellbag distill` defaults (tf_efficientnet_lite0 at 112 px, attention-MIL +
    clinical, all four loss terms), then `predict-images` on the held-out patients' raw
    images.
@@ -14,6 +14,10 @@
 
     python benchmarks/distill.py                  # 2 CPU cores
     python benchmarks/distill.py --device cuda    # per-epoch time on a GPU
+
+Teacher and student are scored on the same held-out patients (never a training patient:
+refused), each with its 95% bootstrap interval, and their paired difference; the student's
+figures are stored in its model folder (``validation.json``).
 
 Targets: student encoder >= 3x the teacher's cells/s with a held-out balanced-accuracy
 loss <= 0.02; the distillation run under 10 minutes on 2 CPU cores.
@@ -91,10 +95,16 @@ def run(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cellbag.aggregate import fit_model, run_cv
+    from cellbag.aggregate import run_cv
     from cellbag.data import read_cohort
     from cellbag.data.demo import make_demo_cohort
     from cellbag.distill import DistillConfig, distill, load_student, predict_images, read_teacher
+    from cellbag.distill.teacher import (
+        check_heldout,
+        compare_heldout,
+        cv_predictor,
+        write_validation,
+    )
     from cellbag.distill.train import training_patients
     from cellbag.featurize import create_encoder, run_featurize
     from cellbag.featurize.images import decode_file
@@ -136,19 +146,19 @@ def run(args: argparse.Namespace, work: Path) -> None:
     t = time.perf_counter()
     run_cv(store, eid, "abmil", work / "run", folds=5, repeats=3, seed=args.seed, quiet=True)
     fig["teacher_cv_s"] = round(time.perf_counter() - t, 1)
-    model = fit_model(store, "abmil", work / "teacher_model", encoder_id=eid, seed=args.seed)
-    pred_t = model.predict_store(store, split="test")
-    y_test = truth.loc[pred_t["patient_id"]].to_numpy()
-    fig["teacher_bacc"] = balanced_accuracy(y_test, pred_t["probability"], 0.5)
-    oof = __import__("pandas").read_csv(work / "run" / "abmil" / "oof_predictions.csv")
-    fig["teacher_oof_bacc"] = float(
-        np.mean(
-            [balanced_accuracy(g["label"], g["probability"], 0.5) for _, g in oof.groupby("repeat")]
-        )
-    )
+    test_ids = list(cohort.split("test")["patient_id"].astype(str))
+    y_test = truth.loc[test_ids].to_numpy()
+    p_teacher = cv_predictor(work / "run", store, test_ids)
+    oof_m = json.loads((work / "run" / "abmil" / "metrics.json").read_text())["metrics"]
+    fig["teacher_oof_bacc"] = oof_m["balanced_accuracy"]["value"]
+    fig["teacher_oof_bacc_ci95"] = [
+        oof_m["balanced_accuracy"]["ci95_low"],
+        oof_m["balanced_accuracy"]["ci95_high"],
+    ]
     print(
-        f"teacher {eid} + abmil: cv {fig['teacher_cv_s']} s, OOF balanced accuracy "
-        f"{fig['teacher_oof_bacc']:.3f}, held-out {fig['teacher_bacc']:.3f}"
+        f"teacher {eid} + abmil: cv {fig['teacher_cv_s']} s, out-of-fold balanced accuracy "
+        f"{fig['teacher_oof_bacc']:.3f} [{fig['teacher_oof_bacc_ci95'][0]:.3f}, "
+        f"{fig['teacher_oof_bacc_ci95'][1]:.3f}]"
     )
 
     # ---- student: distill with the CLI's defaults, on the training patients only
@@ -165,19 +175,32 @@ def run(args: argparse.Namespace, work: Path) -> None:
     fig["distill_epoch_s"] = [h["seconds"] for h in res.history]
     fig["distill_loss"] = [round(h["total"], 4) for h in res.history]
     student = load_student(work / "student")
+    check_heldout(student.config["training"]["patients"], test_ids)
     t = time.perf_counter()
     pred_s = predict_images(student, cohort, split="test")
     predict_s = time.perf_counter() - t
-    y_s = truth.loc[pred_s["patient_id"]].to_numpy()
-    fig["student_bacc"] = balanced_accuracy(y_s, pred_s["probability"], student.threshold)
     fig["student_predict_images_cells_per_s"] = round(pred_s["n_cells"].sum() / predict_s, 1)
+    p_student = pred_s.set_index("patient_id").loc[test_ids, "probability"].to_numpy()
+    held = compare_heldout(
+        y_test,
+        {"teacher": (p_teacher, 0.5), "student": (p_student, student.threshold)},
+        test_ids,
+        seed=args.seed,
+    )
+    held["teacher"] = "cv run's fold models (abmil, 5 folds x 3 repeats), averaged"
+    write_validation(work / "student", held)
+    for who in ("teacher", "student"):
+        b = held["figures"][who]["balanced_accuracy"]
+        a = held["figures"][who]["roc_auc"]
+        fig[f"{who}_bacc"] = b["value"]
+        fig[f"{who}_bacc_ci95"] = [b["ci95_low"], b["ci95_high"]]
+        fig[f"{who}_auc"] = a["value"]
+        fig[f"{who}_auc_ci95"] = [a["ci95_low"], a["ci95_high"]]
+    diff = next(p for p in held["pairs"] if p["metric"] == "balanced_accuracy")  # teacher - student
+    fig["bacc_loss_ci95"] = [diff["ci95_low"], diff["ci95_high"]]
+    fig["bacc_loss_verdict"] = diff["verdict"]
     fig["agreement"] = float(
-        np.mean(
-            (pred_t.set_index("patient_id").loc[pred_s["patient_id"], "probability"] >= 0.5)
-            .to_numpy()
-            .astype(int)
-            == pred_s["predicted"].to_numpy()
-        )
+        np.mean((p_teacher >= 0.5).astype(int) == (p_student >= student.threshold).astype(int))
     )
 
     # ---- encoder inference speed, same pixels (decoded once per size), same threads
@@ -211,10 +234,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
     for k, v in speeds.items():
         print(f"{k:38s} {v:9.1f}")
     print()
+    for who in ("teacher", "student"):
+        print(
+            f"held-out ({n_test} patients) {who:7s}: balanced accuracy {fig[f'{who}_bacc']:.3f} "
+            f"[{fig[f'{who}_bacc_ci95'][0]:.3f}, {fig[f'{who}_bacc_ci95'][1]:.3f}], ROC AUC "
+            f"{fig[f'{who}_auc']:.3f} [{fig[f'{who}_auc_ci95'][0]:.3f}, {fig[f'{who}_auc_ci95'][1]:.3f}]"
+        )
     print(
-        f"held-out balanced accuracy ({n_test} patients): teacher {fig['teacher_bacc']:.3f}, "
-        f"student {fig['student_bacc']:.3f} (loss {fig['bacc_loss']:+.3f}); "
-        f"decision agreement {fig['agreement']:.2f}"
+        f"balanced-accuracy loss {fig['bacc_loss']:+.3f} "
+        f"[{fig['bacc_loss_ci95'][0]:+.3f}, {fig['bacc_loss_ci95'][1]:+.3f}] (paired, "
+        f"{fig['bacc_loss_verdict']}); decision agreement {fig['agreement']:.2f}; "
+        f"student figures in {work / 'student' / 'validation.json'}"
     )
     print(
         f"student encoder speed-up: {fig['speedup_vs_teacher']:.2f}x vs the teacher's encoder, "

@@ -2,12 +2,14 @@
 
 Writes ``--n`` synthetic clustered ``--dim``-d embeddings (default 1,000,000 x 384) into a
 real feature store (a fake cohort: ~80 cells a patient, paths that do not exist), builds
-the ``auto`` index with :func:`cellbag.retrieval.build_index` (IVF-Flat above 50k cells),
+the ``auto`` index with :func:`cellbag.retrieval.build_index` (IVF float16 above 50k cells),
 then measures single k=10 queries (p50/p95), batched queries, recall@10 against exact
 search on 1,000 held-out queries, and the index's memory. The exact (flat) index over
 the first 100k vectors is measured the same way for comparison.
 
-Targets on 2 CPU cores: p50 <= 5 ms, recall@10 >= 0.95, build <= 120 s.
+Targets on 2 CPU cores: p50 <= 1 ms, p95 <= 3 ms, recall@10 >= 0.95, build <= 60 s, index
+memory <= 1 GiB. The load average is printed before and after: on a shared machine single
+query latencies (p95 above all) measure the scheduler as much as the index.
 
 The data: 64 coarse groups ("cell types") of 32 sub-clusters each (2,048 in all, sizes
 varying 4x); a point is its sub-cluster centre plus a random offset in a 16-d subspace of
@@ -33,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TARGET_P50_MS, TARGET_RECALL, TARGET_BUILD_S = 5.0, 0.95, 120.0
+TARGET_P50_MS, TARGET_P95_MS, TARGET_RECALL, TARGET_BUILD_S = 1.0, 3.0, 0.95, 60.0
+TARGET_MEMORY_MIB = 1024.0
 
 
 class Clustered:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     store_path = work / "bench.zarr"
     n, dim = args.n, args.dim
     print(f"cellbag retrieval benchmark: {n:,} x {dim}-d, faiss {faiss.__version__}, "
-          f"{args.threads} thread(s) (machine has {os.cpu_count()} cpus)", flush=True)  # fmt: skip
+          f"{args.threads} thread(s) (machine has {os.cpu_count()} cpus); {_load()}", flush=True)  # fmt: skip
 
     gen = Clustered(dim=dim)
     queries = gen.sample(args.queries, seed=7)  # held out: not in the store
@@ -293,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nRetriever: loaded in {load_s:.1f} s; neighbors(cell_id, k=10) end to end "
           f"p50 {api_p50:.2f} ms / p95 {api_p95:.2f} ms; with --other-patients --split train "
           f"p50 {api_f50:.2f} ms / p95 {api_f95:.2f} ms")  # fmt: skip
-    print(f"store read pass {read_s:.1f} s; peak RSS {rss_gb():.2f} GiB")
-    best_p50 = p50
+    print(f"store read pass {read_s:.1f} s; peak RSS {rss_gb():.2f} GiB; {_load()}")
+    mem = main_row["memory MiB"]
     checks = [
-        ("p50 single-query latency", f"{best_p50:.2f} ms", best_p50 <= TARGET_P50_MS, f"<= {TARGET_P50_MS} ms"),
+        ("p50 single-query latency", f"{p50:.2f} ms", p50 <= TARGET_P50_MS, f"<= {TARGET_P50_MS} ms"),
+        ("p95 single-query latency", f"{p95:.2f} ms", p95 <= TARGET_P95_MS, f"<= {TARGET_P95_MS} ms"),
         ("recall@10", f"{recall:.4f}", recall >= TARGET_RECALL, f">= {TARGET_RECALL}"),
         ("build time", f"{build_s:.1f} s", build_s <= TARGET_BUILD_S, f"<= {TARGET_BUILD_S:.0f} s"),
+        ("index memory", f"{mem:.0f} MiB", mem <= TARGET_MEMORY_MIB, f"<= {TARGET_MEMORY_MIB:.0f} MiB"),
     ]  # fmt: skip
     print()
     for name, value, ok, target in checks:
@@ -306,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages (how busy the shared machine was)."""
+    try:
+        return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not Unix
+        return "load average n/a"
 
 
 def _reusable(path: Path, n: int, encoder_id: str) -> bool:

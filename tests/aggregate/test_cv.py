@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from cellbag.aggregate import BagSet, fit_fold, load_bags, run_cv
+from cellbag.aggregate.metrics import METRICS
 from cellbag.aggregate.torch_head import inner_split
 from cellbag.data import ClinicalScaler
 from cellbag.errors import CellbagError
@@ -21,12 +22,28 @@ def test_run_folder_layout(cv_run, store_path):
         for f in ("metrics.json", "oof_predictions.csv", "roc.png", "config.json"):
             assert (d / f).is_file(), d / f
         m = json.loads((d / "metrics.json").read_text())
-        for k in ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity"):
-            assert set(m["summary"][k]) >= {"mean", "std", "ci95_low", "ci95_high"}
-            assert m["summary"][k]["n"] == 6
-        assert len(m["per_fold"]) == 6
+        assert m["format"] == "cellbag-cv-metrics" and m["interval"]["resamples"] >= 2000
+        assert set(m["metrics"]) == set(METRICS)
+        for k, v in m["metrics"].items():
+            assert set(v) >= {"value", "ci95_low", "ci95_high", "fold_sd", "fold_min", "fold_max"}
+            if k not in ("triage_sensitivity",) and v["fold_sd"] > 0:
+                assert v["ci95_low"] < v["ci95_high"], k
+            assert v["ci95_low"] <= v["value"] + 1e-9 and v["value"] <= v["ci95_high"] + 1e-9, k
+            assert v["n_folds"] <= 6
+        assert len(m["per_fold"]) == 6 and m["best"] in table["head"].tolist()
+        assert m["thresholds"]["triage"]["target_sensitivity"] == 0.95
         oof = pd.read_csv(d / "oof_predictions.csv")
-        assert list(oof.columns) == ["patient_id", "repeat", "fold", "probability", "label"]
+        assert list(oof.columns) == [
+            "patient_id",
+            "repeat",
+            "fold",
+            "probability",
+            "label",
+            "youden_threshold",
+            "triage_threshold",
+        ]
+        # one threshold per outer fold
+        assert (oof.groupby(["repeat", "fold"])["triage_threshold"].nunique() == 1).all()
         assert len(oof) == n_train * 2  # each training patient once per repeat
         assert oof.groupby("repeat")["patient_id"].nunique().tolist() == [n_train, n_train]
     att = pd.read_csv(out / "abmil" / "attention.csv")
@@ -63,11 +80,16 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
         head_params=fast,
         threads=1,
         quiet=True,
+        inner_folds=2,
     )
     for head in ("meanpool", "abmil"):
-        assert (tmp_path / head / "metrics.json").read_bytes() == (
-            out / head / "metrics.json"
+        assert (tmp_path / head / "oof_predictions.csv").read_bytes() == (
+            out / head / "oof_predictions.csv"
         ).read_bytes()
+        a = json.loads((tmp_path / head / "metrics.json").read_text())
+        b = json.loads((out / head / "metrics.json").read_text())
+        # the same figures and intervals; `best`/`vs_best` depend on the other heads run
+        assert a["metrics"] == b["metrics"] and a["per_fold"] == b["per_fold"]
     # rerun: finished folds are reused, results unchanged
     before = (tmp_path / "abmil" / "folds" / "r0_f0.json").stat().st_mtime_ns
     run_cv(
@@ -80,6 +102,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
         head_params=fast,
         threads=1,
         quiet=True,
+        inner_folds=2,
     )
     assert (tmp_path / "abmil" / "folds" / "r0_f0.json").stat().st_mtime_ns == before
     with pytest.raises(CellbagError, match="made for other settings"):
@@ -88,6 +111,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
 
 def test_no_test_label_is_read(store_path, tmp_path, monkeypatch, fast):
     kw = dict(heads="meanpool,lgbm", folds=3, repeats=1, seed=0, head_params=fast, quiet=True)
+    kw["inner_folds"] = 2
     ref = run_cv(str(store_path), out=tmp_path / "a", **kw)
     real = Store.patients
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cellbag.aggregate.metrics import binary_metrics, summarize, youden_threshold
+from cellbag.aggregate.metrics import binary_metrics, youden_threshold
 
 
 @pytest.mark.parametrize("p", [0.1, 0.9])
@@ -26,13 +26,6 @@ def test_threshold_is_inclusive_and_single_class_auc_nan():
     m = binary_metrics(np.array([1, 1]), np.array([0.5, 0.4]))
     assert m["sensitivity"] == 0.5
     assert math.isnan(m["roc_auc"]) and math.isnan(m["specificity"])
-
-
-def test_summarize_mean_std_interval():
-    s = summarize([0.5, 0.7, float("nan"), 0.9])
-    assert s["n"] == 3 and s["mean"] == pytest.approx(0.7)
-    assert s["std"] == pytest.approx(0.2)
-    assert 0.5 <= s["ci95_low"] < s["ci95_high"] <= 0.9
 
 
 def test_youden_picks_the_separating_cut():

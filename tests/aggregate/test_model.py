@@ -60,7 +60,7 @@ def test_youden_from_cv_run(cv_run, store_path, tmp_path):
             threshold="youden",
             cv_run=out,
         )
-    with pytest.raises(CellbagError, match="--threshold must be a number or 'youden'"):
+    with pytest.raises(CellbagError, match="--threshold must be a number, 'youden' or 'triage"):
         fit_model(str(store_path), "meanpool", tmp_path / "o", threshold="best")
 
 
@@ -104,11 +104,17 @@ def test_cli_cv_fit_predict(store_path, tmp_path, monkeypatch, capsys):
         "--out",
         tmp_path / "m",
         "--threshold",
-        "youden",
+        "triage:0.9",
         "--cv-run",
         tmp_path / "run",
     )
     assert code == 0, io.err
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert doc["threshold"]["method"] == "triage" and doc["threshold"]["target_sensitivity"] == 0.9
+    # the cut reaches the target on the run's out-of-fold predictions it was chosen from
+    oof = pd.read_csv(tmp_path / "run" / "maxpool" / "oof_predictions.csv")
+    m = oof.groupby("patient_id").agg(y=("label", "first"), p=("probability", "mean"))
+    assert (m.loc[m.y == 1, "p"] >= doc["threshold"]["value"]).mean() >= 0.9
     code, io = _cli(
         monkeypatch, capsys, "predict", tmp_path / "m", store_path, "--out", tmp_path / "sub.csv"
     )
@@ -117,7 +123,11 @@ def test_cli_cv_fit_predict(store_path, tmp_path, monkeypatch, capsys):
     assert list(sub.columns) == ["Id", "Predicted"] and len(sub) == 10
     assert set(sub["Predicted"]) <= {0, 1}
     proba = pd.read_csv(tmp_path / "sub_proba.csv")
-    assert list(proba.columns) == ["Id", "Probability", "Predicted"]
+    assert list(proba.columns) == ["Id", "Probability", "Predicted", "Threshold", "Triage"]
+    t = doc["threshold"]["value"]
+    assert (proba["Threshold"] == t).all() and set(proba["Triage"]) <= {"cytometry", "spared"}
+    assert ((proba["Triage"] == "spared") == (proba["Probability"] < t)).all()
+    assert "spared of cytometry" in io.out
 
 
 def test_cli_errors_are_one_line(store_path, tmp_path, monkeypatch, capsys):

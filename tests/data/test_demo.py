@@ -91,7 +91,9 @@ def test_demo_data_cli_and_inspect(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "sheet.png").size[0] > 500
     r = runner.invoke(app, ["inspect", str(out)])
     assert r.exit_code == 0, r.output
-    assert "10 patients" in r.output and "No problems found" in r.output
+    assert "10 patients" in r.output and "class balance" in r.output
+    # 8 training patients: too few of a class for 5-fold cv, and inspect says so
+    assert "5-fold cross-validation needs" in r.output
     # a broken image is found by --check-images
     first = sorted((out / "trainset").glob("*/*.jpg"))[0]
     first.write_bytes(b"not a jpeg")

@@ -98,7 +98,7 @@ def test_bad_teacher_runs_give_one_line_errors(featurized, teacher_run, tmp_path
     with pytest.raises(DistillError, match=f"patient {pids[2]} has no out-of-fold"):
         read_teacher(run, store, pids)
     oof.assign(probability=1.5).to_csv(run / "abmil" / "oof_predictions.csv", index=False)
-    with pytest.raises(DistillError, match="not in \\[0, 1\\]"):
+    with pytest.raises(DistillError, match="is not a number in \\[0, 1\\]"):
         read_teacher(run, store, pids)
     oof.to_csv(run / "abmil" / "oof_predictions.csv", index=False)
     (run / "abmil" / "config.json").write_text(json.dumps({"head": "abmil", "encoder_id": "vit-x"}))
@@ -164,3 +164,70 @@ def test_real_cv_run_and_fitted_model_as_teachers(featurized, tmp_path):
     assert m.kind == "model" and m.encoder_id == eid and m.id.startswith("model@")
     assert set(m.probabilities) == set(pids) and m.attention is not None
     assert all(len(m.attention[p]) == len(store.bag_cells(p)) for p in pids)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A real cv run (meanpool, no inner folds) on a witness store with a test split."""
+    from cellbag.aggregate import run_cv
+    from cellbag.aggregate.synthetic import witness_store
+    from cellbag.store import Store
+
+    root = tmp_path_factory.mktemp("heldout")
+    witness_store(str(root / "s.zarr"), n_train=24, n_test=8, cells=(5, 8), dim=8, test_labels=True)
+    run_cv(
+        str(root / "s.zarr"),
+        None,
+        "meanpool",
+        root / "run",
+        folds=3,
+        repeats=2,
+        inner_folds=0,
+        quiet=True,
+    )
+    return Store.open(str(root / "s.zarr")), root / "run"
+
+
+def test_cv_predictor_is_the_runs_own_fold_models(small_run):
+    from cellbag.distill.teacher import cv_predictor, fold_predictions
+
+    store, run = small_run
+    p = store.patients()
+    train = list(p.loc[p["split"] == "train", "patient_id"])
+    test = list(p.loc[p["split"] == "test", "patient_id"])
+    # refitted fold models reproduce the run's out-of-fold predictions exactly
+    per_fold = fold_predictions(run, store, train, allow_training=True)
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    oof = pd.read_csv(run / "meanpool" / "oof_predictions.csv", dtype={"patient_id": str})
+    for k, s in enumerate(splits):
+        got = dict(zip(train, per_fold[k], strict=True))
+        want = oof[oof["repeat"] == s["repeat"]].set_index("patient_id")["probability"]
+        for pid in s["test"]:
+            assert got[pid] == pytest.approx(want[pid], abs=1e-6)
+    held = cv_predictor(run, store, test)
+    assert held.shape == (len(test),) and ((held >= 0) & (held <= 1)).all()
+    # scoring the teacher on its own training patients is refused in one line
+    with pytest.raises(
+        DistillError, match=f"of these {len(train[:3])} patients .* trained the teacher"
+    ):
+        cv_predictor(run, store, train[:3])
+
+
+def test_student_and_teacher_compared_on_the_same_heldout_patients(tmp_path):
+    from cellbag.distill.teacher import check_heldout, compare_heldout, write_validation
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30), np.ones(30)].astype(int)
+    ids = [f"H{i}" for i in range(60)]
+    t = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, 60), 0, 1)
+    s = np.clip(t + rng.normal(0, 0.05, 60), 0, 1)
+    doc = compare_heldout(y, {"teacher": (t, 0.5), "student": (s, 0.4)}, ids, seed=0)
+    assert doc == compare_heldout(y, {"teacher": (t, 0.5), "student": (s, 0.4)}, ids, seed=0)
+    f = doc["figures"]["student"]["balanced_accuracy"]
+    want = ((s >= 0.4)[y == 1].mean() + (s < 0.4)[y == 0].mean()) / 2  # its own threshold
+    assert f["value"] == pytest.approx(want) and f["ci95_low"] < f["value"] < f["ci95_high"]
+    assert {p["metric"] for p in doc["pairs"]} == {"roc_auc", "balanced_accuracy"}
+    path = write_validation(tmp_path, doc)
+    assert json.loads(path.read_text())["n_patients"] == 60
+    with pytest.raises(DistillError, match="1 of these 2 patients"):
+        check_heldout(["H1", "X"], ["H1", "H2"])

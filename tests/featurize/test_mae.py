@@ -65,7 +65,7 @@ def test_mae_loss_decreases_on_demo_cells():
 def mae_run(tmp_path_factory):
     """One CLI run: 2 epochs of a tiny ViT at 32 px on the demo training cells."""
     out = tmp_path_factory.mktemp("mae") / "ckpt"
-    args = ["pretrain-mae", str(demo_cohort()), "--model", MODEL, "--weights", "none"]
+    args = ["pretrain-mae", str(demo_cohort()), "--encoder", MODEL, "--weights", "none"]
     args += ["--epochs", "2", "--batch-size", "16", "--image-size", str(SIZE), "--base-lr", "1e-2"]
     args += ["--out", str(out), "--quiet", "--device", "cpu"]
     result = CliRunner().invoke(app, args)

@@ -204,7 +204,9 @@ def test_cli_errors_are_one_line(tmp_path, feat_cohort) -> None:
     assert "no feature store here" in out.stderr
 
 
-def test_changed_images_are_reported(tmp_path, feat_cohort, tiny_encoder, feat_kw) -> None:
+def test_changed_images_are_refused_in_one_line(
+    tmp_path, feat_cohort, tiny_encoder, feat_kw
+) -> None:
     import shutil
 
     from cellbag.data import read_cohort
@@ -214,10 +216,15 @@ def test_changed_images_are_reported(tmp_path, feat_cohort, tiny_encoder, feat_k
     cohort = read_cohort(root)
     path = tmp_path / "changed.zarr"
     run_featurize(cohort, path, tiny_encoder, **feat_kw)
+    before = _raw(Store.open(path), tiny_encoder.id)
     victim = cohort.cells.iloc[3]
     Image.new("RGB", (30, 30), "blue").save(victim["path"], format="JPEG")
-    r = run_featurize(cohort, path, tiny_encoder, force=True, **feat_kw)
-    assert r.changed == [victim["cell_id"]]
+    for force in (False, True):  # --force recomputes one encoder: not a way around staleness
+        with pytest.raises(FeaturizeError, match=r"1 changed, 0 added, 0 removed") as e:
+            run_featurize(cohort, path, tiny_encoder, force=force, **feat_kw)
+        assert victim["cell_id"] in str(e.value) and "--update" in str(e.value)
+        assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(_raw(Store.open(path), tiny_encoder.id), before)
 
 
 def test_ranks_write_disjoint_blocks(

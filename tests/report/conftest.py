@@ -19,22 +19,10 @@ from cellbag.data.demo import make_demo_cohort
 ENCODER_ID = "tf_efficientnet_lite0-synthetic"
 
 
-def _metric_block(values: list[float]) -> dict:
-    a = np.asarray(values, float)
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)),
-        "ci95": [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))],
-        "n": len(a),
-    }
-
-
 def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2, folds: int = 3):
     """Write RUN_DIR with heads `abmil` (attention) and `meanpool` (none) from the cohort's
     ground truth. Returns (run_dir, ground_truth DataFrame)."""
-    import warnings
-
-    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+    from cellbag.aggregate.run_folder import write_summary
 
     rng = np.random.default_rng(seed)
     gt = pd.read_csv(cohort / "ground_truth.csv", dtype={"patient_id": str, "cell_id": str})
@@ -52,7 +40,7 @@ def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2,
     # predicted wrong by every head, so the report has misclassified patients to show
     n_wit = gt.groupby("patient_id")["witness"].sum()
     wrong = {str(n_wit.idxmax()): 0.2, str(patients[patients == 0].index[0]): 0.8}
-    comp = []
+    comp = {}
     for head, has_att in (("abmil", True), ("meanpool", False)):
         d = out / head
         d.mkdir(exist_ok=True)
@@ -64,7 +52,17 @@ def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2,
                 p = float(np.clip(rng.normal(0.75 if y else 0.25, 0.15), 0.01, 0.99))
                 p = wrong.get(pid, p)
                 fold = splits["assignments"][r][pid]
-                oof.append(dict(patient_id=pid, repeat=r, fold=fold, probability=p, label=y))
+                oof.append(
+                    dict(
+                        patient_id=pid,
+                        repeat=r,
+                        fold=fold,
+                        probability=p,
+                        label=y,
+                        youden_threshold=0.45 + 0.05 * fold,
+                        triage_threshold=0.25 + 0.02 * fold,
+                    )
+                )
                 if has_att:
                     cells = gt[gt["patient_id"] == pid]
                     score = rng.normal(0, 0.3, len(cells)) + 3.0 * cells["witness"].to_numpy()
@@ -87,22 +85,6 @@ def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2,
         if has_att:
             pd.DataFrame(att).to_csv(d / "attention.csv", index=False)
             Image.new("RGB", (40, 30), "white").save(d / "roc.png")
-        per_fold = {
-            k: [] for k in ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity")
-        }
-        for (_r, _f), g in oof.groupby(["repeat", "fold"]):
-            y, p = g["label"].to_numpy(), g["probability"].to_numpy()
-            pred = (p >= 0.5).astype(int)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a fold of one class
-                per_fold["balanced_accuracy"].append(balanced_accuracy_score(y, pred))
-            per_fold["roc_auc"].append(roc_auc_score(y, p) if len(set(y)) == 2 else 0.5)
-            per_fold["f1"].append(f1_score(y, pred, zero_division=0))
-            per_fold["sensitivity"].append(((pred == 1) & (y == 1)).sum() / max((y == 1).sum(), 1))
-            per_fold["specificity"].append(((pred == 0) & (y == 0)).sum() / max((y == 0).sum(), 1))
-        metrics = {k: _metric_block(v) for k, v in per_fold.items()}
-        metrics["threshold"] = 0.5
-        (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
         config = {
             "head": head,
             "encoder_id": ENCODER_ID,
@@ -114,8 +96,10 @@ def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2,
             "params": {"epochs": 50, "lr": 0.001} if head == "abmil" else {"C": 1.0},
         }
         (d / "config.json").write_text(json.dumps(config, indent=2))
-        comp.append({"head": head, "balanced_accuracy": metrics["balanced_accuracy"]["mean"]})
-    pd.DataFrame(comp).to_csv(out / "comparison.csv", index=False)
+        info = {"clinical": True, "folds": folds, "repeats": repeats, "seed": seed}
+        comp[head] = {"oof": oof, "info": {**info, "triage_sensitivity": 0.95}, "seconds": 1.0}
+    # the figures, intervals and paired comparisons as `cellbag cv` writes them
+    write_summary(out, comp, seed, resamples=2000)
     return out, gt
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from htmlparse import read_page
 
+from cellbag.aggregate.metrics import METRICS
 from cellbag.report import load_run, write_report
-
-METRICS = ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity")
+from cellbag.report.render import SUMMARY_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -24,119 +23,46 @@ def test_metrics_tables_equal_metrics_json(synthetic_run, page):
     run_dir, _ = synthetic_run
     seen = 0
     for head in ("abmil", "meanpool"):
-        m = json.loads((run_dir / head / "metrics.json").read_text())
-        expected = {"mean": "mean", "std": "std", "lo": 0, "hi": 1}
+        m = json.loads((run_dir / head / "metrics.json").read_text())["metrics"]
+        expected = {"value": "value", "lo": "ci95_low", "hi": "ci95_high", "fold_sd": "fold_sd"}
         for c in page.cells:
             if c.attrs.get("data-head") != head or "data-stat" not in c.attrs:
                 continue
-            block = m[c.attrs["data-metric"]]
-            key = expected[c.attrs["data-stat"]]
-            want = block[key] if isinstance(key, str) else block["ci95"][key]
+            want = m[c.attrs["data-metric"]][expected[c.attrs["data-stat"]]]
             assert float(c.attrs["data-value"]) == want
             assert c.text == f"{want:.3f}"
             seen += 1
-        # the comparison table: mean shown first, std and interval beside it
+        # the comparison table: value first, then its interval and the fold sd
         comp = [
             c
             for c in page.cells
             if c.table.get("id") == "metrics-table" and c.attrs.get("data-head") == head
         ]
-        assert {c.attrs["data-metric"] for c in comp} == set(METRICS)
+        assert {c.attrs["data-metric"] for c in comp} == set(SUMMARY_METRICS)
         for c in comp:
             block = m[c.attrs["data-metric"]]
-            assert float(c.attrs["data-value"]) == block["mean"]
-            assert c.text.startswith(f"{block['mean']:.3f} ± {block['std']:.3f}")
-            assert f"[{block['ci95'][0]:.3f}, {block['ci95'][1]:.3f}]" in c.text
+            assert float(c.attrs["data-value"]) == block["value"]
+            assert c.text.startswith(f"{block['value']:.3f}")
+            assert f"[{block['ci95_low']:.3f}, {block['ci95_high']:.3f}]" in c.text
+            assert f"fold sd {block['fold_sd']:.3f}" in c.text
     assert seen == 2 * len(METRICS) * 4
 
 
-def test_patient_table_equals_oof_predictions(synthetic_run, page):
+def test_paired_comparison_triage_and_calibration_sections(synthetic_run, synthetic_report):
     run_dir, _ = synthetic_run
-    for head in ("abmil", "meanpool"):
-        oof = pd.read_csv(run_dir / head / "oof_predictions.csv", dtype={"patient_id": str})
-        mean = oof.groupby("patient_id")["probability"].mean()
-        label = oof.groupby("patient_id")["label"].first()
-        rows = {}
-        for c in page.cells:
-            if c.table.get("id") == f"pt-{head}" and c.attrs.get("data-col"):
-                rows.setdefault(c.row["data-patient"], {})[c.attrs["data-col"]] = c
-        assert set(rows) == set(mean.index)
-        tp = fn = fp = tn = 0
-        for pid, cols in rows.items():
-            p = float(cols["probability"].attrs["data-value"])
-            assert p == pytest.approx(mean[pid], abs=1e-12)
-            assert cols["probability"].text.startswith(f"{mean[pid]:.3f}")
-            pred = int(mean[pid] >= 0.5)
-            assert int(cols["predicted"].attrs["data-value"]) == pred
-            correct = pred == label[pid]
-            assert cols["correct"].attrs["data-value"] == str(int(correct))
-            assert cols["correct"].row["data-label"] == str(label[pid])
-            tp += pred == 1 and label[pid] == 1
-            fn += pred == 0 and label[pid] == 1
-            fp += pred == 1 and label[pid] == 0
-            tn += pred == 0 and label[pid] == 0
-        cm = {
-            c.attrs["data-cm"]: int(c.attrs["data-value"])
-            for c in page.cells
-            if c.table.get("class") == "confusion" and c.table.get("data-head") == head
-        }
-        assert cm == {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
-        # the embedded data blob says the same
-        blob = page.data["heads"][head]
-        assert blob["confusion"] == cm
-        assert {r["patient_id"]: r["probability"] for r in blob["patients"]} == pytest.approx(
-            mean.to_dict(), abs=1e-12
-        )
-
-
-def test_galleries_show_the_most_weighted_cells_first(synthetic_run, page):
-    run_dir, gt = synthetic_run
-    att = pd.read_csv(run_dir / "abmil" / "attention.csv", dtype={"cell_id": str})
-    w = att.groupby(["patient_id", "cell_id"])["weight"].mean()
-    witness = gt.set_index("cell_id")["witness"]
-    k = 3
-    checked_witness = 0
-    galleries = {(row["data-patient"], div["class"]): div for div, row, t in page.galleries}
-    for pid, cells in w.groupby(level=0):
-        order = cells.droplevel(0).sort_values(ascending=False)
-        top = galleries[(pid, "gallery top")]["data-cells"].split()
-        bottom = galleries[(pid, "gallery bottom")]["data-cells"].split()
-        assert top == list(order.index[:k])
-        assert bottom == list(order.index[::-1][: min(k, len(order) - k)])
-        assert not set(top) & set(bottom)
-        n_wit = int(witness[order.index].sum())
-        if n_wit:  # the witness cells the head weighted most lead the gallery
-            assert all(witness[c] == 1 for c in top[: min(n_wit, k)])
-            assert all(witness[c] == 0 for c in bottom)
-            checked_witness += 1
-    assert checked_witness >= 2
-    # the meanpool head has no attention: no galleries for it
-    assert not [g for g in page.galleries if g[2].get("data-head") == "meanpool"]
-
-
-def test_page_is_self_contained(synthetic_report, page):
     html = synthetic_report.read_text()
-    assert not re.search(r"""(src|href)=["'](https?:)?//""", html)
-    assert "<link" not in html  # no external stylesheet
-    assert all(not s.get("src") for s in page.scripts)  # inline scripts only
-    assert page.imgs
-    for img in page.imgs:
-        assert (synthetic_report.parent / img["src"]).is_file(), img["src"]
-    thumbs = list((synthetic_report.parent / "thumbs").iterdir())
-    shown = {i["src"] for i in page.imgs if i["src"].startswith("thumbs/")}
-    assert len(thumbs) == len(shown)  # one file per cell, however often it is shown
-
-
-def test_thumbnails_written_once_and_report_deterministic(synthetic_run, tmp_path):
-    run_dir, _ = synthetic_run
-    a = write_report(run_dir, tmp_path / "r", top_k=2)
-    thumbs = sorted((tmp_path / "r" / "thumbs").iterdir())
-    stamps = [p.stat().st_mtime_ns for p in thumbs]
-    first = a.read_bytes()
-    b = write_report(run_dir, tmp_path / "r", top_k=2)
-    assert b.read_bytes() == first
-    assert [p.stat().st_mtime_ns for p in thumbs] == stamps  # not rewritten
-    assert not list((tmp_path / "r").glob(".*tmp*"))
+    pairs = pd.read_csv(run_dir / "comparison_pairs.csv")
+    assert len(pairs) == 2  # abmil vs meanpool on ROC AUC and balanced accuracy
+    for r in pairs.itertuples():
+        assert r.verdict in html
+        if r.ci95_low <= 0 <= r.ci95_high:
+            assert r.verdict == "no difference shown"
+    for fig in ("triage.png", "calibration.png"):
+        assert f'src="{fig}"' in html
+        assert (synthetic_report.parent / fig).read_bytes()[:4] == b"\x89PNG"
+    m = json.loads((run_dir / "abmil" / "metrics.json").read_text())["metrics"]
+    assert f"{m['triage_spared']['value']:.3f} [{m['triage_spared']['ci95_low']:.3f}" in html
+    assert f"{m['brier']['value']:.3f} [{m['brier']['ci95_low']:.3f}" in html
 
 
 def test_head_folder_alone_and_threshold_from_metrics(synthetic_run, tmp_path):

@@ -43,14 +43,14 @@ def test_report_of_a_real_run_equals_its_files(cv_report):
     run_dir, index = cv_report
     page = read_page(index)
     for head in ("meanpool", "abmil"):
-        summary = json.loads((run_dir / head / "metrics.json").read_text())["summary"]
+        figures = json.loads((run_dir / head / "metrics.json").read_text())["metrics"]
         cells = [
             c for c in page.cells if c.attrs.get("data-head") == head and "data-stat" in c.attrs
         ]
-        assert len(cells) == 5 * 4
-        stat = {"mean": "mean", "std": "std", "lo": "ci95_low", "hi": "ci95_high"}
+        assert len(cells) == len(figures) * 4
+        stat = {"value": "value", "fold_sd": "fold_sd", "lo": "ci95_low", "hi": "ci95_high"}
         for c in cells:
-            want = summary[c.attrs["data-metric"]][stat[c.attrs["data-stat"]]]
+            want = figures[c.attrs["data-metric"]][stat[c.attrs["data-stat"]]]
             assert float(c.attrs["data-value"]) == pytest.approx(want, abs=0, nan_ok=True)
         oof = pd.read_csv(run_dir / head / "oof_predictions.csv", dtype={"patient_id": str})
         mean = oof.groupby("patient_id")["probability"].mean()

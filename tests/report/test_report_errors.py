@@ -102,7 +102,7 @@ def test_cli_writes_report(synthetic_run, tmp_path):
 
 def test_cli_help():
     r = CliRunner().invoke(app, ["report", "--help"])
-    assert r.exit_code == 0 and "--store" in r.output and "--top-k" in r.output
+    assert r.exit_code == 0 and "--store" in r.output and "--cells" in r.output
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -140,11 +140,11 @@ def test_embedded_data_is_strict_json(synthetic_run, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(run_dir, d)
     m = json.loads((d / "abmil" / "metrics.json").read_text())
-    m["roc_auc"]["std"] = float("nan")  # e.g. a single-class fold
+    m["metrics"]["roc_auc"]["fold_sd"] = float("nan")  # e.g. a single-class fold
     (d / "abmil" / "metrics.json").write_text(json.dumps(m))
     html = write_report(d, tmp_path / "out", top_k=1).read_text()
     blob = re.search(
         r'<script type="application/json" id="cellbag-data">(.*?)</script>', html, re.S
     )
     data = json.loads(blob.group(1), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert data["heads"]["abmil"]["metrics"]["roc_auc"]["std"] is None
+    assert data["heads"]["abmil"]["metrics"]["roc_auc"]["fold_sd"] is None

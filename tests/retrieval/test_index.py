@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cellbag.retrieval import EXACT_MAX, CellIndex, RetrievalError, choose_params
-from cellbag.retrieval.faiss_index import array_chunks, normalize
+from cellbag.retrieval.faiss_index import array_chunks, normalize, prefetched
 
 
 def clustered(n: int, dim: int = 24, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -144,3 +144,27 @@ def test_nan_vectors_and_wrong_dim_are_errors():
 def test_load_missing_index_names_the_folder(tmp_path):
     with pytest.raises(RetrievalError, match=f"{tmp_path}.*cellbag index"):
         CellIndex.load(tmp_path)
+
+
+def test_normalize_handles_large_finite_values_and_zero_rows():
+    x = np.array([[3e30, 4e30], [0.0, 0.0], [3.0, 4.0]], np.float32)
+    np.testing.assert_allclose(normalize(x), [[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]], rtol=1e-6)
+    x[1, 1] = np.inf
+    with pytest.raises(RetrievalError, match="row 1 holds NaN"):
+        normalize(x)
+
+
+def test_prefetched_keeps_order_and_raises_the_readers_error():
+    blocks = [np.full((2, 3), i, np.float32) for i in range(7)]
+    got = list(prefetched(iter(blocks)))
+    assert [int(b[0, 0]) for b in got] == list(range(7))
+
+    def failing():
+        yield blocks[0]
+        raise RetrievalError("store row offset 65536: row 3 holds NaN")
+
+    with pytest.raises(RetrievalError, match="row 3 holds NaN"):
+        list(prefetched(failing()))
+    first = prefetched(iter(blocks), depth=1)  # abandoned early: the reader stops
+    assert int(next(first)[0, 0]) == 0
+    first.close()

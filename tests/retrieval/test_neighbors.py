@@ -178,7 +178,7 @@ def test_remote_store_keeps_its_index_in_the_user_cache(cohort, tmp_path, monkey
 def test_encoder_defaults_to_the_only_one_and_unknown_is_an_error(fake_store):
     df = neighbors(fake_store, cell_id=fake_store.cells()["cell_id"].iloc[0], k=1)
     assert df.attrs["encoder_id"] == FAKE
-    with pytest.raises(RetrievalError, match=f"no encoder nope; it holds: {FAKE}"):
+    with pytest.raises(RetrievalError, match=f"no embeddings for encoder 'nope'.*holds: {FAKE}"):
         neighbors(fake_store, "nope", cell_id="x")
 
 

@@ -89,11 +89,13 @@ def test_unreadable_cells_are_left_out_of_bags(store: Store, fake_embeddings) ->
 
 def test_plain_zarr_sees_the_documented_layout(store: Store) -> None:
     g = zarr.open_group(store.path, mode="r")
-    assert g.attrs["format"] == "cellbag-store" and g.attrs["format_version"] == 1
-    assert {"root", "fingerprint", "n_cells"} <= set(g.attrs["cohort"])
+    assert g.attrs["format"] == "cellbag-store" and g.attrs["format_version"] == 2
+    assert {"root", "fingerprint", "clinical_digest", "sources", "n_cells"} <= set(
+        g.attrs["cohort"]
+    )
     assert set(g.group_keys()) == {"cells", "patients", "embeddings"}
-    assert {"cell_id", "patient_id", "path", "status", "reason", "sha256"} == set(
-        g["cells"].array_keys()
+    assert {"cell_id", "patient_id", "path", "status", "reason", "sha256", "size", "mtime_ns"} == (
+        set(g["cells"].array_keys())
     )
     assert {"patient_id", "split", "label", "offsets", "dob", "gender", "lymph_count"} <= set(
         g["patients"].array_keys()
@@ -103,6 +105,9 @@ def test_plain_zarr_sees_the_documented_layout(store: Store) -> None:
     assert data.dtype == np.float16 and data.shape == (store.n_cells, 12)
     assert data.chunks == (4, 12)
     assert any("zstd" in type(c).__name__.lower() for c in data.compressors)
+    assert any("crc32c" in type(c).__name__.lower() for c in data.compressors)
+    status = g["embeddings/fake-0001/status"]  # which cells this encoder embedded
+    assert status.dtype == np.uint8 and status.shape == (store.n_cells,)
     done = g["embeddings/fake-0001/done"]
     assert done.dtype == np.uint8 and done.shape == (n_blocks(store.n_cells, 8),)
     assert done[:].all()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.errors import AggregateError
+from cellbag.data.clinical import extra_clinical_columns
 
 CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
 
@@ -44,9 +45,8 @@ class BagSet:
         if self.patients is None:
             return False
         p = self.patients
-        return bool(
-            p["gender"].notna().any() or p["dob"].notna().any() or p["lymph_count"].notna().any()
-        )
+        cols = [c for c in CLINICAL_COLUMNS if c in p] + extra_clinical_columns(p)
+        return bool(p[cols].notna().to_numpy().any())
 
     def subset(self, idx: np.ndarray) -> BagSet:
         """The bags at positions ``idx``."""
@@ -99,19 +99,8 @@ class BagSet:
 
 
 def resolve_encoder(store: Any, encoder_id: str | None) -> str:
-    """The asked encoder, or the store's only one when none is asked."""
-    if encoder_id:
-        return encoder_id
-    have = store.encoders()
-    if len(have) == 1:
-        return have[0]
-    if not have:
-        raise AggregateError(
-            f"{store.path}: no embeddings in this store yet; run `cellbag featurize DATA {store.path}` first"
-        )
-    raise AggregateError(
-        f"{store.path}: several encoders ({', '.join(have)}); pick one with --encoder"
-    )
+    """The encoder meant by an id or a model name, or the store's only one when None."""
+    return store.resolve_encoder(encoder_id)
 
 
 def open_store(store: Any) -> Any:
@@ -132,6 +121,10 @@ def load_bags(store: Any, encoder_id: str | None = None, split: str = "train") -
     store = open_store(store)
     encoder_id = resolve_encoder(store, encoder_id)
     store.require_complete(encoder_id)
+    if split != "test":  # never train on labels the cohort's CSV no longer holds
+        from cellbag.store.sync import require_labels_in_sync
+
+        require_labels_in_sync(store)
     patients = store.patients()
     all_pids = patients["patient_id"].astype(str).tolist()
     if split == "all":
@@ -150,7 +143,8 @@ def load_bags(store: Any, encoder_id: str | None = None, split: str = "train") -
                 + (" ..." if len(bad) > 5 else "")
             )
         labels = lab.to_numpy(dtype=np.int64)
-    keep_cols = ["patient_id", "split", *[c for c in CLINICAL_COLUMNS if c in rows]]
+    extra = extra_clinical_columns(rows)  # further clinical columns of an imported store
+    keep_cols = ["patient_id", "split", *[c for c in CLINICAL_COLUMNS if c in rows], *extra]
     rows = rows[keep_cols].reset_index(drop=True)  # the label column stops here
     if len(rows) == 0:
         raise AggregateError(f"{store.path}: no {split} patients in this store")

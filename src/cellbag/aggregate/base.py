@@ -136,6 +136,24 @@ class Head:
         with blas_single_thread():
             return self._cell_weights(b, c)
 
+    # -- per-cell contributions (the report's explanations) ---------------------------------
+    #: what ``cell_contributions`` measures: attention | logit | argmax | cluster gain
+    contribution_kind: ClassVar[str] = "attention"
+
+    def cell_contributions(
+        self, bags: Bags, clinical: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """One score per cell, higher = pulls the bag towards class 1 (or, for attention and
+        cluster gain, weighs more in the decision); see ``contribution_kind``."""
+        if self.has_cell_weights:
+            return self.cell_weights(bags, clinical)
+        b, c = self._inputs(bags, clinical)
+        with blas_single_thread():
+            return self._cell_contributions(b, c)
+
+    def _cell_contributions(self, bags: list[np.ndarray], clinical: np.ndarray) -> list[np.ndarray]:
+        raise AggregateError(f"head {self.name!r} gives no per-cell contributions")
+
     # -- to implement -----------------------------------------------------------------------
     def _fit(self, bags: list[np.ndarray], clinical: np.ndarray, y: np.ndarray) -> None:
         raise NotImplementedError

@@ -5,7 +5,14 @@ once to ``RUN_DIR/splits.json`` and reused; every fitted transform (clinical sca
 standardisation/PCA, k-means) is fitted inside the training fold. Per head,
 ``RUN_DIR/<head>/`` gets ``metrics.json``, ``oof_predictions.csv``, ``attention.csv``
 (attention heads), ``roc.png`` and ``config.json``; finished folds are kept in
-``RUN_DIR/<head>/folds/`` so an interrupted run resumes where it stopped.
+``RUN_DIR/<head>/folds/`` so an interrupted run resumes where it stopped. The layout and
+the names of every figure: :mod:`cellbag.aggregate.run_folder`.
+
+Thresholds are nested: inside each outer training fold an inner ``inner_folds``-fold cv
+gives out-of-fold predictions of the training patients only, from which Youden's cut and
+the triage cut (target sensitivity) are chosen, and a ``--calibrate`` map is fitted; both
+are then applied to the outer test fold. With 3 inner folds a run fits 4 heads per outer
+fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures).
 """
 
 from __future__ import annotations
@@ -27,12 +34,22 @@ import pandas as pd
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Head, standardizer
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.metrics import METRICS, binary_metrics, summarize
 from cellbag.aggregate.registry import head_class, make_head
-from cellbag.aggregate.splits import check_splits, load_or_make_splits
-from cellbag.core.io import write_json
+from cellbag.aggregate.run_folder import write_csv, write_json, write_summary
+from cellbag.aggregate.splits import check_splits, inner_splits, load_or_make_splits
+from cellbag.aggregate.stats import (
+    CALIBRATIONS,
+    FIXED_THRESHOLD,
+    RESAMPLES,
+    TRIAGE_SENSITIVITY,
+    apply_calibrator,
+    fit_calibrator,
+    select_thresholds,
+)
 
-THRESHOLD = 0.5
+THRESHOLD = FIXED_THRESHOLD
+#: inner folds of the nested threshold / calibration choice (cost: 1 + this many fits per fold)
+INNER_FOLDS = 3
 
 
 def default_threads() -> int:
@@ -115,8 +132,16 @@ def fit_fold(
     head.fit([data.bags[i] for i in train], c_tr, data.labels[train])
     test_bags = [data.bags[i] for i in test]
     proba = head.predict_proba(test_bags, c_te)
-    weights = head.cell_weights(test_bags, c_te) if head.has_cell_weights else None
+    weights = _cell_scores(head, test_bags, c_te)
     return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
+
+
+def _cell_scores(head: Head, bags: list[np.ndarray], clinical: Any) -> list[np.ndarray] | None:
+    """Attention weights, or the head's per-cell contributions (the report's galleries)."""
+    try:
+        return head.cell_contributions(bags, clinical)
+    except (AggregateError, AttributeError, NotImplementedError):
+        return None
 
 
 # ------------------------------------------------------------------------------ the run
@@ -155,6 +180,39 @@ def _parse_heads(heads: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _inner_predictions(
+    data: BagSet,
+    name: str,
+    train: np.ndarray,
+    clinical: bool,
+    seed: int,
+    params: dict,
+    inner_folds: int,
+) -> dict:
+    """Out-of-fold predictions of the outer training patients from an inner cv on them
+    alone (the outer test patients are never seen): ``{patients, probability}``."""
+    proba = np.full(len(train), np.nan)
+    for k, (itr, ite) in enumerate(inner_splits(data.labels[train], inner_folds, seed)):
+        res = fit_fold(data, name, train[itr], train[ite], clinical, seed + 100 * (k + 1), params)
+        proba[ite] = res.proba
+    return {"patients": [data.patient_ids[i] for i in train], "probability": proba.tolist()}
+
+
+def _check_options(inner_folds: int, triage_sensitivity: float, calibrate: str | None) -> None:
+    if inner_folds == 1 or inner_folds < 0:
+        raise AggregateError(f"--inner-folds must be 0 (off) or >= 2, got {inner_folds}")
+    if not 0.0 < triage_sensitivity <= 1.0:
+        raise AggregateError(f"--triage-sensitivity must be in (0, 1], got {triage_sensitivity}")
+    if calibrate is not None and calibrate not in CALIBRATIONS:
+        raise AggregateError(
+            f"--calibrate must be one of {', '.join(CALIBRATIONS)}, not {calibrate!r}"
+        )
+    if calibrate is not None and inner_folds == 0:
+        raise AggregateError(
+            "--calibrate needs inner folds (it is fitted inside the training fold)"
+        )
+
+
 def cross_validate(
     data: BagSet,
     heads: str | Sequence[str],
@@ -168,12 +226,18 @@ def cross_validate(
     console: Any = None,
     quiet: bool = False,
     extra_config: dict | None = None,
+    inner_folds: int = INNER_FOLDS,
+    triage_sensitivity: float = TRIAGE_SENSITIVITY,
+    calibrate: str | None = None,
+    resamples: int = RESAMPLES,
 ) -> pd.DataFrame:
     """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cellbag.core.progress import progress_bar
 
     names = _parse_heads(heads)
+    _check_options(inner_folds, triage_sensitivity, calibrate)
     head_params = head_params or {}
     if data.labels is None:
         raise AggregateError(f"{data.source}: cross-validation needs the labelled training split")
@@ -199,18 +263,10 @@ def cross_validate(
     digest = _data_digest(data)
     threads = threads or default_threads()
 
-    rows = []
+    results: dict[str, dict] = {}
     with (
         torch_threads(threads),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=quiet,
-        ) as progress,
+        progress_bar("folds", enabled=not quiet, console=console) as progress,
     ):
         for name in names:
             params = dict(head_params.get(name, {}))
@@ -224,6 +280,7 @@ def cross_validate(
                 "splits": (out / "splits.json").name,
                 "folds": folds,
                 "repeats": repeats,
+                "inner_folds": inner_folds,
                 "seed": seed,
             }
             head_dir = out / name
@@ -240,7 +297,7 @@ def cross_validate(
                     )
                     shutil.rmtree(fold_dir)
             fold_dir.mkdir(parents=True, exist_ok=True)
-            write_json(head_dir / "config.json", {"key": key, "state": "running"}, indent=1)
+            write_json(head_dir / "config.json", {"key": key, "state": "running"})
             task = progress.add_task(f"cv {name}", total=len(splits))
             t_head = time.perf_counter()
             records = []
@@ -252,7 +309,8 @@ def cross_validate(
                 else:
                     tr = np.asarray([index[p] for p in s["train"]])
                     te = np.asarray([index[p] for p in s["test"]])
-                    res = fit_fold(data, name, tr, te, clinical, seed + 1000 * r + f, params)
+                    fold_seed = seed + 1000 * r + f
+                    res = fit_fold(data, name, tr, te, clinical, fold_seed, params)
                     rec = {
                         "repeat": r,
                         "fold": f,
@@ -261,23 +319,82 @@ def cross_validate(
                         "cell_weights": None
                         if res.weights is None
                         else [w.tolist() for w in res.weights],
+                        "cell_kind": getattr(res.head, "contribution_kind", "attention"),
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
-                    write_json(path, rec, indent=1)
+                    if inner_folds:
+                        rec["inner"] = _inner_predictions(
+                            data, name, tr, clinical, fold_seed, params, inner_folds
+                        )
+                    write_json(path, rec)
                 records.append(rec)
                 progress.advance(task)
             seconds = time.perf_counter() - t_head
             progress.remove_task(task)
-            summary = write_head_outputs(data, head_dir, name, records, key, seconds, extra_config)
-            rows.append(summary)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "comparison.csv", index=False)
+            extra = dict(extra_config or {}, triage_sensitivity=triage_sensitivity)
+            extra["calibrate"] = calibrate
+            oof = write_head_outputs(
+                data, head_dir, name, records, key, seconds, extra, triage_sensitivity, calibrate
+            )
+            info = {
+                "clinical": clinical,
+                "folds": folds,
+                "repeats": repeats,
+                "inner_folds": inner_folds,
+                "seed": seed,
+                "triage_sensitivity": triage_sensitivity if inner_folds else None,
+                "calibrate": calibrate,
+                "threshold_method": f"nested: chosen in each training fold from inner "
+                f"{inner_folds}-fold out-of-fold predictions",
+            }
+            results[name] = {"oof": oof, "info": info, "seconds": seconds}
+    _add_earlier_heads(out, results, data)
+    table = write_summary(out, results, seed, resamples)
     if not quiet:
-        from cellbag.aggregate.report import comparison_table
+        from cellbag.aggregate.report import comparison_table, paired_lines
 
         console.print(comparison_table(table, title=f"cross-validation · {out}"))
+        for line in paired_lines(out):
+            console.print(line)
     return table
+
+
+def _add_earlier_heads(out: Path, results: dict[str, dict], data: BagSet) -> None:
+    """Heads an earlier run left in ``out`` (same splits, same patients) join the summary,
+    so comparison.csv and each head's ``vs_best`` cover every head of the folder."""
+    from cellbag.aggregate.run_folder import RunFolderError, read_json, read_oof
+
+    patients = set(data.patient_ids)
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in results):
+        try:
+            cfg = read_json(d / "config.json")
+            oof = read_oof(d / "oof_predictions.csv")
+        except (RunFolderError, FileNotFoundError):
+            continue
+        key = cfg.get("key") or {}
+        if cfg.get("state") != "done" or set(oof["patient_id"]) != patients:
+            continue
+        info = {k: key.get(k) for k in ("clinical", "folds", "repeats", "inner_folds", "seed")}
+        info["triage_sensitivity"] = cfg.get("triage_sensitivity")
+        info["calibrate"] = cfg.get("calibrate")
+        results[d.name] = {"oof": oof, "info": info, "seconds": cfg.get("seconds", 0.0)}
+
+
+def fold_thresholds(
+    data: BagSet, rec: dict, triage_sensitivity: float, calibrate: str | None
+) -> tuple[dict | None, dict[str, float]]:
+    """The calibrator and the ``{youden, triage}`` cuts of one outer fold, from its inner
+    out-of-fold predictions only (none without them)."""
+    inner = rec.get("inner")
+    if not inner:
+        return None, {}
+    index = {p: i for i, p in enumerate(data.patient_ids)}
+    ids = inner["patients"]
+    y = data.labels[np.asarray([index[p] for p in ids])]
+    p = np.asarray(inner["probability"], dtype=np.float64)
+    cal = fit_calibrator(calibrate, y, p) if calibrate else None
+    return cal, select_thresholds(ids, y, apply_calibrator(cal, p), triage_sensitivity)
 
 
 def write_head_outputs(
@@ -288,21 +405,39 @@ def write_head_outputs(
     key: dict,
     seconds: float,
     extra_config: dict | None = None,
-) -> dict:
-    """metrics.json, oof_predictions.csv, attention.csv, roc.png and config.json of one head."""
+    triage_sensitivity: float = TRIAGE_SENSITIVITY,
+    calibrate: str | None = None,
+) -> pd.DataFrame:
+    """oof_predictions.csv (with each fold's nested thresholds), attention.csv, roc.png and
+    config.json of one head; returns the out-of-fold table (metrics.json comes from
+    :func:`cellbag.aggregate.run_folder.write_summary`, which compares the heads)."""
     from cellbag.aggregate.report import roc_plot
 
     index = {p: i for i, p in enumerate(data.patient_ids)}
-    oof_rows, per_fold, att = [], [], []
+    oof_rows, att = [], []
+    kind = "attention"
     for rec in records:
         idx = np.asarray([index[p] for p in rec["patients"]])
         y = data.labels[idx]
-        p = np.asarray(rec["probability"], dtype=np.float64)
-        m = binary_metrics(y, p, THRESHOLD)
-        per_fold.append({"repeat": rec["repeat"], "fold": rec["fold"], "n_test": len(idx), **m})
-        for pid, prob, lab in zip(rec["patients"], p, y, strict=True):
-            oof_rows.append((pid, rec["repeat"], rec["fold"], float(prob), int(lab)))
+        raw = np.asarray(rec["probability"], dtype=np.float64)
+        cal, thr = fold_thresholds(data, rec, triage_sensitivity, calibrate)
+        p = apply_calibrator(cal, raw)
+        for pid, prob, praw, lab in zip(rec["patients"], p, raw, y, strict=True):
+            row = {
+                "patient_id": pid,
+                "repeat": rec["repeat"],
+                "fold": rec["fold"],
+                "probability": float(prob),
+                "label": int(lab),
+            }
+            if thr:
+                row["youden_threshold"] = thr["youden"]
+                row["triage_threshold"] = thr["triage"]
+            if cal is not None:
+                row["probability_raw"] = float(praw)
+            oof_rows.append(row)
         if rec.get("cell_weights") is not None:
+            kind = rec.get("cell_kind", "attention")
             for pid, i, w in zip(rec["patients"], idx, rec["cell_weights"], strict=True):
                 ids = (
                     data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
@@ -320,31 +455,15 @@ def write_head_outputs(
                         }
                     )
                 )
-    oof = pd.DataFrame(oof_rows, columns=["patient_id", "repeat", "fold", "probability", "label"])
+    oof = pd.DataFrame(oof_rows)
     oof = oof.sort_values(["repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
-    oof.to_csv(head_dir / "oof_predictions.csv", index=False)
-    if att:
-        pd.concat(att, ignore_index=True).to_csv(head_dir / "attention.csv", index=False)
-    pooled = {k: [] for k in METRICS}
-    for _, g in oof.groupby("repeat"):
-        m = binary_metrics(g["label"].to_numpy(), g["probability"].to_numpy(), THRESHOLD)
-        for k in METRICS:
-            pooled[k].append(m[k])
-    summary = {k: summarize([f[k] for f in per_fold]) for k in METRICS}
-    metrics = {
-        "head": name,
-        "clinical": key["clinical"],
-        "threshold": THRESHOLD,
-        "n_patients": len(data.patient_ids),
-        "folds": key["folds"],
-        "repeats": key["repeats"],
-        "seed": key["seed"],
-        "interval": "ci95 = 2.5th-97.5th percentiles of the per-fold values (folds x repeats)",
-        "summary": summary,
-        "pooled_oof": {k: summarize(v) for k, v in pooled.items()},
-        "per_fold": per_fold,
-    }
-    write_json(head_dir / "metrics.json", metrics, indent=1)
+    write_csv(head_dir / "oof_predictions.csv", oof)
+    if att and kind == "attention":
+        write_csv(head_dir / "attention.csv", pd.concat(att, ignore_index=True))
+    elif att:  # signed or gain contributions: not attention (distill must not read them)
+        write_csv(
+            head_dir / "contributions.csv", pd.concat(att, ignore_index=True).assign(kind=kind)
+        )
     roc_plot(
         oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
     )
@@ -358,17 +477,8 @@ def write_head_outputs(
         "versions": _versions(),
         **(extra_config or {}),
     }
-    write_json(head_dir / "config.json", config, indent=1)
-    row: dict[str, Any] = {
-        "head": name,
-        "clinical": key["clinical"],
-        "n_patients": len(data.patient_ids),
-    }
-    for k in METRICS:
-        for stat in ("mean", "std", "ci95_low", "ci95_high"):
-            row[f"{k}_{stat}"] = summary[k][stat]
-    row["seconds"] = round(seconds, 3)
-    return row
+    write_json(head_dir / "config.json", config)
+    return oof
 
 
 def run_cv(
@@ -384,11 +494,19 @@ def run_cv(
     threads: int | None = None,
     console: Any = None,
     quiet: bool = False,
+    inner_folds: int = INNER_FOLDS,
+    triage_sensitivity: float = TRIAGE_SENSITIVITY,
+    calibrate: str | None = None,
+    holdout_finetuned: bool = False,
 ) -> pd.DataFrame:
     """Cross-validate heads on a store's training split; returns the comparison table (one
-    row per head: mean/std/95% interval of each metric, seconds) and prints it (rich)
-    unless ``quiet``. ``store`` is a path/URL or an open ``Store``; ``encoder_id`` may be
-    omitted when the store holds one encoder."""
+    row per head: each figure with its 95% bootstrap interval and fold sd, the paired
+    difference to the best head, seconds) and prints it (rich) unless ``quiet``.
+    ``store`` is a path/URL or an open ``Store``; ``encoder_id`` may be omitted when the
+    store holds one encoder. An encoder fine-tuned on some of these patients' labels is
+    refused (``holdout_finetuned`` leaves those patients out instead)."""
+    from cellbag.aggregate.leaks import guard
+
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
     info = {}
@@ -396,6 +514,7 @@ def run_cv(
         info = st.encoder_info(data.encoder_id)
     except Exception:  # pragma: no cover - informative only
         pass
+    data = guard(data, info, holdout_finetuned, "cellbag cv")
     extra = {"store": str(st.path), "encoder_info": json.loads(json.dumps(info, default=str))}
     return cross_validate(
         data,
@@ -410,4 +529,7 @@ def run_cv(
         console=console,
         quiet=quiet,
         extra_config=extra,
+        inner_folds=inner_folds,
+        triage_sensitivity=triage_sensitivity,
+        calibrate=calibrate,
     )

@@ -1,4 +1,28 @@
-"""Binary metrics at a threshold, their spread across folds, and Youden's threshold."""
+"""The names of every figure a cv run reports, and binary metrics at a threshold.
+
+These names are the same in ``metrics.json``, ``comparison.csv``, the CLI table, the
+report and the README (the ``cellbag runs`` leaderboard reads them too):
+
+====================== ==========================================================
+``roc_auc``            ROC AUC of the patients' mean out-of-fold probability
+``balanced_accuracy``  at the fixed threshold 0.5 (the challenge's metric)
+``sensitivity``        share of tumoral patients called tumoral, threshold 0.5
+``specificity``        share of reactive patients called reactive, threshold 0.5
+``f1``                 F1 of the tumoral class, threshold 0.5
+``youden_*``           the same three at Youden's threshold, chosen in each training
+                       fold from inner out-of-fold predictions (nested)
+``triage_sensitivity`` sensitivity at the triage threshold (chosen in each training
+                       fold for a target sensitivity, default 0.95)
+``triage_spared``      share of reactive patients below the triage threshold: those
+                       whose flow cytometry could be spared
+``brier``              mean squared error of the probability (lower is better)
+``ece``                expected calibration error, 10 equal-width bins (lower is better)
+====================== ==========================================================
+
+Each figure comes with ``ci95_low``/``ci95_high`` (stratified bootstrap over patients,
+:mod:`cellbag.aggregate.stats`) and the spread of its per-fold values (``fold_sd``,
+``fold_min``, ``fold_max``), which is not an interval.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +30,52 @@ import math
 
 import numpy as np
 
-METRICS = ("balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity")
+from cellbag.aggregate.stats import youden_threshold
+
+#: every figure, in display order
+METRICS = (
+    "roc_auc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "youden_balanced_accuracy",
+    "youden_sensitivity",
+    "youden_specificity",
+    "triage_sensitivity",
+    "triage_spared",
+    "brier",
+    "ece",
+)
+#: figures where lower is better
+LOWER_IS_BETTER = ("brier", "ece")
+#: figures compared between heads by paired bootstrap
+PAIRED = ("roc_auc", "balanced_accuracy")
+
+#: long names (report) and short ones (terminal table)
+TITLES = {
+    "roc_auc": "ROC AUC",
+    "balanced_accuracy": "Balanced accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "youden_balanced_accuracy": "Balanced accuracy (Youden, nested)",
+    "youden_sensitivity": "Sensitivity (Youden, nested)",
+    "youden_specificity": "Specificity (Youden, nested)",
+    "triage_sensitivity": "Triage sensitivity",
+    "triage_spared": "Reactive patients spared",
+    "brier": "Brier score",
+    "ece": "ECE",
+}
+SHORT = {
+    "roc_auc": "AUC",
+    "balanced_accuracy": "bal.acc",
+    "triage_sensitivity": "tri.sens",
+    "triage_spared": "spared",
+    "brier": "Brier",
+}
+
+__all__ = ["LOWER_IS_BETTER", "METRICS", "PAIRED", "TITLES", "binary_metrics", "youden_threshold"]
 
 
 def binary_metrics(
@@ -31,37 +100,3 @@ def binary_metrics(
         "sensitivity": sens,
         "specificity": spec,
     }
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, std (ddof=1) and the empirical 95% interval (2.5th-97.5th percentiles) of
-    per-fold values; NaNs (single-class folds) are left out and counted."""
-    a = np.asarray(values, dtype=np.float64)
-    ok = a[~np.isnan(a)]
-    if len(ok) == 0:
-        return {
-            "mean": math.nan,
-            "std": math.nan,
-            "ci95_low": math.nan,
-            "ci95_high": math.nan,
-            "n": 0,
-        }
-    lo, hi = np.percentile(ok, [2.5, 97.5])
-    return {
-        "mean": float(ok.mean()),
-        "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0,
-        "ci95_low": float(lo),
-        "ci95_high": float(hi),
-        "n": int(len(ok)),
-    }
-
-
-def youden_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """The probability cut maximising sensitivity + specificity - 1 (ties: the highest cut)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thr = roc_curve(np.asarray(y_true).astype(int), np.asarray(proba, dtype=np.float64))
-    j = tpr - fpr
-    finite = np.isfinite(thr)
-    j = np.where(finite, j, -np.inf)
-    return float(thr[int(np.argmax(j))])

@@ -1,8 +1,13 @@
 """A deployable model: one head (or a fold ensemble) trained on all training patients,
 saved to MODEL_DIR with its clinical scaler(s) and an explicit decision threshold.
 
-MODEL_DIR/model.json       head, params, encoder, threshold, members
+MODEL_DIR/model.json       head, params, encoder, threshold, calibration, members
 MODEL_DIR/member<k>/       head.json + head.safetensors (+ lgbm_model.txt), clinical.json
+
+A threshold chosen from data (``youden``, ``triage[:SENS]``) and a ``--calibrate`` map are
+fitted on out-of-fold predictions of the training patients (a cv run's, the ensemble's, or
+an inner 5-fold cv's) and applied to the model fitted on all of them: the way ``cv``
+chooses them inside each training fold.
 """
 
 from __future__ import annotations
@@ -20,8 +25,20 @@ from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Head
 from cellbag.aggregate.cv import _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.metrics import youden_threshold
-from cellbag.core.io import atomic_path, write_json
+from cellbag.aggregate.run_folder import (
+    RunFolderError,
+    patient_scores,
+    read_head,
+    write_csv,
+    write_json,
+)
+from cellbag.aggregate.stats import (
+    CALIBRATIONS,
+    TRIAGE_SENSITIVITY,
+    apply_calibrator,
+    fit_calibrator,
+    select_thresholds,
+)
 
 MODEL_FORMAT = "cellbag-model"
 MODEL_VERSION = 1
@@ -79,6 +96,12 @@ class FittedModel:
         return float(self.doc["threshold"]["value"])
 
     @property
+    def triage_threshold(self) -> float | None:
+        """The cut at the triage target sensitivity, when the model was fitted with one."""
+        t = self.doc["threshold"].get("triage")
+        return float(t["value"]) if isinstance(t, dict) else None
+
+    @property
     def clinical(self) -> bool:
         return bool(self.doc["clinical"])
 
@@ -89,9 +112,9 @@ class FittedModel:
     def predict_proba(
         self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
     ) -> np.ndarray:
-        """Mean probability of class 1 over the members."""
+        """Mean probability of class 1 over the members (calibrated when fitted so)."""
         ps = [m.head.predict_proba(bags, _clinical(m.scaler, patients)) for m in self.members]
-        return np.mean(ps, axis=0)
+        return apply_calibrator(self.doc.get("calibration"), np.mean(ps, axis=0))
 
     def cell_weights(
         self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
@@ -103,19 +126,28 @@ class FittedModel:
     def predict_store(
         self, store: Any, split: str = "test", threshold: float | None = None
     ) -> pd.DataFrame:
-        """``patient_id, probability, predicted`` for a store's split; patients without
-        usable cells get probability NaN and the majority class of training."""
+        """``patient_id, probability, predicted, threshold[, triage]`` for a store's split
+        (``triage``: ``cytometry`` at or above the triage threshold, else ``spared``);
+        patients without usable cells get probability NaN and the majority class of
+        training (and ``cytometry``)."""
         data = load_bags(open_store(store), self.encoder_id, split=split)
         t = self.threshold if threshold is None else float(threshold)
         with torch_threads(default_threads()):
             p = self.predict_proba(data.bags, data.patients if self.clinical else None)
         df = pd.DataFrame({"patient_id": data.patient_ids, "probability": p})
         df["predicted"] = (df["probability"] >= t).astype(int)
+        df["threshold"] = t
+        triage = self.triage_threshold
+        if triage is not None:
+            df["triage"] = np.where(df["probability"] >= triage, "cytometry", "spared")
         if data.skipped:
             fallback = int(self.doc.get("train_prevalence", 0.0) >= 0.5)
             extra = pd.DataFrame(
                 {"patient_id": data.skipped, "probability": np.nan, "predicted": fallback}
             )
+            extra["threshold"] = t
+            if triage is not None:
+                extra["triage"] = "cytometry"
             df = pd.concat([df, extra], ignore_index=True)
         return df
 
@@ -147,23 +179,120 @@ def load_model(folder: str | Path) -> FittedModel:
     return FittedModel(folder, doc, members)
 
 
-def _threshold_from_run(
-    cv_run: Path, head_name: str, clinical: bool, encoder_id: str
-) -> tuple[float, str]:
+def parse_threshold(spec: str | float) -> tuple[str, float]:
+    """``("fixed", p)``, ``("youden", nan)`` or ``("triage", target sensitivity)`` from
+    ``0.5``, ``youden``, ``triage`` or ``triage:0.9``."""
+    text = str(spec).strip().lower()
+    if text == "youden":
+        return "youden", float("nan")
+    if text == "triage" or text.startswith("triage:"):
+        raw = text.partition(":")[2] or str(TRIAGE_SENSITIVITY)
+        try:
+            target = float(raw)
+        except ValueError:
+            target = -1.0
+        if not 0.0 < target <= 1.0:
+            raise AggregateError(f"--threshold {spec}: the target sensitivity must be in (0, 1]")
+        return "triage", target
+    try:
+        value = float(text)
+    except ValueError:
+        raise AggregateError(
+            f"--threshold must be a number, 'youden' or 'triage[:SENSITIVITY]', not {spec!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise AggregateError(f"--threshold {value} is not a probability in [0, 1]")
+    return "fixed", value
+
+
+def _oof_from_run(
+    cv_run: Path, head_name: str, clinical: bool, data: BagSet
+) -> tuple[np.ndarray, str]:
+    """The cv run's mean out-of-fold probability of each training patient (data order)."""
     head_dir = Path(cv_run) / head_name
-    oof_path, cfg_path = head_dir / "oof_predictions.csv", head_dir / "config.json"
-    if not oof_path.is_file():
+    try:
+        res = read_head(head_dir, attention=False)
+    except RunFolderError as e:
         raise AggregateError(
-            f"{oof_path}: missing; run `cellbag cv ... --head {head_name} --out {cv_run}`"
-        )
-    key = json.loads(cfg_path.read_text()).get("key", {}) if cfg_path.is_file() else {}
-    if key and (key.get("clinical") != clinical or key.get("encoder_id") != encoder_id):
+            f"{e}; run `cellbag cv ... --head {head_name} --out {cv_run}`"
+        ) from None
+    key = res.config
+    if key and (key.get("clinical") != clinical or key.get("encoder_id") != data.encoder_id):
         raise AggregateError(
-            f"{cfg_path}: that cv run used clinical={key.get('clinical')}, encoder "
-            f"{key.get('encoder_id')}; this fit uses clinical={clinical}, encoder {encoder_id}"
+            f"{head_dir / 'config.json'}: that cv run used clinical={key.get('clinical')}, "
+            f"encoder {key.get('encoder_id')}; this fit uses clinical={clinical}, encoder "
+            f"{data.encoder_id}"
         )
-    oof = pd.read_csv(oof_path)
-    return youden_threshold(oof["label"].to_numpy(), oof["probability"].to_numpy()), str(oof_path)
+    if key.get("calibrate"):
+        raise AggregateError(
+            f"{head_dir}: that cv run was calibrated; fit with --calibrate and without --cv-run"
+        )
+    probs = patient_scores(res.oof)
+    missing = [p for p in data.patient_ids if p not in probs.index]
+    if missing:
+        raise AggregateError(
+            f"{head_dir / 'oof_predictions.csv'}: training patient {missing[0]} has no "
+            f"out-of-fold prediction ({len(missing)} missing; was the run made from this store?)"
+        )
+    return probs.loc[data.patient_ids].to_numpy(dtype=np.float64), str(
+        head_dir / "oof_predictions.csv"
+    )
+
+
+def _inner_oof(
+    data: BagSet,
+    head: str,
+    clinical: bool,
+    seed: int,
+    params: dict,
+    folds: int = 5,
+    tick: Any = None,
+) -> np.ndarray:
+    """Out-of-fold predictions of every training patient from an inner ``folds``-fold cv."""
+    from sklearn.model_selection import StratifiedKFold
+
+    n = len(data)
+    oof = np.full(n, np.nan)
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
+    for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
+        m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
+        c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
+        oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
+        if tick:
+            tick()
+    return oof
+
+
+def _choose_threshold(
+    spec: str | float,
+    calibrate: str | None,
+    oof_source: Any,
+) -> tuple[dict, dict | None]:
+    """The threshold document and the calibrator of a model. ``oof_source()`` returns
+    ``(labels, out-of-fold probabilities, where they come from)``, called only when a
+    choice is made from data."""
+    method, value = parse_threshold(spec)
+    if calibrate is not None and calibrate not in CALIBRATIONS:
+        raise AggregateError(
+            f"--calibrate must be one of {', '.join(CALIBRATIONS)}, not {calibrate!r}"
+        )
+    if method == "fixed" and calibrate is None:
+        return {"value": value, "method": "fixed", "source": "given"}, None
+    y, oof, source = oof_source()
+    cal = fit_calibrator(calibrate, y, oof) if calibrate else None
+    p = apply_calibrator(cal, oof)
+    target = value if method == "triage" else TRIAGE_SENSITIVITY
+    cut = select_thresholds([str(i) for i in range(len(y))], y, p, target)
+    doc: dict[str, Any] = {
+        "value": value if method == "fixed" else cut[method],
+        "method": method,
+        "source": f"out-of-fold predictions of the training patients ({source})",
+        "youden": cut["youden"],
+        "triage": {"value": cut["triage"], "target_sensitivity": target},
+    }
+    if method == "triage":
+        doc["target_sensitivity"] = target
+    return doc, cal
 
 
 def fit_model(
@@ -178,17 +307,26 @@ def fit_model(
     cv_run: str | Path | None = None,
     params: dict | None = None,
     threads: int | None = None,
+    calibrate: str | None = None,
+    holdout_finetuned: bool = False,
+    progress: Any = None,
 ) -> FittedModel:
     """Train ``head`` on every training patient (or an ``ensemble``-fold ensemble whose
     members each leave one fold out) and write MODEL_DIR.
 
-    ``threshold``: a number, or 'youden' — from ``cv_run``'s out-of-fold predictions of
-    this head when given, else from the ensemble's out-of-fold predictions, else from an
-    inner 5-fold cv on the training patients."""
+    ``threshold``: a number, ``youden`` or ``triage[:SENSITIVITY]`` (default target 0.95);
+    ``calibrate``: ``sigmoid`` or ``isotonic``. Both are chosen from out-of-fold
+    predictions of the training patients: ``cv_run``'s for this head when given, else the
+    ensemble's, else an inner 5-fold cv's. An encoder fine-tuned on these patients' labels
+    is refused for such a choice (``holdout_finetuned`` leaves those patients out). ``progress(done, total)`` is called after each model fitted."""
     from sklearn.model_selection import StratifiedKFold
+
+    from cellbag.aggregate.leaks import guard
 
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
+    if parse_threshold(threshold)[0] != "fixed" or calibrate:
+        data = guard(data, st.encoder_info(data.encoder_id), holdout_finetuned, "cellbag fit")
     if clinical and not data.has_clinical:
         clinical = False
     params = dict(params or {})
@@ -199,6 +337,11 @@ def fit_model(
     t0 = time.perf_counter()
     members: list[Member] = []
     oof = None
+    chosen = parse_threshold(threshold)[0] != "fixed" or calibrate
+    inner = chosen and cv_run is None and not (ensemble and ensemble >= 2)
+    n_fits = (ensemble if ensemble and ensemble >= 2 else 1) + (5 if inner else 0)
+    fits = iter(range(1, n_fits + 1))
+    tick = (lambda: progress(next(fits), n_fits)) if progress else (lambda: None)
     with torch_threads(threads or default_threads()):
         if ensemble and ensemble >= 2:
             oof = np.full(n, np.nan)
@@ -208,41 +351,30 @@ def fit_model(
                 c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
                 oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
                 members.append(m)
+                tick()
         else:
             members.append(_fit_member(data, all_idx, head, clinical, seed, params))
-        thr_doc: dict[str, Any]
-        if isinstance(threshold, str) and threshold.lower() == "youden":
+            tick()
+
+        def oof_source() -> tuple[np.ndarray, np.ndarray, str]:
             if cv_run is not None:
-                value, source = _threshold_from_run(Path(cv_run), head, clinical, data.encoder_id)
-            else:
-                if oof is None:
-                    oof = np.full(n, np.nan)
-                    skf = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed + 1)
-                    for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
-                        m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
-                        c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
-                        oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
-                    source = "inner 5-fold cv on the training patients"
-                else:
-                    source = f"out-of-fold predictions of the {ensemble}-fold ensemble"
-                value = youden_threshold(data.labels, oof)
-            thr_doc = {"value": value, "method": "youden", "source": source}
-        else:
-            try:
-                value = float(threshold)
-            except ValueError:
-                raise AggregateError(
-                    f"--threshold must be a number or 'youden', not {threshold!r}"
-                ) from None
-            if not 0.0 <= value <= 1.0:
-                raise AggregateError(f"--threshold {value} is not a probability in [0, 1]")
-            thr_doc = {"value": value, "method": "fixed", "source": "given"}
+                p, where = _oof_from_run(Path(cv_run), head, clinical, data)
+                return data.labels, p, f"cv run {where}"
+            if oof is not None:
+                return data.labels, oof, f"the {ensemble}-fold ensemble"
+            return (
+                data.labels,
+                _inner_oof(data, head, clinical, seed, params, tick=tick),
+                "inner 5-fold cv on the training patients",
+            )
+
+        thr_doc, calibration = _choose_threshold(threshold, calibrate, oof_source)
     names = []
     for k, m in enumerate(members):
         name = f"member{k}"
         m.head.save(out / name)
         if m.scaler is not None:
-            write_json(out / name / "clinical.json", m.scaler.to_dict(), indent=1)
+            write_json(out / name / "clinical.json", m.scaler.to_dict())
         names.append(name)
     info = {}
     try:
@@ -262,17 +394,20 @@ def fit_model(
         "members": names,
         "ensemble": int(ensemble or 0),
         "threshold": thr_doc,
+        "calibration": calibration,
         "n_train_patients": n,
         "train_prevalence": float(np.mean(data.labels)),
         "seconds": time.perf_counter() - t0,
         "versions": _versions(),
     }
-    write_json(out / "model.json", doc, indent=1)
+    write_json(out / "model.json", doc)
     return FittedModel(out, doc, members)
 
 
 def write_submission(pred: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
-    """``out``: ``Id,Predicted`` (0/1); ``<out stem>_proba.csv``: ``Id,Probability,Predicted``."""
+    """``out``: ``Id,Predicted`` (0/1); ``<out stem>_proba.csv``: ``Id,Probability,
+    Predicted,Threshold[,Triage]`` (Triage: ``cytometry`` or ``spared``, when the model has
+    a triage threshold)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sub = pd.DataFrame(
@@ -285,8 +420,11 @@ def write_submission(pred: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
             "Predicted": pred["predicted"].astype(int),
         }
     )
+    if "threshold" in pred:
+        proba["Threshold"] = pred["threshold"].astype(float)
+    if "triage" in pred:
+        proba["Triage"] = pred["triage"].astype(str)
     proba_path = out.with_name(out.stem + "_proba.csv")
     for df, path in ((sub, out), (proba, proba_path)):
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
+        write_csv(path, df)
     return out, proba_path

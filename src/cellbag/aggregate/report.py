@@ -8,59 +8,107 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbag.aggregate.metrics import METRICS
+from cellbag.aggregate.metrics import SHORT, TITLES
 from cellbag.core.io import atomic_path
 
-LABELS = {
-    "balanced_accuracy": "bal. acc",
-    "roc_auc": "ROC AUC",
-    "f1": "F1",
-    "sensitivity": "sens.",
-    "specificity": "spec.",
-}
+#: columns of the terminal table (each value with its 95% bootstrap interval)
+TABLE_METRICS = ("roc_auc", "balanced_accuracy", "triage_sensitivity", "triage_spared")
 
 
-def _cell(row: pd.Series, k: str, interval: bool) -> str:
-    m, s = row[f"{k}_mean"], row[f"{k}_std"]
-    if m is None or (isinstance(m, float) and math.isnan(m)):
+def _num(x: object) -> float:
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _short(x: float) -> str:
+    """Two decimals without the leading zero (``.67``, ``-.33``), so intervals fit 80 columns."""
+    return f"{x:.2f}".replace("0.", ".", 1) if abs(x) < 1 else f"{x:.2f}"
+
+
+def _cell(row: pd.Series, k: str) -> str:
+    if k not in row.index or not np.isfinite(_num(row[k])):
         return "–"
-    text = f"{m:.3f}±{s:.3f}" if interval else f"{m:.2f}\n±{s:.2f}"
-    if interval:
-        text += f"\n[{row[f'{k}_ci95_low']:.2f},{row[f'{k}_ci95_high']:.2f}]"
-    return text
+    lo, hi = _num(row.get(f"{k}_ci95_low")), _num(row.get(f"{k}_ci95_high"))
+    return f"{row[k]:.3f}\n{_short(lo)}–{_short(hi)}"
+
+
+def _vs_best(row: pd.Series) -> str:
+    d = _num(row.get("roc_auc_vs_best"))
+    if not np.isfinite(d) or row.get("head") == row.get("_best"):
+        return "best"
+    lo, hi = _num(row.get("roc_auc_vs_best_ci95_low")), _num(row.get("roc_auc_vs_best_ci95_high"))
+    return f"{d:+.3f}\n{_short(lo)}–{_short(hi)}"
 
 
 def comparison_table(table: pd.DataFrame, title: str = "cross-validation"):
-    """A rich Table: one row per head, mean ± std (and 95% interval) of each metric; the
-    best balanced accuracy in bold."""
+    """A rich Table: one row per head; ROC AUC, balanced accuracy (threshold 0.5), the
+    triage figures, each with its 95% bootstrap interval, and the
+    paired ROC AUC difference to the best head."""
     from rich import box
     from rich.table import Table
 
     t = Table(
         title=title,
-        caption="mean±std over folds×repeats; [2.5–97.5th percentiles]",
+        caption="value, then its 95% bootstrap interval over patients; bal.acc at threshold "
+        "0.5; tri.sens/spared at the triage threshold chosen in each training fold; "
+        "ΔAUC: paired difference to the best head; cl: clinical features",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     width = max([4, *(len(str(h)) for h in table.get("head", []))])
     t.add_column("head", style="bold cyan", no_wrap=True, min_width=width)
-    t.add_column("clin", no_wrap=True)
-    for k in METRICS:
-        t.add_column(LABELS[k], justify="right", no_wrap=True)
+    t.add_column("cl", no_wrap=True)
+    for k in TABLE_METRICS:
+        t.add_column(SHORT[k], justify="right", no_wrap=True)
+    t.add_column("ΔAUC", justify="right", no_wrap=True)
     t.add_column("s", justify="right", no_wrap=True)
-    best = table["balanced_accuracy_mean"].max() if len(table) else None
+    best = None
+    if len(table) and "roc_auc" in table:
+        auc = pd.to_numeric(table["roc_auc"], errors="coerce").fillna(-1.0)
+        best = table.loc[auc.idxmax(), "head"]
     for _, row in table.iterrows():
-        cells = [_cell(row, k, interval=k in ("balanced_accuracy", "roc_auc")) for k in METRICS]
-        if best is not None and row["balanced_accuracy_mean"] == best:
+        cells = [_cell(row, k) for k in TABLE_METRICS]
+        if row["head"] == best:
             cells[0] = f"[bold green]{cells[0]}[/]"
         t.add_row(
-            str(row["head"]), "yes" if row["clinical"] else "no", *cells, f"{row['seconds']:.1f}"
+            str(row["head"]),
+            "y" if row.get("clinical") else "n",
+            *cells,
+            _vs_best(pd.concat([row, pd.Series({"_best": best})])),
+            f"{_num(row.get('seconds')):.1f}",
         )
     return t
 
 
+def paired_lines(run_dir: Path) -> list[str]:
+    """One line per paired comparison whose interval excludes 0 ("A beats B"), or one line
+    saying that none does."""
+    from cellbag.aggregate.run_folder import read_comparison
+
+    _, pairs = read_comparison(Path(run_dir))
+    if pairs is None or pairs.empty:
+        return []
+    lines = []
+    for r in pairs.itertuples(index=False):
+        if r.verdict == "no difference shown":
+            continue
+        sign = 1 if r.verdict.startswith(f"{r.head_a} beats") else -1
+        lo, hi = sorted((sign * r.ci95_low, sign * r.ci95_high))
+        lines.append(
+            f"{r.verdict} on {TITLES.get(r.metric, r.metric)}: "
+            f"{sign * r.difference:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {r.p_value:.3f}"
+        )
+    if not lines:
+        lines.append(
+            "no head beats another: every paired 95% interval (ROC AUC, balanced accuracy) holds 0"
+        )
+    return lines
+
+
 def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """ROC curves of the pooled out-of-fold predictions, one per repeat (Agg backend)."""
+    """ROC curve of the patients' mean out-of-fold probability (thin: each repeat), Agg."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -68,19 +116,20 @@ def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
     fig = Figure(figsize=(4.5, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    aucs = []
-    for r, g in oof.groupby("repeat"):
+    for _, g in oof.groupby("repeat"):
         y, p = g["label"].to_numpy(), g["probability"].to_numpy()
-        if len(np.unique(y)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, p)
-        aucs.append(roc_auc_score(y, p))
-        ax.plot(fpr, tpr, lw=1.2, alpha=0.8, label=f"repeat {r}: AUC {aucs[-1]:.3f}")
+        if len(np.unique(y)) == 2:
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=0.8, alpha=0.35, color="grey")
+    m = oof.groupby("patient_id").agg(label=("label", "first"), p=("probability", "mean"))
+    if m["label"].nunique() == 2:
+        fpr, tpr, _ = roc_curve(m["label"], m["p"])
+        auc = roc_auc_score(m["label"], m["p"])
+        ax.plot(fpr, tpr, lw=1.8, label=f"mean over repeats: AUC {auc:.3f}")
+        title = f"{title}\nROC of the mean out-of-fold probability (grey: each repeat)"
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    if aucs:
-        title = f"{title}\nout-of-fold AUC {np.mean(aucs):.3f} ± {np.std(aucs):.3f}"
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()

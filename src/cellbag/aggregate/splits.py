@@ -86,3 +86,22 @@ def check_splits(splits: list[dict]) -> None:
                 f"split r{s['repeat']}f{s['fold']}: a patient is in two test folds"
             )
         seen |= te
+
+
+def inner_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``folds``-fold splits (positions into ``y``) of one outer training fold,
+    for the nested choice of thresholds; deterministic in ``seed``. Fewer folds when a class
+    has fewer than ``folds`` patients (at least 2)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y).astype(int)
+    counts = np.bincount(y, minlength=2)
+    folds = min(folds, int(counts.min()))  # a small cohort: as many as each class allows
+    if folds < 2:
+        raise AggregateError(
+            f"a training fold has {counts[0]} reactive / {counts[1]} tumoral patients: too few "
+            "for inner folds (thresholds chosen inside the fold); use fewer --folds or "
+            "--inner-folds 0"
+        )
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(y)), y))

@@ -10,6 +10,7 @@ from cellbag.cli.app import app, fail
 from cellbag.cli import (  # noqa: E402,F401  isort: skip
     data_cmds,
     featurize_cmds,
+    store_cmds,
     aggregate_cmds,
     retrieval_cmds,
     adapt_cmds,

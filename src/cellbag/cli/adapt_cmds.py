@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cellbag.cli.app import app, console
+from cellbag.cli.app import app, console, deprecated, next_step, shell_path, suggested_store
 from cellbag.core.registry import declared_names
 
 ADAPTERS = declared_names("cellbag.featurize.adapter_kinds", "register_adapter")
@@ -38,7 +38,7 @@ def pretrain_mae_cmd(
         ..., "--out", "-o", help="Checkpoint folder (resumes when it holds a checkpoint)."
     ),
     model: str = typer.Option(
-        "vit_small_patch16_224", "--model", "-m", help="A timm ViT (preset or timm name)."
+        "vit_small_patch16_224", "--encoder", "-e", help="A timm ViT (preset or timm name)."
     ),
     weights: str = typer.Option(
         None,
@@ -71,14 +71,21 @@ def pretrain_mae_cmd(
     ),
     save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    model_old: str = typer.Option(None, "--model", "-m", hidden=True),
 ) -> None:
     """Self-supervised MAE pretraining of a timm ViT on the cells (training split by default).
 
     Writes OUT/encoder.safetensors, a plain timm state dict:
     `cellbag featurize DATA STORE --encoder MODEL --weights OUT/encoder.safetensors`.
+
+    \b
+    Examples:
+      cellbag pretrain-mae demo_out/data --out mae --epochs 2 --image-size 64
+      cellbag pretrain-mae DATA -e vit_small_patch16_224 -w hub --device cuda -o mae
     """
     from cellbag.featurize.mae import pretrain_mae
 
+    model = deprecated(model, model_old, "--model", "--encoder")
     s = pretrain_mae(
         data,
         out,
@@ -111,12 +118,11 @@ def pretrain_mae_cmd(
         )
     if s["unreadable"]:
         console.print(f"[yellow]skipped {len(s['unreadable'])} unreadable image(s)[/]")
-    console.print(
-        f"encoder: {s['encoder']['path']}\n"
-        f"next: cellbag featurize {data} STORE --encoder {s['config']['model']} "
-        f"--weights {s['encoder']['path']} --image-size {s['config']['image_size']}",
-        highlight=False,
-        soft_wrap=True,
+    console.print(f"encoder: {s['encoder']['path']}", highlight=False, soft_wrap=True)
+    next_step(
+        f"cellbag featurize {shell_path(data)} {suggested_store(data)} "
+        f"--encoder {s['config']['model']} --weights {shell_path(s['encoder']['path'])} "
+        f"--image-size {s['config']['image_size']}"
     )
 
 
@@ -172,6 +178,11 @@ def finetune_cmd(
     probe on the frozen encoder with the fine-tuned model (instance-level balanced
     accuracy, written to OUT/metrics.json). Then featurize with the adapted encoder:
     `cellbag featurize DATA STORE --encoder NAME --weights OUT/encoder.safetensors --adapter OUT`.
+
+    \b
+    Examples:
+      cellbag finetune demo_out/data --out ft --adapter lora --option rank=8 --epochs 2
+      cellbag finetune DATA -e vit_small_patch16_224 -w mae/encoder.safetensors -a bottleneck -o ft
     """
     from cellbag.featurize.finetune import finetune
 
@@ -202,10 +213,9 @@ def finetune_cmd(
         f"frozen + linear probe {m['probe_val_balanced_accuracy']:.3f}, "
         f"fine-tuned {m['finetuned_val_balanced_accuracy']:.3f}"
     )
-    adapter_flag = f" --adapter {out}" if adapter != "none" else ""
-    console.print(
-        f"next: cellbag featurize {data} STORE --encoder {encoder} "
-        f"--weights {out / 'encoder.safetensors'}{adapter_flag} --image-size {m['image_size']}",
-        highlight=False,
-        soft_wrap=True,
+    adapter_flag = f" --adapter {shell_path(out)}" if adapter != "none" else ""
+    next_step(
+        f"cellbag featurize {shell_path(data)} {suggested_store(data)} --encoder {encoder} "
+        f"--weights {shell_path(out / 'encoder.safetensors')}{adapter_flag} "
+        f"--image-size {m['image_size']}"
     )

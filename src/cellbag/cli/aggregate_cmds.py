@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cellbag.cli.app import app, console
+from cellbag.cli.app import app, console, next_step, shell_path
+from cellbag.core.io import atomic_path
 from cellbag.core.registry import declared_names
 
 HEADS = ", ".join(declared_names("cellbag.aggregate.heads", "register_head"))
@@ -47,7 +48,7 @@ def _head_params(sets: list[str] | None, heads: list[str]) -> dict[str, dict]:
 def cv_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option("abmil", "--head", help=HEAD_HELP),
     clinical: bool = typer.Option(
@@ -65,8 +66,38 @@ def cv_cmd(
         help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+    triage_sensitivity: float = typer.Option(
+        0.95,
+        "--triage-sensitivity",
+        help="Target sensitivity of the triage operating point (its threshold is chosen "
+        "inside each training fold).",
+    ),
+    inner_folds: int = typer.Option(
+        3,
+        "--inner-folds",
+        min=0,
+        help="Inner folds for the nested thresholds and calibration (0: none; each adds a "
+        "head fit per outer fold).",
+    ),
+    calibrate: str = typer.Option(
+        None,
+        "--calibrate",
+        help="Calibrate probabilities inside the training fold: sigmoid | isotonic.",
+    ),
+    holdout_finetuned: bool = typer.Option(
+        False,
+        "--holdout-finetuned",
+        help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
+    ),
 ) -> None:
-    """Patient-level, stratified, repeated k-fold cross-validation of heads on the training split."""
+    """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
+    split; every figure with its 95% bootstrap interval over patients.
+
+    \b
+    Examples:
+      cellbag cv demo_out/store.zarr --head meanpool,abmil,lgbm --out runs/effnet
+      cellbag cv store.zarr -e ENCODER_ID --head abmil --no-clinical --set abmil.hidden=32 -o runs/a
+    """
     from cellbag.aggregate.cv import _parse_heads, run_cv
 
     names = _parse_heads(head)
@@ -83,16 +114,24 @@ def cv_cmd(
         threads=threads,
         console=console,
         quiet=quiet,
+        inner_folds=inner_folds,
+        triage_sensitivity=triage_sensitivity,
+        calibrate=calibrate,
+        holdout_finetuned=holdout_finetuned,
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
+    next_step(
+        f"cellbag report {shell_path(out)} --store {shell_path(store)} "
+        f"--out {shell_path(out / 'report')}"
+    )
 
 
 @app.command("fit")
 def fit_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
     encoder: str = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option(..., "--head", help=f"One head: {HEADS}."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
@@ -104,12 +143,21 @@ def fit_cmd(
     threshold: str = typer.Option(
         "0.5",
         "--threshold",
-        help="Decision threshold: a probability, or 'youden' (from OOF predictions).",
+        help="Decision threshold: a probability, 'youden', or 'triage[:SENS]' (target "
+        "sensitivity, default 0.95); chosen from out-of-fold predictions of the training patients.",
     ),
     cv_run: Path = typer.Option(
         None,
         "--cv-run",
-        help="A `cellbag cv` run folder whose OOF predictions give the Youden threshold.",
+        help="A `cellbag cv` run folder whose out-of-fold predictions choose the threshold.",
+    ),
+    calibrate: str = typer.Option(
+        None, "--calibrate", help="Calibrate on out-of-fold predictions: sigmoid | isotonic."
+    ),
+    holdout_finetuned: bool = typer.Option(
+        False,
+        "--holdout-finetuned",
+        help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
@@ -118,8 +166,15 @@ def fit_cmd(
         min=1,
         help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a head on all training patients (optionally a fold ensemble) and save it."""
+    """Train a head on all training patients (optionally a fold ensemble) and save it.
+
+    \b
+    Examples:
+      cellbag fit demo_out/store.zarr --head meanpool --out models/meanpool
+      cellbag fit store.zarr --head abmil --ensemble 5 --threshold youden -o models/abmil
+    """
     from cellbag.aggregate.cv import _parse_heads
     from cellbag.aggregate.errors import AggregateError
     from cellbag.aggregate.model import fit_model
@@ -127,7 +182,10 @@ def fit_cmd(
     names = _parse_heads(head)
     if len(names) != 1:
         raise AggregateError(f"--head: `cellbag fit` trains one head, got {head!r}")
-    with console.status(f"fitting {names[0]} ..."):
+    from cellbag.core.progress import progress_bar
+
+    with progress_bar("models", enabled=not quiet, console=console) as bar:
+        task = bar.add_task(f"fit {names[0]}", total=None)
         model = fit_model(
             store,
             names[0],
@@ -140,31 +198,88 @@ def fit_cmd(
             cv_run=cv_run,
             params=_head_params(sets, names)[names[0]],
             threads=threads,
+            calibrate=calibrate,
+            holdout_finetuned=holdout_finetuned,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     t = model.doc["threshold"]
     console.print(
         f"saved [bold]{out}[/]: {names[0]} on {model.doc['n_train_patients']} patients, "
         f"{len(model.members)} member(s), threshold {t['value']:.3f} ({t['method']})"
+        + (
+            f", triage threshold {model.triage_threshold:.3f} (sensitivity "
+            f"{t['triage']['target_sensitivity']:.2f})"
+            if model.triage_threshold is not None
+            else ""
+        )
     )
+    next_step(f"cellbag predict {shell_path(out)} {shell_path(store)} --out submission.csv")
 
 
 @app.command("predict")
 def predict_cmd(
     model_dir: Path = typer.Argument(..., help="Model folder written by `cellbag fit`."),
     store: str = typer.Argument(..., help="Feature store holding the model's encoder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Submission CSV (Id,Predicted)."),
+    out: Path = typer.Option(
+        Path("submission.csv"), "--out", "-o", help="Submission CSV (Id,Predicted)."
+    ),
     threshold: float = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Override the model's decision threshold."
     ),
     split: str = typer.Option("test", "--split", help="Patients to predict: test | train | all."),
 ) -> None:
-    """Write `Id,Predicted` (0/1) for a split, and `<out>_proba.csv` with probabilities."""
+    """Write `Id,Predicted` (0/1) for a split, and `<out>_proba.csv` with probabilities,
+    the threshold and each patient's triage call.
+
+    \b
+    Examples:
+      cellbag predict models/meanpool demo_out/store.zarr --out submission.csv
+      cellbag predict models/abmil store.zarr --split train --threshold 0.4 -o train_pred.csv
+    """
     from cellbag.aggregate.model import load_model, write_submission
 
     model = load_model(model_dir)
     pred = model.predict_store(store, split=split, threshold=threshold)
     sub, proba = write_submission(pred, out)
+    _write_cells(model, store, split, sub)
     n_pos = int(pred["predicted"].sum())
+    triage = ""
+    if "triage" in pred:
+        spared = int((pred["triage"] == "spared").sum())
+        triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
     console.print(
-        f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral) and {proba}"
+        f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
+        f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"
     )
+    data = _cohort_root(store)
+    next_step(
+        f"cellbag distill {shell_path(store)} {data} --teacher {shell_path(model_dir)} "
+        "--out student"
+    )
+
+
+def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN001
+    """``<out stem>_cells.csv``: the model's per-cell contributions (the report's galleries of
+    predicted patients, `cellbag report RUN --predictions OUT`)."""
+
+    from cellbag.aggregate.errors import AggregateError
+    from cellbag.report.explain import cells_path, predicted_cells
+
+    try:
+        cells = predicted_cells(model, store, split)
+    except AggregateError as e:  # a head without per-cell scores: the submission stands
+        console.print(f"[yellow]note:[/] no per-cell table ({e})", highlight=False)
+        return
+    dest = cells_path(sub)
+    with atomic_path(dest) as tmp:
+        cells.to_csv(tmp, index=False)
+
+
+def _cohort_root(store: str) -> str:
+    """The cohort a store was made from (for a ``next:`` line), or ``DATA``."""
+    try:
+        from cellbag.store import Store
+
+        return shell_path(Store.open(store, mode="r").attrs["cohort"]["root"])
+    except Exception:  # noqa: BLE001 - only a hint
+        return "DATA"

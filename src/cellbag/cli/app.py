@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -11,6 +12,7 @@ from cellbag import __version__
 
 # Hugging Face tokenizers, if a hub code path loads them, warn after a fork: keep them quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+T = TypeVar("T")
 
 app = typer.Typer(
     name="cellbag",
@@ -47,3 +49,38 @@ def main_callback(
     ),
 ) -> None:
     """cellbag: diagnose lymphocytosis from bags of blood-cell images with MIL."""
+
+
+def deprecated(value: T, old_value: T | None, old: str, new: str) -> T:
+    """The value of ``new``, or of its old spelling ``old`` (a hidden alias) with a notice."""
+    if old_value is None or old_value is False:
+        return value
+    err_console.print(
+        f"[yellow]deprecated:[/] {old} is now {new} (the old spelling will be removed)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return old_value
+
+
+def next_step(*commands: str) -> None:
+    """The closing ``next:`` line: the natural following command, with the user's paths."""
+    from rich.markup import escape
+
+    for c in commands:
+        console.print(f"[bold]next:[/] {escape(c)}", highlight=False, soft_wrap=True)
+
+
+def shell_path(path: object) -> str:
+    """A path as it can be pasted into a shell."""
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def suggested_store(data: os.PathLike | str) -> str:
+    """Where a ``next:`` line proposes a cohort's store: beside the cohort, never inside."""
+    from pathlib import Path
+
+    folder = Path(data) if Path(data).is_dir() else Path(data).parent
+    return shell_path(folder.parent / "store.zarr")

@@ -8,27 +8,39 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cellbag.cli.app import app, console
+from cellbag.cli.app import app, console, deprecated, next_step, shell_path, suggested_store
 
 
 @app.command("inspect")
 def inspect_cmd(
     data: Path = typer.Argument(..., help="Cohort: a challenge-layout folder or a manifest CSV."),
-    clinical: Path | None = typer.Option(
-        None, help="Clinical CSV for a manifest (default: clinical.csv beside it)."
+    clinical_csv: Path | None = typer.Option(
+        None,
+        "--clinical-csv",
+        help="Clinical CSV for a manifest (default: clinical.csv beside it).",
     ),
     check_images: bool = typer.Option(
         False, "--check-images", help="Decode every image and list unreadable ones."
     ),
+    clinical_old: Path | None = typer.Option(None, "--clinical", hidden=True),
 ) -> None:
-    """Print a summary of a cohort: patients per split and label, bag sizes, clinical ranges, problems."""
+    """Summarise a cohort: patients per split and label, class balance, bag sizes, clinical
+    ranges, unlabeled patients, missing clinical data and other problems.
+
+    \b
+    Examples:
+      cellbag inspect demo_out/data
+      cellbag inspect cohort/manifest.csv --clinical-csv cohort/clinical.csv --check-images
+    """
     from cellbag.data import read_cohort
     from cellbag.data.inspect import check_images as _check
     from cellbag.data.inspect import summarize
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cohort = read_cohort(data, clinical)
+        cohort = read_cohort(
+            data, deprecated(clinical_csv, clinical_old, "--clinical", "--clinical-csv")
+        )
     extra = _check(cohort) if check_images else []
     s = summarize(cohort, extra)
     console.print(
@@ -54,19 +66,23 @@ def inspect_cmd(
                 r["variable"], *(f"{r[k]:.1f}" for k in ("min", "median", "max")), str(r["missing"])
             )
     console.print(t)
-    if s.problems:
-        console.print(f"[bold yellow]{len(s.problems)} problem(s) found:[/]")
-        for p in s.problems:
+    if s.balance:
+        console.print(f"class balance (labelled training patients): {s.balance}", highlight=False)
+    found = [*s.findings, *map(str, s.problems)]
+    if found:
+        console.print(f"[bold yellow]{len(found)} problem(s) found:[/]")
+        for p in found:
             console.print(f"  - {p}", highlight=False, soft_wrap=True)
     else:
         console.print("[green]No problems found.[/]")
+    next_step(f"cellbag featurize {shell_path(data)} {suggested_store(data)}")
 
 
 @app.command("demo-data")
 def demo_data_cmd(
     out: Path = typer.Argument(..., help="Output folder (challenge layout)."),
     patients: int = typer.Option(
-        40, "--patients", min=2, help="Patients in all (about a fifth go to the test split)."
+        40, "--patients", min=4, help="Patients in all (about a fifth go to the test split)."
     ),
     cells_per_patient: int = typer.Option(
         40, "--cells-per-patient", min=1, help="Cells per patient (bag sizes vary ±25%)."
@@ -76,7 +92,13 @@ def demo_data_cmd(
         None, help="Also write a contact sheet PNG of every cell type."
     ),
 ) -> None:
-    """Write a synthetic cohort of smear crops with a known ground truth (OUT/ground_truth.csv)."""
+    """Write a synthetic cohort of smear crops with a known ground truth (OUT/ground_truth.csv).
+
+    \b
+    Examples:
+      cellbag demo-data demo_data
+      cellbag demo-data demo_data --patients 60 --cells-per-patient 80 --preview sheet.png
+    """
     from cellbag.data.demo import contact_sheet, make_demo_cohort
 
     with console.status(f"Drawing {patients} patients × ~{cells_per_patient} cells"):
@@ -87,3 +109,4 @@ def demo_data_cmd(
     if preview is not None:
         contact_sheet(preview, seed=seed)
         console.print(f"Contact sheet: [bold]{preview}[/]")
+    next_step(f"cellbag inspect {shell_path(out)}")

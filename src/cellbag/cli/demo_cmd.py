@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cellbag.cli.app import app, console
+from cellbag.cli.app import app, console, next_step, shell_path
 
 DEMO_HEADS = "meanpool,abmil,transformer,lgbm"
 
@@ -15,7 +15,10 @@ DEMO_HEADS = "meanpool,abmil,transformer,lgbm"
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(
-        Path("demo_out"), help="Folder for the cohort, the store, the runs and the report."
+        Path("demo_out"),
+        "--out",
+        "-o",
+        help="Folder for the cohort, the store, the runs and the report.",
     ),
     patients: int = typer.Option(
         40, min=4, help="Demo patients in all (a fifth go to the test split)."
@@ -32,7 +35,13 @@ def demo_cmd(
         True, "--report/--no-report", help="Write the HTML report at the end."
     ),
 ) -> None:
-    """Demo cohort -> featurize (offline encoder) -> cross-validate heads -> HTML report."""
+    """Demo cohort -> featurize (offline encoder) -> cross-validate heads -> HTML report.
+
+    \b
+    Examples:
+      cellbag demo
+      cellbag demo --out demo_small --patients 20 --cells-per-patient 16 --folds 3 --repeats 1
+    """
     from cellbag.aggregate import run_cv
     from cellbag.data.demo import make_demo_cohort
     from cellbag.featurize import run_featurize
@@ -70,9 +79,21 @@ def demo_cmd(
         seed=seed,
         console=console,
     )
+    from cellbag.report.runs import collect, write_leaderboard
+
+    board = write_leaderboard(collect([run_dir.parent]), run_dir.parent / "leaderboard.html")
     if report:
         from cellbag.report import write_report
 
-        index = write_report(run_dir, out / "report", store=rep.store)
+        index = write_report(run_dir, out / "report", store=rep.store, show_progress=True)
         console.print(f"[4/4] report: [bold]{index}[/]")
-    console.print(f"Done in {time.perf_counter() - t0:.0f} s. Runs: {run_dir}")
+    console.print(
+        f"Done in {time.perf_counter() - t0:.0f} s. Runs: {run_dir}; leaderboard: {board}"
+    )
+    if report:
+        next_step(
+            f"open {shell_path(out / 'report' / 'index.html')} in a browser; then your own "
+            "cohort: cellbag inspect DATA"
+        )
+    else:
+        next_step(f"cellbag report {shell_path(run_dir)} --store {shell_path(rep.store.path)}")

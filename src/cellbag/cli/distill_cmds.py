@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cellbag.cli.app import app, console, fail
+from cellbag.cli.app import app, console, deprecated, fail, next_step, shell_path
 from cellbag.core.registry import declared_names
 
 ADAPTERS = declared_names("cellbag.featurize.adapter_kinds", "register_adapter")
@@ -28,11 +28,15 @@ def distill_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (MODEL_DIR)."),
     student: str = typer.Option(
-        "tf_efficientnet_lite0", "--student", help="Student encoder: a preset or timm model name."
+        "tf_efficientnet_lite0",
+        "--encoder",
+        "-e",
+        help="The student's encoder to build: a preset or timm model name.",
     ),
     weights: str = typer.Option(
         None,
         "--weights",
+        "-w",
         help="Student's starting weights: none | hub | package:... | a file. Default: the preset's.",
     ),
     image_size: int = typer.Option(
@@ -92,10 +96,17 @@ def distill_cmd(
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     force: bool = typer.Option(False, "--force", help="Overwrite a model already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    student_old: str = typer.Option(None, "--student", hidden=True),
 ) -> None:
     """Train a small end-to-end student (encoder + attention-MIL + clinical) taught by a cv run.
 
-    The teacher's encoder never runs: its out-of-fold probabilities and attention come from the run folder, its cell embeddings from the store. Only training-split patients are used.
+    The teacher's encoder never runs: its out-of-fold probabilities and attention come from
+    the run folder, its cell embeddings from the store. Only training-split patients are used.
+
+    \b
+    Examples:
+      cellbag distill demo_out/store.zarr demo_out/data --teacher runs/effnet --out student
+      cellbag distill store.zarr DATA --teacher runs/vit/abmil -e vit_tiny_patch16_224 --adapter lora -o s
     """
     import torch
 
@@ -105,6 +116,7 @@ def distill_cmd(
     from cellbag.distill.train import training_patients
     from cellbag.store import Store
 
+    student = deprecated(student, student_old, "--student", "--encoder")
     if (out / CONFIG_FILE).exists() and not force:
         fail(f"{out}: a model is already there (use --force to overwrite it)")
     if threads:
@@ -152,6 +164,9 @@ def distill_cmd(
         table.add_row(str(rec["epoch"]), *(f"{rec[k]:.4f}" for k in keys), f"{rec['seconds']:.1f}")
     console.print(table)
     console.print(f"student written to [bold]{res.out}[/] in {res.seconds:.1f} s", highlight=False)
+    next_step(
+        f"cellbag predict-images {shell_path(res.out)} {shell_path(data)} --out submission.csv"
+    )
 
 
 @app.command("predict-images")
@@ -165,19 +180,28 @@ def predict_images_cmd(
     out: Path = typer.Option(
         Path("submission.csv"), "--out", "-o", help="Submission CSV (Id,Predicted)."
     ),
-    clinical: Path = typer.Option(
-        None, "--clinical", help="Clinical CSV for a manifest (default: clinical.csv beside it)."
+    clinical_csv: Path = typer.Option(
+        None,
+        "--clinical-csv",
+        help="Clinical CSV for a manifest (default: clinical.csv beside it).",
     ),
     split: str = typer.Option(
         "auto", "--split", help="auto (the test split if any, else all) | test | train | all."
     ),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Cells per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    clinical_old: Path = typer.Option(None, "--clinical", hidden=True),
 ) -> None:
     """Predict patients from raw image folders with a distilled student (offline, no teacher).
 
     Writes `Id,Predicted` to --out and the probabilities to <out stem>_proba.csv.
+
+    \b
+    Examples:
+      cellbag predict-images student demo_out/data --out submission.csv
+      cellbag predict-images student new/manifest.csv --clinical-csv new/clinical.csv --split all
     """
     import torch
 
@@ -189,8 +213,10 @@ def predict_images_cmd(
     student = load_student(model_dir, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cohort = read_cohort(data, clinical)
-    table = predict_images(student, cohort, split=split, batch_size=batch_size, progress=True)
+        cohort = read_cohort(
+            data, deprecated(clinical_csv, clinical_old, "--clinical", "--clinical-csv")
+        )
+    table = predict_images(student, cohort, split=split, batch_size=batch_size, progress=not quiet)
     sub, probs = write_predictions(table, out)
     t = Table(
         title=f"Predictions ({student.config['teacher'].get('head', '?')} student, "
@@ -202,3 +228,4 @@ def predict_images_cmd(
         t.add_row(r.patient_id, r.split, str(r.n_cells), f"{r.probability:.4f}", str(r.predicted))
     console.print(t)
     console.print(f"wrote {sub} and {probs}", highlight=False)
+    next_step(f"submit {shell_path(sub)} (Id,Predicted); probabilities: {shell_path(probs)}")

@@ -1,4 +1,4 @@
-"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store export-h5`."""
+"""Commands of stage 1: `featurize`, `encoders`, `store info`, `store verify`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cellbag.cli.app import app, console, store_app
+from cellbag.cli.app import app, console, next_step, shell_path, store_app
 
 if TYPE_CHECKING:
     from cellbag.featurize.pipeline import FeaturizeReport
@@ -56,7 +56,16 @@ def featurize_cmd(
         None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
     ),
     force: bool = typer.Option(
-        False, "--force", help="Recompute this encoder's embeddings from scratch."
+        False,
+        "--force",
+        help="Recompute this encoder's embeddings from scratch (a store of another cohort is "
+        "replaced; a folder that is not a cellbag store never is).",
+    ),
+    update: bool = typer.Option(
+        False,
+        "--update",
+        help="Apply changed, added or removed images and label/clinical rows: re-embed them "
+        "for every encoder in the store (without it, a changed cohort is refused).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     chunk_rows: int = typer.Option(
@@ -74,6 +83,12 @@ def featurize_cmd(
 
     Under torchrun (WORLD_SIZE > 1) every process embeds its share of the blocks into the
     same store: `torchrun --nproc_per_node=N -m cellbag featurize DATA STORE`.
+
+    \b
+    Examples:
+      cellbag featurize demo_out/data demo_out/store.zarr
+      cellbag featurize cohort/manifest.csv store.zarr --encoder vit_small_patch16_224 --device cuda
+      cellbag featurize DATA store.zarr -e vit_small_patch16_224 -w mae/encoder.safetensors
     """
     from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
     from cellbag.featurize.pipeline import run_featurize
@@ -86,6 +101,7 @@ def featurize_cmd(
         precision=precision,
         workers=workers,
         force=force,
+        update=update,
         chunk_rows=chunk_rows,
         block_rows=block_rows,
     )
@@ -108,6 +124,21 @@ def featurize_cmd(
     else:
         report = run_featurize(data, store, encoder, device=device, progress=not quiet, **kw)
     _print_report(report)
+    if not report.complete:
+        next_step("rerun the same command: it resumes where this one stopped")
+    else:
+        runs = shell_path(_runs_dir(store, report.encoder_id))
+        next_step(
+            f"cellbag cv {shell_path(store)} --encoder {report.encoder_id} "
+            f"--head meanpool,abmil,lgbm --out {runs}"
+        )
+
+
+def _runs_dir(store: str, encoder_id: str) -> str:
+    """``runs/<encoder id>`` beside a local store (a URL store: under the current folder)."""
+    if "://" in str(store):
+        return f"runs/{encoder_id}"
+    return str(Path(store).parent / "runs" / encoder_id)
 
 
 def _print_report(report: FeaturizeReport) -> None:
@@ -115,6 +146,13 @@ def _print_report(report: FeaturizeReport) -> None:
     s = report.store
     if report.created_store:
         console.print(f"created store {s.path} ({s.n_cells} cells)")
+    if report.sync is not None and not report.sync.in_sync:
+        console.print(f"updated the store: {report.sync.summary()}", highlight=False)
+        if report.refreshed:
+            console.print(
+                f"re-embedded the changed cells for {', '.join(report.refreshed)} too",
+                highlight=False,
+            )
     if report.took_over_lock:
         t = report.took_over_lock
         console.print(
@@ -154,7 +192,13 @@ def _print_report(report: FeaturizeReport) -> None:
 
 @app.command("encoders")
 def encoders_cmd() -> None:
-    """List the encoder presets (any timm model name works too)."""
+    """List the encoder presets (any timm model name works too).
+
+    \b
+    Examples:
+      cellbag encoders
+      cellbag featurize DATA STORE --encoder vit_small_patch14_dinov2
+    """
     from rich.table import Table
 
     from cellbag.featurize.registry import list_presets
@@ -167,14 +211,44 @@ def encoders_cmd() -> None:
     for p in list_presets():
         table.add_row(p.name, p.weights, str(p.dim), p.description)
     console.print(table)
+    next_step("cellbag featurize DATA STORE --encoder NAME")
+
+
+def _cohort_for(s, data: Path | None):  # noqa: ANN001, ANN202
+    """The cohort to compare a store with: ``data``, else the recorded one if still there."""
+    import warnings
+
+    from cellbag.data import read_cohort
+
+    root = data if data is not None else Path(s.attrs["cohort"].get("root", ""))
+    imported = str(s.attrs["cohort"].get("layout", "")).startswith("import:")  # no images
+    if data is None and (imported or not root.exists()):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_cohort(root)
 
 
 @store_app.command("info")
 def store_info_cmd(
     store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Cohort to compare with (default: the one the store recorded, if it is there).",
+    ),
 ) -> None:
-    """Cohort, encoders (dims, completeness), unreadable cells and size on disk."""
+    """Cohort (and whether the store is in sync with it), encoders, unreadable cells, size.
+
+    \b
+    Examples:
+      cellbag store info demo_out/store.zarr
+      cellbag store info demo_out/store.zarr --data data/demo
+      cellbag store info s3://bucket/cohort.zarr
+    """
     from cellbag.store import Store
+    from cellbag.store.sync import compare
+    from cellbag.store.verify import quick_check
 
     s = Store.open(store)
     a = s.attrs
@@ -189,6 +263,18 @@ def store_info_cmd(
         f"cohort: {c['root']} ({c['layout']}), fingerprint {c['fingerprint']}", highlight=False
     )
     console.print(f"patients: {len(pts)} ({splits}); cells: {s.n_cells}")
+    cohort = _cohort_for(s, data)
+    if cohort is None:
+        console.print("sync: cohort not found here; cannot compare", highlight=False)
+    else:
+        diff = compare(s, cohort)
+        state = (
+            "in sync"
+            if diff.in_sync
+            else f"[yellow]out of sync[/]: {diff.summary()}; run `cellbag featurize "
+            f"{cohort.root} {s.path} --update`"
+        )
+        console.print(f"sync with {cohort.root}: {state}", highlight=False)
     encoders = s.encoders()
     if not encoders:
         console.print(
@@ -198,7 +284,11 @@ def store_info_cmd(
         console.print(f"encoders ({len(encoders)}):")
     for eid in encoders:
         info = s.encoder_info(eid)
-        state = "complete" if info["complete"] else "[yellow]unfinished[/]"
+        missing = quick_check(s, eid)
+        if missing:
+            state = f"[red]damaged[/] ({len(missing)} chunk(s) missing; run `cellbag store verify`)"
+        else:
+            state = "complete" if info["complete"] else "[yellow]unfinished[/]"
         console.print(
             f"  [bold]{eid}[/]  {state} ({info['done_blocks']}/{info['n_blocks']} blocks)  "
             f"dim {info.get('dim')}, {info.get('image_size', '-')} px, "
@@ -216,19 +306,74 @@ def store_info_cmd(
         for row in bad.head(20).itertuples():
             console.print(f"  {row.cell_id}: {row.reason}", highlight=False)
     console.print(f"size on disk: {_human_bytes(s.size_bytes())}")
+    console.print(
+        "(complete = every block marked done and its chunk files present; "
+        f"`cellbag store verify {s.path}` reads and checks every chunk)",
+        highlight=False,
+    )
+    done = [e for e in encoders if s.encoder_info(e)["complete"]]
+    if done:
+        next_step(
+            f"cellbag cv {shell_path(store)} --encoder {done[0]} --head meanpool,abmil,lgbm "
+            f"--out {shell_path(_runs_dir(store, done[0]))}"
+        )
+    else:
+        next_step(f"cellbag featurize {shell_path(c['root'])} {shell_path(store)}")
 
 
-@store_app.command("export-h5")
-def store_export_cmd(
+@store_app.command("verify")
+def store_verify_cmd(
     store: str = typer.Argument(..., help="Feature store (a folder or an fsspec URL)."),
-    out_dir: Path = typer.Argument(..., help="Folder for one <patient_id>.h5 per patient."),
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder id (see `cellbag store info`)."
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Cohort to compare with (default: the one the store recorded, if it is there).",
     ),
 ) -> None:
-    """Write one <patient>.h5 per patient (`features`, `cell_ids`, encoder metadata as attributes)."""
-    from cellbag.store import Store, export_h5
+    """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
+
+    Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+    """
+    from cellbag.store import Store
+    from cellbag.store.sync import compare
+    from cellbag.store.verify import check_encoder
 
     s = Store.open(store)
-    files = export_h5(s, encoder, out_dir)
-    console.print(f"wrote {len(files)} files to {out_dir}", highlight=False)
+    n_bad = 0
+    encoders = s.encoders()
+    if not encoders:
+        console.print(f"{s.path}: no encoders yet", highlight=False)
+    for eid in encoders:
+        check = check_encoder(s, eid)
+        if check.ok:
+            console.print(
+                f"[green]ok[/]  {eid}: {check.n_blocks} blocks, every chunk read and checked",
+                highlight=False,
+            )
+            continue
+        n_bad += 1
+        console.print(
+            f"[red]bad[/] {eid}: {len(check.findings)} problem(s), patients "
+            f"{', '.join(check.patients[:10]) or '-'}",
+            highlight=False,
+        )
+        for f in check.findings[:20]:
+            console.print(f"      {f}", highlight=False)
+        if len(check.findings) > 20:
+            console.print(f"      ... {len(check.findings) - 20} more", highlight=False)
+    cohort = _cohort_for(s, data)
+    if cohort is None:
+        console.print("sync: cohort not found here; not compared", highlight=False)
+    else:
+        diff = compare(s, cohort)
+        if diff.in_sync:
+            console.print(f"[green]ok[/]  in sync with {cohort.root}", highlight=False)
+        else:
+            n_bad += 1
+            console.print(
+                f"[red]bad[/] out of sync with {cohort.root}: {diff.summary()}", highlight=False
+            )
+    if n_bad:
+        console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{s.path}: all checks passed", highlight=False)

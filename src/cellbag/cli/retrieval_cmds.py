@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cellbag.cli.app import app, console, err_console, fail
+from cellbag.cli.app import app, console, deprecated, err_console, fail, next_step, shell_path
 
 
 @contextmanager
@@ -38,24 +38,11 @@ def _open(store_path: str) -> Any:
     return Store.open(store_path, mode="r")
 
 
-def _progress() -> Any:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-
-
 @app.command("index")
 def index_cmd(
     store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
     encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     kind: str = typer.Option(
         "auto",
@@ -71,8 +58,15 @@ def index_cmd(
     ),
     threads: int | None = typer.Option(None, help="faiss threads (default: the usable cores)."),
     seed: int = typer.Option(0, help="Seed of the IVF training sample and k-means."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Build the cosine-similarity index of one encoder (ok cells only) and save it beside the store."""
+    """Build the cosine-similarity index of one encoder (ok cells only) and save it beside the store.
+
+    \b
+    Examples:
+      cellbag index demo_out/store.zarr
+      cellbag index store.zarr --encoder ENCODER_ID --kind hnsw --ef-search 256
+    """
     from cellbag.retrieval import KINDS, build_index
     from cellbag.retrieval.query import resolve_encoder
 
@@ -83,7 +77,9 @@ def index_cmd(
     }
     s = _open(store)
     enc = resolve_encoder(s, encoder)
-    with _progress() as prog:
+    from cellbag.core.progress import progress_bar
+
+    with progress_bar("vectors", enabled=not quiet, console=err_console) as prog:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -104,19 +100,24 @@ def index_cmd(
         highlight=False,
         soft_wrap=True,
     )
+    first = s.cells()["cell_id"].iloc[0]
+    next_step(
+        f"cellbag neighbors {shell_path(store)} --encoder {enc} --cell {shell_path(first)} "
+        "--html neighbors.html"
+    )
 
 
 @app.command("neighbors")
 def neighbors_cmd(
     store: str = typer.Argument(..., help="Feature store (a path or an fsspec URL)."),
     encoder: str | None = typer.Option(
-        None, "--encoder", "-e", help="Encoder id in the store (default: its only encoder)."
+        None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     cell: str | None = typer.Option(None, "--cell", help="Query cell id, e.g. P26/000012.jpg."),
     image: Path | None = typer.Option(
         None, "--image", help="Query image file (embedded with the store's encoder)."
     ),
-    k: int = typer.Option(10, "-k", "--k", help="How many neighbours."),
+    k: int = typer.Option(10, "--neighbors", "-k", min=1, help="How many neighbours."),
     other_patients: bool = typer.Option(
         False, "--other-patients", help="Exclude the query's own patient."
     ),
@@ -127,10 +128,18 @@ def neighbors_cmd(
         False, "--no-rebuild", help="Refuse a stale index instead of rebuilding it."
     ),
     threads: int | None = typer.Option(None, help="faiss threads (default: the usable cores)."),
+    k_old: int | None = typer.Option(None, "--k", hidden=True),
 ) -> None:
-    """Show the cells most similar to a cell of the store or to a new image."""
+    """Show the cells most similar to a cell of the store or to a new image.
+
+    \b
+    Examples:
+      cellbag neighbors demo_out/store.zarr --cell P1/000003.jpg --neighbors 20 --other-patients
+      cellbag neighbors store.zarr --image new_cell.jpg -k 12 --html look_alikes.html
+    """
     from cellbag.retrieval import Retriever, html_page, label_name, montage
 
+    k = deprecated(k, k_old, "--k", "--neighbors")
     if (cell is None) == (image is None):
         fail("give exactly one of --cell CELL_ID or --image PATH")
     if split not in ("all", "train", "test"):
@@ -171,7 +180,15 @@ def neighbors_cmd(
             r.path,
         )
     console.print(t)
+    if (montage_png or html) and not df["path"].fillna("").astype(str).str.len().any():
+        console.print("[yellow]note:[/] these cells have no images (imported features)")
     if montage_png is not None:
         console.print(f"montage -> {montage(df, montage_png)}", highlight=False)
     if html is not None:
         console.print(f"html page -> {html_page(df, html)}", highlight=False)
+        next_step(f"open {shell_path(html)} in a browser")
+    elif len(df):
+        next_step(
+            f"cellbag neighbors {shell_path(store)} --cell {shell_path(df['cell_id'].iloc[0])} "
+            f"--neighbors {k} --html neighbors.html"
+        )

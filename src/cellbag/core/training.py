@@ -102,22 +102,6 @@ Batch = Any
 StepFn = Callable[[Batch, LoopState], "tuple[torch.Tensor, dict[str, float] | None]"]
 
 
-def _bar(label: str, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn(f"[bold]{label}[/] " + "{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def train_loop(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -153,11 +137,13 @@ def train_loop(
     state = state or LoopState()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     budget = total_steps if total_steps is not None else epochs * steps_per_epoch
-    with _bar(label, progress) as bar:
-        task = bar.add_task("", total=budget, completed=state.step, loss=float("nan"))
+    from cellbag.core.progress import progress_bar
+
+    with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
+        task = bar.add_task(label, total=budget, completed=state.step, loss=float("nan"))
         while state.epoch < epochs and state.step < budget:
             model.train()
-            bar.update(task, description=f"epoch {state.epoch + 1}/{epochs}")
+            bar.update(task, description=f"{label} epoch {state.epoch + 1}/{epochs}")
             for batch in batches(state):
                 if batch is None:
                     continue

@@ -11,6 +11,22 @@ DEFAULT_REFERENCE_DATE = "2020-01-01"
 FEATURE_NAMES = ("age", "age_missing", "gender_M", "gender_F", "log_lymph_count", "lymph_missing")
 
 
+#: columns of a patients table that are not further clinical features
+NON_FEATURE_COLUMNS = ("patient_id", "split", "label", "gender", "dob", "lymph_count", "n_cells")
+
+
+def extra_clinical_columns(patients: pd.DataFrame) -> list[str]:
+    """Numeric columns beyond gender/dob/lymph_count/age (e.g. an imported store's own
+    clinical columns): each becomes one more feature, imputed and scaled like age."""
+    return [
+        str(c)
+        for c in patients.columns
+        if c not in NON_FEATURE_COLUMNS
+        and c not in FEATURE_NAMES
+        and pd.api.types.is_numeric_dtype(patients[c])
+    ]
+
+
 def raw_clinical(
     patients: pd.DataFrame, reference_date: str = DEFAULT_REFERENCE_DATE
 ) -> pd.DataFrame:
@@ -23,6 +39,8 @@ def raw_clinical(
         else pd.Series(pd.NaT, index=patients.index)
     )
     age = (ref - dob).dt.days / 365.25
+    if "age" in patients:  # an age column (in years) stands in where the date of birth is unknown
+        age = age.fillna(pd.to_numeric(patients["age"], errors="coerce"))
     gender = patients["gender"] if "gender" in patients else pd.Series(None, index=patients.index)
     count = (
         patients["lymph_count"].astype(float)
@@ -39,6 +57,8 @@ def raw_clinical(
             "lymph_missing": count.isna().astype(float),
         }
     )
+    for col in extra_clinical_columns(patients):
+        out[col] = patients[col].astype(float).to_numpy()
     out.index = patients["patient_id"].astype(str).to_numpy()
     out.index.name = "patient_id"
     return out
@@ -59,7 +79,8 @@ class ClinicalScaler:
         self.median_ = {}
         self.mean_ = {}
         self.std_ = {}
-        for col in ("age", "log_lymph_count"):
+        self.extra_ = extra_clinical_columns(patients)
+        for col in ("age", "log_lymph_count", *self.extra_):
             v = raw[col]
             med = float(v.median()) if v.notna().any() else 0.0
             filled = v.fillna(med)
@@ -67,16 +88,22 @@ class ClinicalScaler:
             self.mean_[col] = float(filled.mean()) if len(filled) else 0.0
             sd = float(filled.std(ddof=0)) if len(filled) else 1.0
             self.std_[col] = sd if sd > 1e-8 else 1.0
-        self.feature_names_ = list(FEATURE_NAMES)
+        self.feature_names_ = [*FEATURE_NAMES, *self.extra_]
         return self
 
     def transform(self, patients: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "mean_"):
             raise RuntimeError("ClinicalScaler: call fit() first")
         raw = raw_clinical(patients, self.reference_date)
-        for col in ("age", "log_lymph_count"):
+        extra = getattr(self, "extra_", [])
+        missing = [c for c in extra if c not in raw]
+        if missing:
+            from cellbag.data.cohort import CohortError
+
+            raise CohortError(f"clinical column {missing[0]!r} is missing from the patients table")
+        for col in ("age", "log_lymph_count", *extra):
             raw[col] = (raw[col].fillna(self.median_[col]) - self.mean_[col]) / self.std_[col]
-        return raw[list(FEATURE_NAMES)].to_numpy(dtype=np.float32)
+        return raw[[*FEATURE_NAMES, *extra]].to_numpy(dtype=np.float32)
 
     def fit_transform(self, patients: pd.DataFrame) -> np.ndarray:
         return self.fit(patients).transform(patients)
@@ -87,11 +114,13 @@ class ClinicalScaler:
             "median": self.median_,
             "mean": self.mean_,
             "std": self.std_,
+            "extra": list(getattr(self, "extra_", [])),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> ClinicalScaler:
         s = cls(reference_date=d["reference_date"])
         s.median_, s.mean_, s.std_ = dict(d["median"]), dict(d["mean"]), dict(d["std"])
-        s.feature_names_ = list(FEATURE_NAMES)
+        s.extra_ = list(d.get("extra", []))
+        s.feature_names_ = [*FEATURE_NAMES, *s.extra_]
         return s

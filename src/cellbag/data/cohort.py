@@ -6,9 +6,15 @@ problems found while reading (skips a user may want to go on with).
 
 from __future__ import annotations
 
+import codecs
+import csv
+import hashlib
+import io
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +64,7 @@ class Cohort:
     patients: pd.DataFrame
     cells: pd.DataFrame
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    sources: tuple[str, ...] = ()  # the CSV files read (manifest, clinical/label tables)
 
     @property
     def n_patients(self) -> int:
@@ -89,44 +96,118 @@ class Cohort:
             h.update(str(cid).encode() + b"\0")
         return h.hexdigest()[:16]
 
+    def clinical_digest(self) -> str:
+        """A digest of the patients table (ids, splits, labels, clinical values)."""
+        return clinical_digest(self.patients)
+
+
+CLINICAL_KEYS = ("patient_id", "split", "label", "gender", "dob", "lymph_count")
+
+
+def clinical_rows(patients: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    """Each patient's split, label and clinical values as canonical text (for comparison)."""
+    out: dict[str, tuple[str, ...]] = {}
+    dob = pd.to_datetime(patients["dob"]) if "dob" in patients else None
+    for i, pid in enumerate(patients["patient_id"].astype(str)):
+        label = patients["label"].iloc[i]
+        gender = patients["gender"].iloc[i] if "gender" in patients else None
+        d = dob.iloc[i] if dob is not None else pd.NaT
+        count = float(patients["lymph_count"].iloc[i]) if "lymph_count" in patients else np.nan
+        out[pid] = (
+            str(patients["split"].iloc[i]),
+            "" if pd.isna(label) else str(int(label)),
+            gender if isinstance(gender, str) else "",
+            "" if pd.isna(d) else d.strftime("%Y-%m-%d"),
+            "" if np.isnan(count) else repr(count),
+        )
+    return out
+
+
+def clinical_digest(patients: pd.DataFrame) -> str:
+    """A digest of a patients table: the same rows give the same digest wherever read."""
+    h = hashlib.sha256()
+    for pid, row in clinical_rows(patients).items():
+        h.update("\x1f".join((pid, *row)).encode() + b"\x1e")
+    return h.hexdigest()[:16]
+
 
 def natural_key(text: str) -> tuple:
     """Sort key that puts ``P2`` before ``P10``."""
     return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text)))
 
 
+def _is_dangling(p: Path) -> bool:
+    return p.is_symlink() and not p.exists()
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (any case of .jpg/.jpeg/.png/.tif), hidden files ignored, sorted."""
+    """Image files of a folder (any case of .jpg/.jpeg/.png/.tif), hidden files ignored, sorted.
+
+    A symbolic link whose target is missing is listed too: it is recorded as unreadable
+    (naming its target) rather than dropped without a trace.
+    """
     files = [
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        if (p.is_file() or _is_dangling(p))
+        and not p.name.startswith(".")
+        and p.suffix.lower() in IMAGE_SUFFIXES
     ]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def dangling_problems(paths: list[Path], patient_id: str) -> list[Problem]:
+    """One ``unreadable-image`` problem per broken symbolic link, naming its target."""
+    return [
+        Problem("unreadable-image", str(p), patient_id, f"broken symbolic link to {os.readlink(p)}")
+        for p in paths
+        if _is_dangling(p)
+    ]
 
 
 # ---------------------------------------------------------------- value parsing
 
 
+_MISSING = ("",)
+_DATE_PATTERNS = (
+    (re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$"), "mdy"),
+    (re.compile(r"^([0-9]{1,2})-([0-9]{1,2})-([0-9]{4})$"), "dmy"),
+    (re.compile(r"^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})$"), "ymd"),
+)
+_NUMBER = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
+_LABEL = re.compile(r"^(-1|0|1)([.]0+)?$")
+EARLIEST_DOB = pd.Timestamp("1900-01-01")
+
+
+def _blank(value: object) -> bool:
+    return (
+        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    )
+
+
 def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
-    """Parse a date of birth written ``M/D/YYYY`` or ``D-M-YYYY`` (or ISO ``YYYY-MM-DD``)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+    """Parse a date of birth written ``M/D/YYYY`` or ``D-M-YYYY`` (or ISO ``YYYY-MM-DD``).
+
+    A date in the future or before 1900 is refused: it is a typo, not an age.
+    """
+    if _blank(value):
         return pd.NaT
     text = str(value).strip()
-    for pattern, order in (
-        (r"^(\d{1,2})/(\d{1,2})/(\d{4})$", "mdy"),
-        (r"^(\d{1,2})-(\d{1,2})-(\d{4})$", "dmy"),
-        (r"^(\d{4})-(\d{1,2})-(\d{1,2})$", "ymd"),
-    ):
-        m = re.match(pattern, text)
+    for pattern, order in _DATE_PATTERNS:
+        m = pattern.match(text)
         if not m:
             continue
         a, b, c = (int(x) for x in m.groups())
         y, mo, d = {"mdy": (c, a, b), "dmy": (c, b, a), "ymd": (a, b, c)}[order]
         try:
-            return pd.Timestamp(year=y, month=mo, day=d)
+            ts = pd.Timestamp(year=y, month=mo, day=d)
         except ValueError:
             break
+        if ts.date() > date.today():
+            raise CohortError(f"{file}: patient {patient_id}: DOB {text!r} is in the future")
+        if ts < EARLIEST_DOB:
+            raise CohortError(f"{file}: patient {patient_id}: DOB {text!r} is before 1900")
+        return ts
     raise CohortError(
         f"{file}: patient {patient_id}: unparseable DOB {text!r} (expected M/D/YYYY or D-M-YYYY)"
     )
@@ -134,11 +215,9 @@ def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
 
 def parse_gender(value: object, *, file: str, patient_id: str) -> str | None:
     """``M``/``F`` in any case (also ``male``/``female``); empty is unknown."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _blank(value):
         return None
     text = str(value).strip().upper()
-    if text == "":
-        return None
     mapping = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
     if text not in mapping:
         raise CohortError(
@@ -148,32 +227,30 @@ def parse_gender(value: object, *, file: str, patient_id: str) -> str | None:
 
 
 def parse_count(value: object, *, file: str, patient_id: str) -> float:
-    """A non-negative lymphocyte count (×10⁹/L); empty is unknown."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+    """A non-negative lymphocyte count (×10⁹/L, ``12.5`` or ``12,5``); empty is unknown."""
+    if _blank(value):
         return float("nan")
-    try:
-        x = float(str(value).strip().replace(",", "."))
-    except ValueError:
-        raise CohortError(
-            f"{file}: patient {patient_id}: non-numeric LYMPH_COUNT {value!r}"
-        ) from None
+    text = str(value).strip()
+    if not _NUMBER.match(text):
+        raise CohortError(f"{file}: patient {patient_id}: non-numeric LYMPH_COUNT {value!r}")
+    x = float(text.replace(",", "."))
     if not np.isfinite(x) or x < 0:
         raise CohortError(f"{file}: patient {patient_id}: invalid LYMPH_COUNT {value!r}")
     return x
 
 
 def parse_label(value: object, *, file: str, patient_id: str) -> object:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+    """Exactly ``0`` (reactive) or ``1`` (tumoral); ``-1`` or empty is unknown."""
+    if _blank(value):
         return pd.NA
-    try:
-        x = int(float(str(value).strip()))
-    except ValueError:
-        raise CohortError(f"{file}: patient {patient_id}: invalid LABEL {value!r}") from None
-    if x == -1:
-        return pd.NA
-    if x not in (0, 1):
-        raise CohortError(f"{file}: patient {patient_id}: invalid LABEL {value!r} (0, 1 or -1)")
-    return x
+    text = str(value).strip()
+    if not _LABEL.match(text):
+        raise CohortError(
+            f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0, 1, or -1/empty "
+            "for unknown)"
+        )
+    x = int(float(text))
+    return pd.NA if x == -1 else x
 
 
 def _norm_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -211,16 +288,64 @@ def _clinical_rows(df: pd.DataFrame, file: Path, split: str) -> list[dict]:
     return rows
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _decode_text(path: Path) -> str:
+    """The file's text: UTF-8 (a leading BOM is skipped), else a one-line error."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise CohortError(f"{path}: empty CSV") from None
-    except pd.errors.ParserError as e:
-        raise CohortError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CohortError(f"{path}: cannot read ({e.strerror or e})") from None
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = start + e.start
+        line = raw[:at].count(b"\n") + 1
+        raise CohortError(
+            f"{path}: not UTF-8 text: byte 0x{raw[at]:02x} at offset {at} (line {line}); "
+            "save the file as UTF-8"
+        ) from None
 
 
-def _finish(root: Path, layout: str, rows: list[dict], cells: list[dict], problems: list[Problem]):
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV as a table of stripped strings; every row must have the header's field count."""
+    text = _decode_text(path)
+    rows: list[list[str]] = []
+    header: list[str] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    try:
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue  # blank line
+            if header is None:
+                header = [f.strip() for f in fields]
+                continue
+            if len(fields) != len(header):
+                who = fields[0].strip() or "?"
+                raise CohortError(
+                    f"{path}: line {reader.line_num} (patient {who}): {len(fields)} fields but "
+                    f'the header has {len(header)}; quote a value holding a comma ("12,5") '
+                    "or write 12.5"
+                )
+            rows.append([f.strip() for f in fields])
+    except csv.Error as e:
+        raise CohortError(f"{path}: line {reader.line_num}: cannot parse CSV ({e})") from None
+    if header is None:
+        raise CohortError(f"{path}: empty CSV")
+    names = [h.lower() for h in header]
+    dup = [h for h in header if names.count(h.lower()) > 1]
+    if dup:
+        raise CohortError(f"{path}: column {dup[0]!r} appears twice in the header")
+    return pd.DataFrame(rows, columns=header, dtype=object)
+
+
+def _finish(
+    root: Path,
+    layout: str,
+    rows: list[dict],
+    cells: list[dict],
+    problems: list[Problem],
+    sources: list[Path],
+) -> Cohort:
     patients = pd.DataFrame(
         rows, columns=["patient_id", "split", "label", "gender", "dob", "lymph_count"]
     )
@@ -253,7 +378,12 @@ def _finish(root: Path, layout: str, rows: list[dict], cells: list[dict], proble
     for p in problems:
         warnings.warn(str(p), stacklevel=3)
     return Cohort(
-        root=root, layout=layout, patients=patients, cells=cell_df, problems=tuple(problems)
+        root=root,
+        layout=layout,
+        patients=patients,
+        cells=cell_df,
+        problems=tuple(problems),
+        sources=tuple(str(p) for p in sources),
     )
 
 
@@ -269,6 +399,7 @@ def read_challenge(root: str | Path) -> Cohort:
     cells: list[dict] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}
+    sources: list[Path] = []
     for split, folder_name, csv_name in (
         ("train", "trainset", "trainset_true.csv"),
         ("test", "testset", "testset_data.csv"),
@@ -285,6 +416,7 @@ def read_challenge(root: str | Path) -> Cohort:
                 raise CohortError(f"{csv}: missing test CSV ({len(subdirs)} patient folders found)")
             continue
         df = _read_csv(csv)
+        sources.append(csv)
         split_rows = _clinical_rows(df, csv, split)
         if split == "test":
             for r in split_rows:
@@ -295,8 +427,14 @@ def read_challenge(root: str | Path) -> Cohort:
             if pid in seen:
                 raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
             seen[pid] = str(csv)
+            if pid in ("", ".", "..") or "/" in pid or "\\" in pid or "\x00" in pid:
+                raise CohortError(f"{csv}: patient {pid!r}: an ID must be a plain folder name")
             pdir = folder / pid
-            if not pdir.is_dir():
+            try:
+                is_dir = pdir.is_dir()
+            except OSError as e:
+                raise CohortError(f"{csv}: patient {pid[:40]!r}: {e.strerror}") from None
+            if not is_dir:
                 problems.append(
                     Problem(
                         "no-folder", str(pdir), pid, "patient in CSV has no image folder; skipped"
@@ -308,6 +446,7 @@ def read_challenge(root: str | Path) -> Cohort:
                 problems.append(Problem("empty-folder", str(pdir), pid, "no images; skipped"))
                 continue
             kept.append(r)
+            problems.extend(dangling_problems(imgs, pid))
             cells.extend(
                 {"cell_id": f"{pid}/{p.name}", "patient_id": pid, "path": str(p)} for p in imgs
             )
@@ -320,7 +459,7 @@ def read_challenge(root: str | Path) -> Cohort:
                         "no-csv-row", str(d), d.name, f"folder has no row in {csv.name}; skipped"
                     )
                 )
-    return _finish(root, "challenge", rows, cells, problems)
+    return _finish(root, "challenge", rows, cells, problems, sources)
 
 
 # ---------------------------------------------------------------- manifest layout
@@ -362,6 +501,18 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
             raise CohortError(f"{manifest}: patient {pid}: cells in both train and test")
         path = Path(str(r["image_path"]).strip())
         path = path if path.is_absolute() else (base / path)
+        try:
+            path.is_symlink(), path.is_file()  # probe: can the name be looked up at all?
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            problems.append(Problem("missing-image", str(path)[:200], pid, f"{why}; skipped"))
+            continue
+        if _is_dangling(path):
+            problems.extend(dangling_problems([path], pid))
+            cells.append(
+                {"cell_id": f"{pid}/{path.name}", "patient_id": pid, "path": str(path.absolute())}
+            )
+            continue
         if not path.is_file():
             problems.append(
                 Problem(
@@ -422,7 +573,8 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
                     "clinical row has no images in manifest; skipped",
                 )
             )
-    return _finish(manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems)
+    sources = [manifest] + ([clinical] if clinical is not None else [])
+    return _finish(manifest.parent, "manifest", rows, cell_df.to_dict("records"), problems, sources)
 
 
 def read_cohort(path: str | Path, clinical: str | Path | None = None) -> Cohort:

@@ -1,8 +1,13 @@
-"""A cohort summary: counts per split and label, bag sizes, clinical ranges, problems."""
+"""A cohort summary: counts per split and label, class balance, bag sizes, clinical ranges,
+problems, and what would stop or weaken training (unlabeled patients, missing clinical data,
+a class too small for cross-validation)."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +21,89 @@ class Summary:
     bag_sizes: dict[str, tuple[int, float, int]]  # split -> (min, median, max) cells per patient
     clinical: pd.DataFrame  # variable -> min, median, max, missing
     problems: tuple[Problem, ...]
+    balance: str = (
+        ""  # e.g. "30 reactive / 10 tumoral (25% tumoral)" over labelled training patients
+    )
+    findings: tuple[str, ...] = ()  # unlabeled patients, missing clinical data, class balance
+
+
+#: folds of the default cross-validation: each class needs at least this many patients
+DEFAULT_FOLDS = 5
+
+
+def _ids(ids: pd.Series, n: int = 5) -> str:
+    ids = [str(x) for x in ids]
+    return ", ".join(ids[:n]) + (f" ... (+{len(ids) - n})" if len(ids) > n else "")
+
+
+def readiness(p: pd.DataFrame) -> tuple[str, list[str]]:
+    """Class balance of the labelled training patients, and what would stop or weaken
+    training: unlabeled patients, patients without clinical data, a class too small."""
+    findings = []
+    train = p[p["split"] == "train"]
+    unlabeled = train[train["label"].isna()]
+    labelled = train[train["label"].notna()]
+    if len(train) and len(unlabeled) == len(train):
+        findings.append(
+            f"none of the {len(train)} training patients has a label: cv and fit need labels "
+            "(a LABEL column, or `label` in the manifest's clinical CSV)"
+        )
+    elif len(unlabeled):
+        findings.append(
+            f"{len(unlabeled)} of {len(train)} training patients have no label and are left out "
+            f"of cv and fit: {_ids(unlabeled['patient_id'])}"
+        )
+    clin = p[["dob", "lymph_count", "gender"]]
+    none = p[clin.isna().all(axis=1)]
+    if len(p) and len(none) == len(p):
+        findings.append(
+            "no clinical data for any patient (age, sex, lymphocyte count): cv, fit and distill "
+            "will run image-only; for a manifest, give --clinical-csv"
+        )
+    elif len(none):
+        findings.append(
+            f"{len(none)} patient(s) have no clinical data at all (their values are imputed): "
+            f"{_ids(none['patient_id'])}"
+        )
+    n0 = int((labelled["label"] == 0).sum())
+    n1 = int((labelled["label"] == 1).sum())
+    balance = ""
+    if n0 + n1:
+        balance = f"{n0} reactive / {n1} tumoral ({100 * n1 / (n0 + n1):.0f}% tumoral)"
+        small = min(n0, n1)
+        if small < DEFAULT_FOLDS:
+            which = "reactive" if n0 <= n1 else "tumoral"
+            findings.append(
+                f"only {small} {which} training patient(s): {DEFAULT_FOLDS}-fold cross-validation "
+                f"needs at least {DEFAULT_FOLDS} of each class (use --folds {max(2, small)})"
+                if small >= 2
+                else f"only {small} {which} training patient(s): cross-validation needs at least "
+                "2 of each class"
+            )
+        elif max(n0, n1) > 3 * small:
+            findings.append(
+                f"classes are imbalanced ({balance}): heads weight the classes, and balanced "
+                "accuracy is the metric to read"
+            )
+    return balance, findings
+
+
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>|\s*'[^']*'(?=$)")
+
+
+def image_error_text(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why an image could not be read, as human text (no object reprs, no paths, one line)."""
+    if path is not None and Path(path).is_symlink() and not Path(path).exists():
+        return f"broken symbolic link to {os.readlink(path)}"
+    if isinstance(error, OSError) and error.strerror and not str(error).startswith("cannot"):
+        return f"cannot read file: {error.strerror}"
+    text = str(error).splitlines()[0] if str(error) else ""
+    if path is not None:
+        text = text.replace(str(path), "").replace(repr(str(path)), "")
+    text = _REPR.sub("", text).strip().rstrip(":")
+    if text.startswith("cannot identify image file"):
+        return "not an image PIL can read (unknown format or corrupt header)"
+    return text or type(error).__name__
 
 
 def check_images(cohort: Cohort) -> list[Problem]:
@@ -28,7 +116,9 @@ def check_images(cohort: Cohort) -> list[Problem]:
             with Image.open(path) as im:
                 im.load()
         except Exception as e:  # noqa: BLE001 - any decode failure is a finding
-            found.append(Problem("unreadable-image", path, pid, f"{type(e).__name__}: {e}"))
+            found.append(
+                Problem("unreadable-image", path, pid, f"unreadable: {image_error_text(e, path)}")
+            )
     return found
 
 
@@ -82,9 +172,12 @@ def summarize(cohort: Cohort, extra_problems: list[Problem] | None = None) -> Su
             "note": f"{g.get('M', 0)}/{g.get('F', 0)}/{g.get('unknown', 0)}",
         }
     )
+    balance, findings = readiness(p)
     return Summary(
         counts=counts,
         bag_sizes=bag_sizes,
         clinical=pd.DataFrame(rows),
         problems=tuple(cohort.problems) + tuple(extra_problems or ()),
+        balance=balance,
+        findings=tuple(findings),
     )

@@ -56,11 +56,11 @@ def predict_images(
     n_workers = workers or max(1, min(4, (os.cpu_count() or 2) // 2))
     cells = cohort.cells.groupby("patient_id", sort=False)["path"].apply(list)
     rows = []
-    from rich.progress import Progress
+    from cellbag.core.progress import progress_bar
 
     with (
         ThreadPoolExecutor(n_workers, thread_name_prefix="cellbag-predict") as pool,
-        Progress(disable=not progress, transient=True) as bar,
+        progress_bar("patients", enabled=progress) as bar,
     ):
         task = bar.add_task("predict", total=len(patients))
         for i, pid in enumerate(patients["patient_id"].astype(str)):

@@ -1,16 +1,21 @@
 """The teacher: what a stage-2 cross-validation run knows, read from its folder and the store.
 
-A teacher is never run. From the run folder (``cellbag cv --out RUN_DIR``, layout of
-issue 4) come its soft out-of-fold probabilities per training patient (averaged over
-repeats, so targets are not over-confident) and, for attention heads, its out-of-fold
-per-cell weights (averaged over repeats and aligned with the store's cell order of each
-patient). From the store come the teacher encoder's cached cell embeddings.
+A teacher is never run for its targets. From the run folder (``cellbag cv --out RUN_DIR``,
+read through :mod:`cellbag.aggregate.run_folder`) come its soft out-of-fold probabilities
+per training patient (averaged over repeats, so targets are not over-confident) and, for
+attention heads, its out-of-fold per-cell weights (averaged over repeats and aligned with
+the store's cell order of each patient). From the store come the teacher encoder's cached
+cell embeddings.
+
+To compare a student with its teacher like with like, :func:`cv_predictor` scores the
+cv run's own predictor (its fold models, refitted bit-identically from the run's splits
+and seeds, averaged) on held-out patients, and :func:`compare_heldout` gives both figures
+with bootstrap intervals and their paired difference on the same patients.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellbag.aggregate import run_folder as rf
 from cellbag.distill.errors import DistillError
 
-OOF_FILE = "oof_predictions.csv"
-ATTENTION_FILES = ("attention.csv", "attention.parquet")
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
+OOF_FILE = rf.OOF_FILE
+ATTENTION_FILES = rf.ATTENTION_FILES
+METRICS_FILE = rf.METRICS_FILE
+CONFIG_FILE = rf.CONFIG_FILE
 MODEL_FILE = "model.json"
-_OOF_COLUMNS = ("patient_id", "repeat", "probability")
-_ATT_COLUMNS = ("patient_id", "cell_id", "repeat", "weight")
+VALIDATION_FILE = "validation.json"
 
 
 @dataclass
@@ -67,52 +72,25 @@ class Teacher:
 # ----------------------------------------------------------------------------- locating
 
 
-def _is_head_folder(folder: Path) -> bool:
-    return (folder / OOF_FILE).is_file()
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DistillError(f"{path}: unreadable JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise DistillError(f"{path}: expected a JSON object")
-    return doc
-
-
-def _metric_mean(metrics: dict[str, Any], key: str = "balanced_accuracy") -> float:
-    body = metrics
-    for nest in ("summary", "metrics"):
-        if isinstance(metrics.get(nest), dict):
-            body = metrics[nest]
-            break
-    v = body.get(key)
-    if isinstance(v, dict):
-        v = v.get("mean")
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("nan")
+        return rf.read_json(path)
+    except rf.RunFolderError as e:
+        raise DistillError(str(e)) from None
 
 
 def resolve_head_folder(path: str | Path) -> Path:
-    """``RUN_DIR/<head>`` as given, or the best head of ``RUN_DIR`` (highest mean balanced
-    accuracy in its ``metrics.json``; ties by name)."""
+    """``RUN_DIR/<head>`` as given, or the best head of ``RUN_DIR`` (highest ROC AUC in its
+    ``metrics.json``, the run's own ``best``; ties by name)."""
     path = Path(path)
     if not path.is_dir():
         raise DistillError(f"{path}: teacher run folder not found")
-    if _is_head_folder(path):
+    if (path / OOF_FILE).is_file():
         return path
-    heads = sorted(p for p in path.iterdir() if p.is_dir() and _is_head_folder(p))
-    if not heads:
-        raise DistillError(
-            f"{path}: not a cv run folder (no <head>/{OOF_FILE}; run `cellbag cv ... --out {path}`)"
-        )
-
-    def score(p: Path) -> float:
-        m = _read_json(p / METRICS_FILE) if (p / METRICS_FILE).is_file() else {}
-        s = _metric_mean(m)
-        return -np.inf if np.isnan(s) else s
-
-    return max(heads, key=lambda p: (score(p), -heads.index(p)))
+    try:
+        return rf.best_head(path)
+    except rf.RunFolderError as e:
+        raise DistillError(str(e)) from None
 
 
 def _encoder_id(config: dict[str, Any], store: Any, folder: Path) -> str:
@@ -147,59 +125,24 @@ def _file_digest(paths: list[Path]) -> str:
 def read_oof(path: Path) -> pd.DataFrame:
     """The out-of-fold predictions file, checked."""
     try:
-        df = pd.read_csv(path, dtype={"patient_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DistillError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
-    missing = [c for c in _OOF_COLUMNS if c not in df.columns]
-    if missing:
-        raise DistillError(f"{path}: missing column(s) {', '.join(missing)}")
-    p = pd.to_numeric(df["probability"], errors="coerce")
-    bad = p.isna() | (p < 0) | (p > 1)
-    if bad.any():
-        raise DistillError(
-            f"{path}: patient {df.loc[bad, 'patient_id'].iloc[0]}: probability is not in [0, 1]"
-        )
-    df["probability"] = p.astype(np.float64)
-    df["patient_id"] = df["patient_id"].astype(str)
-    return df
+        return rf.read_oof(path)
+    except rf.RunFolderError as e:
+        raise DistillError(str(e)) from None
 
 
 def soft_probabilities(oof: pd.DataFrame) -> dict[str, float]:
     """Mean out-of-fold probability per patient over repeats."""
-    return {
-        str(k): float(v)
-        for k, v in oof.groupby("patient_id", sort=False)["probability"].mean().items()
-    }
+    return {str(k): float(v) for k, v in rf.patient_scores(oof).items()}
 
 
 def read_attention(folder: Path) -> pd.DataFrame | None:
     """The per-cell out-of-fold attention of a head folder, or None for heads without it."""
-    csv, pq = (folder / f for f in ATTENTION_FILES)
-    if csv.is_file():
-        try:
-            df = pd.read_csv(csv, dtype={"patient_id": str, "cell_id": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DistillError(f"{csv}: cannot parse ({str(e).splitlines()[0]})") from None
-        where = csv
-    elif pq.is_file():
-        try:
-            df = pd.read_parquet(pq)
-        except ImportError:
-            raise DistillError(f"{pq}: reading Parquet needs pyarrow") from None
-        where = pq
-    else:
-        return None
-    missing = [c for c in _ATT_COLUMNS if c not in df.columns]
-    if missing:
-        raise DistillError(f"{where}: missing column(s) {', '.join(missing)}")
-    w = pd.to_numeric(df["weight"], errors="coerce")
-    if w.isna().any() or (w < 0).any():
-        raise DistillError(
-            f"{where}: cell {df.loc[w.isna() | (w < 0), 'cell_id'].iloc[0]}: weight is not a number >= 0"
-        )
-    df["weight"] = w.astype(np.float64)
-    df["patient_id"] = df["patient_id"].astype(str)
-    df["cell_id"] = df["cell_id"].astype(str)
+    try:
+        df = rf.read_attention(folder)
+    except rf.RunFolderError as e:
+        raise DistillError(str(e)) from None
+    if df is not None:
+        df["cell_id"] = df["cell_id"].astype(str)
     return df
 
 
@@ -344,3 +287,122 @@ def teacher_from_model(
         digest=_file_digest([folder / MODEL_FILE]),
         kind="model",
     )
+
+
+# ----------------------------------------------------------------------------- held-out figures
+def check_heldout(trained_on: Any, patient_ids: list[str], what: str = "the student") -> None:
+    """Refuse, in one line, to score a model on patients it (or its teacher) trained on."""
+    seen = {str(p) for p in trained_on}
+    hit = [p for p in patient_ids if str(p) in seen]
+    if hit:
+        raise DistillError(
+            f"{len(hit)} of these {len(patient_ids)} patients (e.g. {hit[0]}) trained {what} "
+            "or its teacher; score it on held-out patients only (e.g. the test split)"
+        )
+
+
+def cv_predictor(run: str | Path, store: Any, patient_ids: list[str]) -> np.ndarray:
+    """The cv run's own predictor on held-out ``patient_ids``: every fold model of the run
+    applied to them, the probabilities averaged over folds and repeats (as the run's
+    out-of-fold predictions are averaged over repeats). Training patients are refused."""
+    return fold_predictions(run, store, patient_ids).mean(axis=0)
+
+
+def fold_predictions(
+    run: str | Path, store: Any, patient_ids: list[str], allow_training: bool = False
+) -> np.ndarray:
+    """``(n_splits, n_patients)``: each fold model of the run (refitted from its splits.json
+    with the run's head, parameters and per-fold seeds, so the same models that made the
+    out-of-fold predictions) applied to ``patient_ids``."""
+    from cellbag.aggregate import BagSet, fit_fold, load_bags
+    from cellbag.aggregate.cv import torch_threads
+
+    folder = resolve_head_folder(run)
+    root = folder.parent
+    key = _read_json(folder / CONFIG_FILE).get("key") or {}
+    splits = _read_json(root / rf.SPLITS).get("splits") if (root / rf.SPLITS).is_file() else None
+    if not key or not splits:
+        raise DistillError(
+            f"{folder}: not a `cellbag cv` head folder (no config key or splits.json)"
+        )
+    train = load_bags(store, key.get("encoder_id"), split="train")
+    if not allow_training:
+        check_heldout(train.patient_ids, patient_ids, "the teacher")
+    held = load_bags(store, key.get("encoder_id"), split="all")
+    pos = {p: i for i, p in enumerate(held.patient_ids)}
+    missing = [p for p in patient_ids if p not in pos]
+    if missing:
+        raise DistillError(f"{store.path}: patient {missing[0]} has no usable cells to score")
+    held = held.subset(np.asarray([pos[p] for p in patient_ids]))
+    n = len(train)
+    both = BagSet(
+        patient_ids=train.patient_ids + held.patient_ids,
+        bags=train.bags + held.bags,
+        patients=None
+        if train.patients is None
+        else pd.concat([train.patients, held.patients], ignore_index=True),
+        labels=np.r_[train.labels, np.zeros(len(held), np.int64)],  # held-out rows: never read
+        encoder_id=train.encoder_id,
+        source=train.source,
+    )
+    index = {p: i for i, p in enumerate(train.patient_ids)}
+    test = np.arange(n, n + len(held))
+    probs = []
+    seed = int(key.get("seed", 0))
+    # the run's head parameters, less those fit_fold sets itself
+    params = {k: v for k, v in (key.get("params") or {}).items() if k not in ("clinical", "seed")}
+    with torch_threads(1):
+        for s in splits:
+            tr = np.asarray([index[p] for p in s["train"]])
+            fold_seed = seed + 1000 * s["repeat"] + s["fold"]
+            res = fit_fold(
+                both, key["head"], tr, test, key.get("clinical", True), fold_seed, params
+            )
+            probs.append(res.proba)
+    return np.asarray(probs)
+
+
+def compare_heldout(
+    y: np.ndarray,
+    predictions: dict[str, tuple[np.ndarray, float]],
+    patient_ids: list[str],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Figures of several predictors on the same held-out patients, each with its 95%
+    bootstrap interval, and their paired differences. ``predictions[name] = (probability,
+    decision threshold)``."""
+    from cellbag.aggregate.stats import evaluate
+
+    tables = {
+        name: pd.DataFrame(
+            {
+                "patient_id": patient_ids,
+                "repeat": 0,
+                "fold": 0,
+                "probability": np.asarray(p, np.float64),
+                "label": np.asarray(y, int),
+                "threshold": float(t),
+            }
+        )
+        for name, (p, t) in predictions.items()
+    }
+    figures, pairs = evaluate(tables, seed=seed)
+    keep = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "brier")
+    return {
+        "n_patients": len(patient_ids),
+        "interval": "95% stratified bootstrap over the held-out patients",
+        "figures": {
+            name: {
+                k: {x: f["metrics"][k][x] for x in ("value", "ci95_low", "ci95_high")} for k in keep
+            }
+            for name, f in figures.items()
+        },
+        "pairs": pairs,
+    }
+
+
+def write_validation(student_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """Store a student's held-out figures in its model directory (``validation.json``)."""
+    path = Path(student_dir) / VALIDATION_FILE
+    rf.write_json(path, doc)
+    return path

@@ -312,6 +312,10 @@ def finetune(
             base_weights={"source": wsource["source"], "sha256": enc_sha, "file": ENCODER_FILE},
             image_size=image_size,
             trained_with="cellbag finetune",
+            # whose labels trained it: carried into the store's encoder metadata at
+            # featurize, where `cv` and `fit` refuse to score it on these patients
+            label_patients=list(train_ids),
+            validation_patients=list(val_ids),
         )
     save_safetensors(dict(clf.head.state_dict()), out / HEAD_FILE, classes="reactive,tumoral")
     write_json(out / SPLIT, {"seed": seed, "train": train_ids, "val": val_ids})
@@ -329,6 +333,7 @@ def finetune(
         "device": str(precision.device),
         "autocast": str(precision.autocast) if precision.autocast else None,
         "n_train_patients": len(train_ids),
+        "label_patients": list(train_ids),
         "n_val_patients": len(val_ids),
         "n_train_cells": int(len(y_tr)),
         "n_val_cells": int(len(y_va)),

@@ -1,4 +1,5 @@
-"""Reading cell images: any PIL mode to RGB, resized to the encoder's input, as uint8.
+"""Reading cell images: EXIF orientation applied, any PIL mode to RGB, resized to the
+encoder's input, as uint8.
 
 Decoding happens in worker threads (PIL releases the GIL while decoding and resizing);
 normalisation happens later on the model's device, on whole batches.
@@ -8,11 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from cellbag.data.inspect import image_error_text
+
+# Part of every encoder's identity: bump when decoding/conversion changes the pixels.
+# 2: EXIF orientation is applied (ImageOps.exif_transpose) before conversion.
+PREPROCESSING_VERSION = 2
+PREPROCESSING = "EXIF orientation applied, RGB"
 
 RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -47,8 +56,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def prepare(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """RGB ``(size, size, 3)`` uint8 array of ``img`` (converted, then resized if needed)."""
-    rgb = to_rgb(img)
+    """RGB ``(size, size, 3)`` uint8 array of ``img`` (upright, converted, resized if needed)."""
+    rgb = to_rgb(ImageOps.exif_transpose(img))
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), RESAMPLE.get(interpolation, Image.Resampling.BICUBIC))
     return np.array(rgb, dtype=np.uint8)  # a writable copy (torch refuses read-only)
@@ -61,20 +70,23 @@ class Decoded:
     pixels: np.ndarray | None
     reason: str
     sha256: str
+    size: int = -1  # bytes of the file read (-1: not read)
+    mtime_ns: int = -1  # its modification time
 
 
 def decode_file(path: str | Path, size: int, interpolation: str = "bicubic") -> Decoded:
     """Read, hash and prepare one image file; never raises for a bad file."""
     try:
+        st = os.stat(path)
         data = Path(path).read_bytes()
     except OSError as e:
-        return Decoded(None, f"cannot read file: {e.strerror or e}", "")
+        return Decoded(None, image_error_text(e, path), "")
     digest = hashlib.sha256(data).hexdigest()[:16]
+    stat = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             pixels = prepare(img, size, interpolation)
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return Decoded(None, f"unreadable image: {msg}", digest)
-    return Decoded(pixels, "", digest)
+        return Decoded(None, f"unreadable image: {image_error_text(e)}", digest, **stat)
+    return Decoded(pixels, "", digest, **stat)

@@ -30,6 +30,7 @@ from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 
 if TYPE_CHECKING:
     from cellbag.featurize.distributed import Detached
+    from cellbag.store.sync import SyncDiff
 
 
 @dataclass
@@ -51,6 +52,8 @@ class FeaturizeReport:
     changed: list[str] = field(default_factory=list)
     took_over_lock: dict[str, Any] | None = None
     created_store: bool = False
+    sync: SyncDiff | None = None  # how the cohort differed from the store (applied: --update)
+    refreshed: list[str] = field(default_factory=list)  # other encoders recomputed by --update
     compute_seconds: float = 0.0  # model forward passes
     decode_wait_seconds: float = 0.0  # the model waiting for decoded images
     write_seconds: float = 0.0  # store writes (a writer thread, overlapped with compute)
@@ -98,20 +101,35 @@ def open_or_create(
     store_path: str | os.PathLike,
     chunk_rows: int | None = None,
     block_rows: int | None = None,
-) -> tuple[Store, bool]:
-    """Open the store (checking it holds ``data``'s cohort) or create it from ``data``."""
+    *,
+    update: bool = False,
+    force: bool = False,
+) -> tuple[Store, bool, SyncDiff | None]:
+    """Open the store (checking it is in sync with ``data``) or create it from ``data``.
+
+    A cohort that changed since the store read it is refused in one line, or with
+    ``update`` applied (see :mod:`cellbag.featurize.sync`); a store of another cohort is
+    replaced only with ``force``. Returns the store, whether it was created, and the diff.
+    """
+    from cellbag.featurize.sync import check_sync
+    from cellbag.store.sync import recover_swap
+
     cohort = None
     if data is not None:
         cohort = data if isinstance(data, Cohort) else read_cohort(data)
+    recover_swap(store_path)
     if Store.exists(store_path):
         store = Store.open(store_path, mode="r+")
-        if cohort is not None and cohort.fingerprint() != store.fingerprint:
+        if cohort is None:
+            return store, False, None
+        try:
+            store, diff = check_sync(store, cohort, update=update, force=force)
+        except OSError as e:
             raise FeaturizeError(
-                f"{store.path}: store was made from another cohort "
-                f"({store.attrs['cohort']['root']}, {store.attrs['cohort']['n_cells']} cells), "
-                f"not {cohort.root} ({cohort.n_cells} cells); use a new store path"
-            )
-        return store, False
+                f"{store_path}: cannot write the store ({e.strerror or e})"
+            ) from None
+        if store is not None:
+            return store, False, diff
     if cohort is None:
         raise FeaturizeError(f"{store_path}: no store here, and no cohort given to create it")
     kw = {}
@@ -119,39 +137,19 @@ def open_or_create(
         kw["chunk_rows"] = chunk_rows
     if block_rows:
         kw["block_rows"] = block_rows
-    return Store.create(store_path, cohort, **kw), True
+    from cellbag.store.feature_store import StoreExists
+
+    try:
+        return Store.create(store_path, cohort, **kw), True, None
+    except StoreExists:  # another job made it meanwhile
+        return open_or_create(cohort, store_path, update=update)
 
 
 def _progress(enabled: bool):
-    """A rich progress bar on stderr with a cells/s column."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    """Progress in cells (a bar on a terminal, plain lines in a log)."""
+    from cellbag.core.progress import progress_bar
 
-    class CellsPerSecond(ProgressColumn):
-        def render(self, task):  # noqa: ANN001, ANN202
-            elapsed = task.elapsed or 0.0  # the run's mean rate (steadier than a window)
-            speed = task.completed / elapsed if elapsed > 0 and task.completed else None
-            return Text(f"{speed:,.1f} cells/s" if speed else "-- cells/s", style="cyan")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        CellsPerSecond(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+    return progress_bar("cells", enabled=enabled)
 
 
 def run_featurize(
@@ -175,6 +173,7 @@ def run_featurize(
     chunk_rows: int | None = None,
     block_rows: int | None = None,
     coordinator: Detached | None = None,
+    update: bool = False,
 ) -> FeaturizeReport:
     """Embed every cell of a cohort with ``encoder`` into the store at ``store_path``.
 
@@ -188,6 +187,10 @@ def run_featurize(
     share of the blocks left, rank 0 marks completion. Without it, ``rank``/``world``/
     ``job_id`` let independent processes of one job (same ``job_id``) split the blocks
     ``rank::world``; rank 0 must have created the encoder before the others start.
+
+    Images or labels that changed since the store read them are refused in one line; with
+    ``update`` the store is brought up to date and the changed cells are re-embedded for
+    every encoder in the store (a single process only).
     """
     from cellbag.featurize.distributed import Detached, RankAborted
 
@@ -195,6 +198,8 @@ def run_featurize(
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
     coord = coordinator if coordinator is not None else Detached(rank, world, job_id)
     rank, world = coord.rank, coord.world
+    if update and world > 1:
+        raise FeaturizeError(f"{store_path}: run --update in a single process, not under torchrun")
     lead = rank == 0 or not coord.coordinated  # sets the store up itself
     lock = None
     try:
@@ -214,8 +219,8 @@ def run_featurize(
                     precision=precision,
                 )
             if lead:
-                store, created, lock, done = _set_up(
-                    data, store_path, enc, coord, force, chunk_rows, block_rows
+                store, created, lock, done, diff = _set_up(
+                    data, store_path, enc, coord, force, chunk_rows, block_rows, update
                 )
         except Exception as e:
             if not coord.coordinated:
@@ -252,10 +257,18 @@ def run_featurize(
             device=enc.device,
         )
         report.took_over_lock = lock.took_over
+        report.sync = diff if lead else None
         _embed_share(store, enc, done, coord, batch_size, workers, progress, on_block, report)
     finally:
         if lock is not None:
             lock.release()  # rank 0's release (after the last barrier) ends the job's lock
+    if report.sync is not None and not report.sync.in_sync:
+        from cellbag.featurize.sync import refresh_encoders
+
+        report.refreshed = refresh_encoders(
+            report.store, enc, batch_size=batch_size, workers=workers, progress=progress
+        )
+        report.store = Store.open(report.store.path, mode="r+")
     report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]
     return report
 
@@ -268,15 +281,16 @@ def _set_up(
     force: bool,
     chunk_rows: int | None,
     block_rows: int | None,
-) -> tuple[Store, bool, Any, np.ndarray]:
+    update: bool = False,
+) -> tuple[Store, bool, Any, np.ndarray, SyncDiff | None]:
     """Open or create the store, take the job lock, create the encoder's arrays.
 
-    Returns the store, whether it was created, the (held or joined) lock, and the done
-    marks. On error the lock is released again.
+    Returns the store, whether it was created, the (held or joined) lock, the done
+    marks and the cohort's diff. On error the lock is released again.
     """
-    store, created = open_or_create(data, store_path, chunk_rows, block_rows)
-    if data is not None and coord.rank == 0 and not created:
-        store.update_paths(data.cells["path"])  # the cohort may have moved since
+    store, created, diff = open_or_create(
+        data, store_path, chunk_rows, block_rows, update=update, force=force
+    )
     eid = enc.id
     lock = store.lock(eid, job_id=coord.job_id).acquire()
     try:
@@ -296,10 +310,13 @@ def _set_up(
                 f"{store.path}: encoder {eid} was started in {recorded}; resume it with "
                 f"--precision {recorded} (or --force to recompute in {enc.precision})"
             )
+    except OSError as e:
+        lock.release()
+        raise FeaturizeError(f"{store.path}: cannot write the store ({e.strerror or e})") from None
     except BaseException:
         lock.release()
         raise
-    return store, created, lock, done
+    return store, created, lock, done, diff
 
 
 def _embed_share(
@@ -421,6 +438,8 @@ class _Block:
     status: np.ndarray
     reason: list[str]
     sha: list[str]
+    size: list[int] = field(default_factory=list)
+    mtime: list[int] = field(default_factory=list)
 
     @classmethod
     def empty(cls, store: Store, index: int, dim: int) -> _Block:
@@ -433,6 +452,8 @@ class _Block:
             np.zeros(n, np.uint8),
             [""] * n,
             [""] * n,
+            [-1] * n,
+            [-1] * n,
         )
 
     def record(self, first_row: int, results: list[Decoded]) -> list[int]:
@@ -441,6 +462,7 @@ class _Block:
         for j, r in enumerate(results):
             row = first_row - self.start + j
             self.sha[row] = r.sha256
+            self.size[row], self.mtime[row] = r.size, r.mtime_ns
             if r.pixels is None:
                 self.status[row] = STATUS_UNREADABLE
                 self.reason[row] = r.reason
@@ -489,7 +511,9 @@ def _run_blocks(
 
     def write(blk: _Block) -> None:
         w0 = time.perf_counter()
-        store.write_block(enc.id, blk.index, blk.emb, blk.status, blk.reason, blk.sha)
+        store.write_block(
+            enc.id, blk.index, blk.emb, blk.status, blk.reason, blk.sha, blk.size, blk.mtime
+        )
         report.write_seconds += time.perf_counter() - w0  # only this thread adds to it
         if on_block is not None:
             on_block(blk.index)

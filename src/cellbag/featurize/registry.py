@@ -24,11 +24,10 @@ from cellbag import __version__
 from cellbag.core.device import Device, resolve_device
 from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.featurize.errors import EncoderError
-from cellbag.featurize.images import prepare
+from cellbag.featurize.images import PREPROCESSING, PREPROCESSING_VERSION, prepare
 from cellbag.featurize.weights import Weights, WeightsError, apply_weights, normalize_source
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
-PREPROCESSING_VERSION = 1  # bump when decoding/conversion changes the pixels
 REQUIRES_FILE = "file"
 
 
@@ -361,7 +360,8 @@ def create_encoder(
         "mean": list(mean),
         "std": list(std),
         "interpolation": interpolation,
-        "preprocessing": f"RGB, resize {size}x{size} {interpolation}, normalize mean/std",
+        "preprocessing": f"{PREPROCESSING}, resize {size}x{size} {interpolation}, "
+        "normalize mean/std",
         "dim": dim,
         "dtype": "float16",
         "precision": prec,

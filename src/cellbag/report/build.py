@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,12 +11,12 @@ from typing import Any
 import pandas as pd
 
 from cellbag.core.io import write_text
-from cellbag.report import render
+from cellbag.report import explain, render
 from cellbag.report.errors import ReportError
-from cellbag.report.figures import roc_figure
+from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
 from cellbag.report.neighbors import NeighborFinder
 from cellbag.report.run import HeadRun, Run, load_run
-from cellbag.report.thumbs import Thumbnails
+from cellbag.report.thumbs import NO_IMAGE, Thumbnails
 
 #: bookkeeping fields of a store's encoder record, not worth a reader's time
 _ENCODER_SKIP = {
@@ -64,19 +65,30 @@ def _split_config(run: Run) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
 
 
 def _cell_view(thumbs: Thumbnails, row: Any, attrs: dict[str, str], caption: str, title: str):
-    url = thumbs.get(str(row.cell_id), str(row.path))
-    return render.CellView(str(row.cell_id), url, caption, title, attrs)
+    url = thumbs.get(str(row.cell_id), "" if pd.isna(row.path) else str(row.path))
+    view = render.CellView(str(row.cell_id), url, caption, title, attrs)
+    view.href = thumbs.original(str(row.cell_id))
+    return view
 
 
-def _weight_view(thumbs: Thumbnails, row: Any) -> render.CellView:
-    rel = float(row.weight) * int(row.n_cells)
+def _weight_view(thumbs: Thumbnails, row: Any, kind: str | None = "attention") -> render.CellView:
+    short, title = explain.caption(kind, float(row.weight), int(row.n_cells))
     return _cell_view(
-        thumbs,
-        row,
-        {"weight": render.dv(float(row.weight))},
-        f"×{rel:.1f}",
-        f"{row.cell_id} · mean attention {float(row.weight):.4f} (×{rel:.2f} uniform)",
+        thumbs, row, {"weight": render.dv(float(row.weight))}, short, f"{row.cell_id} · {title}"
     )
+
+
+def _drop_unreadable(views: list[render.HeadView], thumbs: Thumbnails, extra: list) -> None:
+    """Cells whose image could not be read show a placeholder, not a broken link."""
+    cells: list[render.CellView] = list(extra)
+    for v in views:
+        for p in v.patients:
+            cells += p.top + p.bottom
+            for r in p.neighbors or []:
+                cells += [r.query, *r.hits]
+    for c in cells:
+        if c.cell_id in thumbs.missing:
+            c.url = c.href = None
 
 
 def _hit_view(thumbs: Thumbnails, row: Any) -> render.CellView:
@@ -108,13 +120,16 @@ def _head_view(
 ) -> render.HeadView:
     table = h.patient_table()
     galleries = h.top_cells(top_k)
+    kind = h.cell_kind
     patients: list[render.PatientView] = []
     for r in table.itertuples(index=False):
         pid = str(r.patient_id)
         top_df, bottom_df = galleries.get(pid, (None, None))
-        top = [] if top_df is None else [_weight_view(thumbs, c) for c in top_df.itertuples()]
+        top = [] if top_df is None else [_weight_view(thumbs, c, kind) for c in top_df.itertuples()]
         bottom = (
-            [] if bottom_df is None else [_weight_view(thumbs, c) for c in bottom_df.itertuples()]
+            []
+            if bottom_df is None
+            else [_weight_view(thumbs, c, kind) for c in bottom_df.itertuples()]
         )
         nn: list[render.NeighborRow] | None = None
         if finder is not None and not bool(r.correct) and top_df is not None:
@@ -146,8 +161,8 @@ def _head_view(
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(h.roc_png, dest)
     note = neighbor_note
-    if h.attention is None:
-        note = "Look-alike cells need an attention head (its top cells are the queries)."
+    if kind is None:
+        note = "Look-alike cells need per-cell scores (the head's top cells are the queries)."
     return render.HeadView(h, patients, h.confusion(), roc_url, head_config, note)
 
 
@@ -159,12 +174,16 @@ def write_report(
     n_queries: int = 3,
     n_neighbors: int = 5,
     progress: Callable[[str], None] | None = None,
+    predictions: str | Path | None = None,
+    show_progress: bool = False,
 ) -> Path:
     """Write the static HTML report of a cv run to ``out/index.html`` (plus figures and
     thumbnails beside it) and return the path of ``index.html``.
 
     ``store`` (a path, URL or open ``Store``) adds the encoder's details and, for each
     misclassified patient, the nearest cells of other patients to its ``n_queries`` top cells.
+    ``predictions`` (a ``cellbag predict`` submission CSV) adds the predicted patients with
+    their galleries. ``show_progress``: a progress display while thumbnails are written.
     """
     if top_k < 1:
         raise ReportError(f"top_k must be at least 1, got {top_k}")
@@ -221,10 +240,23 @@ def write_report(
                 progress,
             )
         )
+    test_view = None
+    if predictions is not None:
+        progress("predicted patients")
+        test_view = _test_view(predictions, thumbs, top_k)
+    thumbs.write(progress=show_progress)
+    _drop_unreadable(views, thumbs, _test_cells(test_view))
     progress("ROC curves")
     aucs = roc_figure(run.heads, out / "roc.png")
     roc_url = "roc.png" if any(a == a for a in aucs.values()) else None
-    if thumbs.missing:
+    progress("triage and calibration")
+    triage_url = "triage.png" if triage_figure(run.heads, out / "triage.png") else None
+    calibration_url = (
+        "calibration.png" if calibration_figure(run.heads, out / "calibration.png") else None
+    )
+    if thumbs.missing and set(thumbs.missing.values()) == {NO_IMAGE}:
+        notes.append("The cells have no images (imported features): galleries show no pictures.")
+    elif thumbs.missing:
         first = next(iter(thumbs.missing.values()))
         notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
 
@@ -241,7 +273,7 @@ def write_report(
         "heads": {
             v.head.name: {
                 "metrics": {
-                    m.key: {"mean": m.mean, "std": m.std, "lo": m.lo, "hi": m.hi}
+                    m.key: {"value": m.value, "lo": m.lo, "hi": m.hi, "fold_sd": m.fold_sd}
                     for m in v.head.metrics
                 },
                 "threshold": v.head.threshold,
@@ -263,7 +295,47 @@ def write_report(
         top_k=top_k,
         notes=notes,
         data=data,
+        test_view=test_view,
+        runs_link=_runs_link(run.folder, out),
+        stats_html=render.stats_sections(run.heads, run.pairs, triage_url, calibration_url),
     )
     index = out / "index.html"
     write_text(index, html)
     return index
+
+
+def _test_view(predictions: str | Path, thumbs: Thumbnails, top_k: int) -> render.TestView:
+    """The patients of a ``cellbag predict`` output, with the fitted model's galleries."""
+    proba, cells = explain.read_predictions(predictions)
+    kind = None
+    galleries: dict[str, tuple[list, list]] = {}
+    if cells is not None and len(cells):
+        kind = str(cells["kind"].iloc[0])
+        cells = cells.assign(n_cells=cells.groupby("patient_id")["cell_id"].transform("size"))
+        for pid, g in cells.groupby("patient_id", sort=False):
+            s = g.sort_values(["weight", "cell_id"], ascending=[False, True], kind="stable")
+            top = s.head(top_k)
+            bottom = s.iloc[len(top) :].iloc[::-1].head(top_k)
+            galleries[str(pid)] = (
+                [_weight_view(thumbs, c, kind) for c in top.itertuples()],
+                [_weight_view(thumbs, c, kind) for c in bottom.itertuples()],
+            )
+    rows = [
+        render.TestRow(
+            str(r.Id), float(r.Probability), int(r.Predicted), *galleries.get(str(r.Id), ([], []))
+        )
+        for r in proba.itertuples()
+    ]
+    return render.TestView(str(predictions), kind, rows)
+
+
+def _test_cells(view: render.TestView | None) -> list[render.CellView]:
+    return [] if view is None else [c for r in view.rows for c in r.top + r.bottom]
+
+
+def _runs_link(run_folder: Path, out: Path) -> str | None:
+    """Relative link to the runs leaderboard written beside the run (``cellbag runs``)."""
+    for cand in (run_folder / "leaderboard.html", run_folder.parent / "leaderboard.html"):
+        if cand.is_file():
+            return os.path.relpath(cand, out)
+    return None

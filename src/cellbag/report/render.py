@@ -15,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from cellbag.aggregate.metrics import TITLES
+from cellbag.report.explain import kind_text
 from cellbag.report.run import HeadRun, Metric
+from cellbag.report.thumbs import DISPLAY_SIZE
 
 LABELS = {1: "tumoral", 0: "reactive"}
 #: settings shown up front; the rest sit under "All settings"
@@ -63,6 +66,7 @@ class CellView:
     caption: str
     title: str
     attrs: dict[str, str] = field(default_factory=dict)
+    href: str | None = None  # the original image (click-through)
 
 
 @dataclass
@@ -83,6 +87,24 @@ class PatientView:
     top: list[CellView]
     bottom: list[CellView]
     neighbors: list[NeighborRow] | None = None  # None: not asked / not available
+
+
+@dataclass
+class TestRow:
+    """A patient of a ``cellbag predict`` output (no label) and its galleries."""
+
+    patient_id: str
+    probability: float
+    predicted: int
+    top: list[CellView]
+    bottom: list[CellView]
+
+
+@dataclass
+class TestView:
+    source: str
+    kind: str | None
+    rows: list[TestRow]
 
 
 @dataclass
@@ -125,8 +147,9 @@ def _cell(c: CellView, cls: str) -> str:
         img = '<div class="noimg">image<br>unreadable</div>'
     else:
         img = (
-            f'<a href="{esc(c.url)}"><img src="{esc(c.url)}" alt="{esc(c.cell_id)}" '
-            f'width="64" height="64"></a>'
+            f'<a href="{esc(c.href or c.url)}" title="original image"><img src="{esc(c.url)}" '
+            f'alt="{esc(c.cell_id)}" width="{DISPLAY_SIZE}" height="{DISPLAY_SIZE}" '
+            'loading="lazy"></a>'
         )
     return (
         f'<figure class="{cls}" data-cell-id="{esc(c.cell_id)}"{attrs} title="{esc(c.title)}">'
@@ -142,15 +165,24 @@ def _gallery(cells: list[CellView], which: str) -> str:
     return f'<div class="gallery {which}" data-cells="{esc(ids)}">{inner}</div>'
 
 
+#: figures of the comparison table at the top (every figure is in each head's section)
+SUMMARY_METRICS = (
+    "roc_auc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "triage_sensitivity",
+    "triage_spared",
+    "brier",
+    "ece",
+)
+
+
 def metrics_comparison(heads: list[HeadRun]) -> str:
-    """Heads × metrics: mean ± std and 95% interval."""
-    keys: list[str] = []
-    titles: dict[str, str] = {}
-    for h in heads:
-        for m in h.metrics:
-            if m.key not in titles:
-                keys.append(m.key)
-                titles[m.key] = m.title
+    """Heads × the main figures: value, 95% bootstrap interval and fold sd."""
+    have = {m.key for h in heads for m in h.metrics}
+    keys = [k for k in SUMMARY_METRICS if k in have]
+    titles = {m.key: m.title for h in heads for m in h.metrics}
     head_row = "".join(f"<th>{esc(titles[k])}</th>" for k in keys)
     body = []
     for h in heads:
@@ -162,10 +194,11 @@ def metrics_comparison(heads: list[HeadRun]) -> str:
                 tds.append("<td>–</td>")
                 continue
             tds.append(
-                f'<td data-head="{esc(h.name)}" data-metric="{esc(k)}" data-value="{dv(m.mean)}" '
-                f'data-std="{dv(m.std)}" data-lo="{dv(m.lo)}" data-hi="{dv(m.hi)}">'
-                f'<b>{fmt(m.mean)}</b> <span class="muted">± {fmt(m.std)}</span><br>'
-                f'<span class="ci">[{fmt(m.lo)}, {fmt(m.hi)}]</span></td>'
+                f'<td data-head="{esc(h.name)}" data-metric="{esc(k)}" data-value="{dv(m.value)}" '
+                f'data-lo="{dv(m.lo)}" data-hi="{dv(m.hi)}" data-fold-sd="{dv(m.fold_sd)}">'
+                f"<b>{fmt(m.value)}</b><br>"
+                f'<span class="ci">[{fmt(m.lo)}, {fmt(m.hi)}]</span><br>'
+                f'<span class="muted">fold sd {fmt(m.fold_sd)}</span></td>'
             )
         body.append(
             f'<tr><th scope="row"><a href="#head-{esc(h.name)}">{esc(h.name)}</a></th>'
@@ -181,20 +214,115 @@ def metrics_comparison(heads: list[HeadRun]) -> str:
 def _metric_rows(h: HeadRun, metrics: list[Metric]) -> str:
     rows = []
     for m in metrics:
-        stats = (("mean", m.mean), ("std", m.std), ("lo", m.lo), ("hi", m.hi))
+        stats = (("value", m.value), ("lo", m.lo), ("hi", m.hi), ("fold_sd", m.fold_sd))
         tds = "".join(
             f'<td data-head="{esc(h.name)}" data-metric="{esc(m.key)}" data-stat="{s}" '
             f'data-value="{dv(v)}">{fmt(v)}</td>'
             for s, v in stats
         )
-        n = "" if m.n is None else str(m.n)
-        rows.append(f'<tr><th scope="row">{esc(m.title)}</th>{tds}<td>{n}</td></tr>')
+        spread = f"{fmt(m.fold_min)} – {fmt(m.fold_max)}"
+        rows.append(f'<tr><th scope="row">{esc(m.title)}</th>{tds}<td>{spread}</td></tr>')
     return (
         f'<table class="metrics head-metrics" data-head="{esc(h.name)}">'
-        "<thead><tr><th>Metric</th><th>Mean</th><th>Std</th><th>95% low</th><th>95% high</th>"
-        "<th>n</th></tr></thead>"
+        "<thead><tr><th>Figure</th><th>Value</th><th>95% low</th><th>95% high</th>"
+        "<th>fold sd</th><th>fold range</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def pairs_table(pairs: pd.DataFrame | None) -> str:
+    """Paired bootstrap differences between heads; "A beats B" only when the 95% interval
+    of the difference excludes 0."""
+    if pairs is None or pairs.empty:
+        return '<p class="muted">One head: no paired comparison.</p>'
+    rows = []
+    for r in pairs.itertuples(index=False):
+        ok = r.verdict != "no difference shown"
+        rows.append(
+            f'<tr data-a="{esc(r.head_a)}" data-b="{esc(r.head_b)}" data-metric="{esc(r.metric)}">'
+            f"<td>{esc(r.head_a)} − {esc(r.head_b)}</td><td>{esc(TITLES.get(r.metric, r.metric))}</td>"
+            f'<td data-value="{dv(r.difference)}">{fmt(r.difference)}</td>'
+            f'<td class="ci">[{fmt(r.ci95_low)}, {fmt(r.ci95_high)}]</td>'
+            f'<td data-value="{dv(r.p_value)}">{fmt(r.p_value)}</td>'
+            f'<td class="{"ok" if ok else "muted"}">{esc(r.verdict)}</td></tr>'
+        )
+    return (
+        '<table id="pairs-table" class="metrics">'
+        "<thead><tr><th>Pair</th><th>Figure</th><th>Difference</th><th>95% interval</th>"
+        "<th>p</th><th>Verdict</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def stats_sections(
+    heads: list[HeadRun],
+    pairs: pd.DataFrame | None,
+    triage_url: str | None,
+    calibration_url: str | None,
+) -> str:
+    """The comparison, triage and calibration sections of the page."""
+    parts = [
+        '<section id="comparison"><h2>Paired comparison of heads</h2>',
+        '<p class="muted">Differences on the same bootstrap resamples of the patients; '
+        "a head beats another only when the 95% interval of the difference excludes 0.</p>",
+        pairs_table(pairs),
+        "</section>",
+        '<section id="triage"><h2>Triage for flow cytometry</h2><div class="row"><div>',
+    ]
+    rows = []
+    for h in heads:
+        by = {m.key: m for m in h.metrics}
+        tri = (h.metrics_raw.get("thresholds") or {}).get("triage") or {}
+        if "triage_sensitivity" not in by:
+            continue
+        s, sp = by["triage_sensitivity"], by["triage_spared"]
+        rows.append(
+            f'<tr data-head="{esc(h.name)}"><th scope="row">{esc(h.name)}</th>'
+            f"<td>{fmt(tri.get('target_sensitivity'), 2)}</td>"
+            f"<td>{fmt(tri.get('fold_mean'))} ({fmt(tri.get('fold_min'))}–{fmt(tri.get('fold_max'))})</td>"
+            f'<td data-value="{dv(s.value)}">{fmt(s.value)} [{fmt(s.lo)}, {fmt(s.hi)}]</td>'
+            f'<td data-value="{dv(sp.value)}">{fmt(sp.value)} [{fmt(sp.lo)}, {fmt(sp.hi)}]</td></tr>'
+        )
+    if rows:
+        parts.append(
+            '<p class="muted">The threshold is chosen in each training fold (inner out-of-fold '
+            "predictions) for the target sensitivity, then applied to the held-out fold. "
+            "Spared: reactive patients below the threshold, whose cytometry could be spared.</p>"
+            '<table id="triage-table" class="metrics"><thead><tr><th>Head</th><th>Target</th>'
+            "<th>Threshold, fold mean (range)</th><th>Sensitivity [95%]</th>"
+            f"<th>Spared [95%]</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+    else:
+        parts.append('<p class="muted">This run has no triage figures (--inner-folds 0).</p>')
+    parts.append("</div>")
+    if triage_url:
+        parts.append(f'<div><img class="fig" src="{esc(triage_url)}" alt="Triage curve"></div>')
+    parts.append(
+        '</div></section><section id="calibration"><h2>Calibration</h2><div class="row"><div>'
+    )
+    rows = []
+    for h in heads:
+        by = {m.key: m for m in h.metrics}
+        method = (h.metrics_raw.get("calibration") or {}).get("method") or "none"
+        cells = "".join(
+            f'<td data-value="{dv(by[k].value)}">{fmt(by[k].value)} [{fmt(by[k].lo)}, {fmt(by[k].hi)}]</td>'
+            if k in by
+            else "<td>–</td>"
+            for k in ("brier", "ece")
+        )
+        rows.append(
+            f'<tr data-head="{esc(h.name)}"><th scope="row">{esc(h.name)}</th><td>{esc(method)}</td>{cells}</tr>'
+        )
+    parts.append(
+        '<table id="calibration-table" class="metrics"><thead><tr><th>Head</th><th>Calibration</th>'
+        f"<th>Brier [95%]</th><th>ECE [95%]</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    if calibration_url:
+        parts.append(
+            f'<div><img class="fig" src="{esc(calibration_url)}" alt="Reliability curves"></div>'
+        )
+    parts.append("</div></section>")
+    return "".join(parts)
 
 
 def _confusion(h: HeadRun, c: dict[str, int]) -> str:
@@ -230,7 +358,7 @@ def _neighbors_block(head: str, p: PatientView) -> str:
 
 def _patients(v: HeadView, top_k: int) -> str:
     h = v.head
-    has_att = h.attention is not None
+    has_att = h.cell_kind is not None
     rows = []
     for p in v.patients:
         mark = "✓" if p.correct else "✗"
@@ -259,7 +387,8 @@ def _patients(v: HeadView, top_k: int) -> str:
             f"{galleries}</tr>"
         )
     gal_heads = (
-        f"<th>Top {top_k} cells (highest attention)</th><th>Bottom {top_k} cells</th>"
+        f"<th>Top {top_k} cells ({esc(kind_text(h.cell_kind, 'top'))})</th>"
+        f"<th>Bottom {top_k} cells ({esc(kind_text(h.cell_kind, 'bottom'))})</th>"
         if has_att
         else ""
     )
@@ -290,7 +419,7 @@ def head_section(v: HeadView, top_k: int) -> str:
         f'<section class="head" id="head-{esc(h.name)}" data-head="{esc(h.name)}">',
         f"<h2>Head <code>{esc(h.name)}</code></h2>",
         '<div class="row"><div>',
-        "<h3>Metrics across folds × repeats</h3>",
+        "<h3>Figures (pooled out-of-fold, 95% bootstrap interval over patients)</h3>",
         _metric_rows(h, h.metrics),
         _confusion(h, v.confusion),
         "</div>",
@@ -308,16 +437,16 @@ def head_section(v: HeadView, top_k: int) -> str:
         )
     parts.append("</div>")
     parts.append("<h3>Patients (out-of-fold)</h3>")
-    if h.attention is None:
+    if h.cell_kind is None:
         parts.append(
-            '<p class="muted">This head gives no per-cell attention weights: no cell galleries '
-            "(attention heads such as <code>abmil</code> or <code>transformer</code> have them).</p>"
+            '<p class="muted">The run holds no per-cell scores for this head: no cell galleries '
+            "(rerun <code>cellbag cv</code> with this version to get them).</p>"
         )
     else:
         parts.append(
-            '<p class="muted">Galleries: each patient\'s cells ordered by their attention weight '
-            "averaged over the repeats (out-of-fold); the caption is the weight relative to a "
-            "uniform weight (×1 = 1/bag size).</p>"
+            f'<p class="muted explain" data-kind="{esc(h.cell_kind)}">Galleries '
+            f"({esc(h.cell_kind)}): {esc(kind_text(h.cell_kind, 'what'))}. "
+            "Click a cell for its original image.</p>"
         )
     parts.append(_patients(v, top_k))
     wrong = [p for p in v.patients if not p.correct]
@@ -329,7 +458,7 @@ def head_section(v: HeadView, top_k: int) -> str:
     blocks = [_neighbors_block(h.name, p) for p in wrong if p.neighbors]
     if blocks:
         parts.append(
-            '<p class="muted">Each of the patient\'s top-attention cells (orange) and its nearest '
+            '<p class="muted">Each of the patient\'s top cells (orange) and its nearest '
             "cells in other patients (cosine similarity), framed by that patient's label: "
             '<span class="lab1">1 tumoral</span>, <span class="lab0">0 reactive</span>, '
             "none when unknown (test split).</p>"
@@ -337,6 +466,49 @@ def head_section(v: HeadView, top_k: int) -> str:
     parts.append(f'<div class="nn">{"".join(blocks)}</div>')
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def test_section(v: TestView, top_k: int) -> str:
+    """Patients of a ``cellbag predict`` output: probability, prediction and galleries."""
+    has = v.kind is not None
+    rows = []
+    for r in v.rows:
+        gal = (
+            f'<td class="g">{_gallery(r.top, "top")}</td>'
+            f'<td class="g">{_gallery(r.bottom, "bottom")}</td>'
+            if has
+            else ""
+        )
+        rows.append(
+            f'<tr data-patient="{esc(r.patient_id)}" data-predicted="{r.predicted}">'
+            f'<td data-value="{esc(r.patient_id)}">{esc(r.patient_id)}</td>'
+            f'<td data-col="probability" data-value="{dv(r.probability)}">{fmt(r.probability)}'
+            f'<div class="bar"><span style="width:{100 * (r.probability if r.probability == r.probability else 0):.1f}%"></span></div></td>'
+            f'<td data-col="predicted" data-value="{r.predicted}">{esc(label_text(r.predicted))}</td>'
+            f"{gal}</tr>"
+        )
+    gal_heads = (
+        f"<th>Top {top_k} cells ({esc(kind_text(v.kind, 'top'))})</th>"
+        f"<th>Bottom {top_k} cells ({esc(kind_text(v.kind, 'bottom'))})</th>"
+        if has
+        else ""
+    )
+    what = (
+        f'<p class="muted explain" data-kind="{esc(v.kind)}">Galleries ({esc(v.kind)}): '
+        f"{esc(kind_text(v.kind, 'what'))}; from the fitted model's members.</p>"
+        if has
+        else '<p class="muted">No per-cell table beside the predictions '
+        "(<code>&lt;submission&gt;_cells.csv</code>, written by <code>cellbag predict</code>).</p>"
+    )
+    return (
+        '<section id="test" class="test"><h2>Predicted patients</h2>'
+        f'<p class="muted">From <code>{esc(v.source)}</code> ({len(v.rows)} patients, no labels).</p>'
+        f"{what}"
+        '<div class="scroll"><table id="pt-test" class="patients sortable" data-head="test">'
+        '<thead><tr><th data-sort="text">Patient</th><th data-sort="num">Probability</th>'
+        f'<th data-sort="num">Predicted</th>{gal_heads}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
 
 
 CSS = """
@@ -366,12 +538,12 @@ table.patients th[data-sort]:after{content:" ⇅";color:var(--mut);font-size:11p
 .bar span{display:block;height:4px;background:var(--acc);border-radius:2px}
 .gallery{display:flex;flex-wrap:wrap;gap:3px}
 figure.cell{margin:0;text-align:center;font-size:10px;color:var(--mut)}
-figure.cell img{display:block;width:64px;height:64px;border-radius:3px;border:1px solid var(--line)}
+figure.cell img{display:block;width:128px;height:128px;border-radius:3px;border:1px solid var(--line)}
 figure.query img{outline:2px solid #e8590c}
-.noimg{width:64px;height:64px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
+.noimg{width:128px;height:128px;border:1px dashed var(--mut);font-size:9px;display:flex;align-items:center;justify-content:center}
 table.patients td,table.patients th{white-space:nowrap;padding:3px 6px}
-table.patients .gallery{flex-wrap:nowrap}
-table.patients figure.cell img{width:44px;height:44px}
+table.patients .gallery{flex-wrap:wrap;width:528px}
+table.patients td.g{vertical-align:top}
 .scroll{overflow-x:auto}
 figure.hit[data-label="1"] img{border:2px solid #c92a2a}
 figure.hit[data-label="0"] img{border:2px solid #2b8a3e}
@@ -444,6 +616,9 @@ def page(
     top_k: int,
     notes: list[str],
     data: dict[str, Any],
+    test_view: TestView | None = None,
+    runs_link: str | None = None,
+    stats_html: str = "",
 ) -> str:
     """The whole ``index.html``."""
     nav = "".join(
@@ -451,7 +626,14 @@ def page(
             '<a href="#config">Configuration</a>',
             '<a href="#metrics">Metrics</a>',
             '<a href="#roc">ROC</a>',
+            '<a href="#comparison">Comparison</a>',
+            '<a href="#triage">Triage</a>',
+            '<a href="#calibration">Calibration</a>',
             *(f'<a href="#head-{esc(h.name)}">{esc(h.name)}</a>' for h in heads),
+            '<a href="#test">Predicted patients</a>' if test_view is not None else "",
+            f'<a id="runs-link" href="{esc(runs_link)}">All runs (leaderboard)</a>'
+            if runs_link
+            else "",
         ]
     )
     cfg_main = [(k, v) for k, v in config_items if k in CONFIG_MAIN]
@@ -510,10 +692,13 @@ def page(
 <section id="config"><h2>Run configuration</h2>{config_html}</section>
 <section id="results"><div class="row">
 <div id="metrics"><h2>Metrics per head</h2>
-<p class="muted">mean ± std over folds × repeats; 95% interval in brackets</p>
+<p class="muted">value on the pooled out-of-fold predictions (mean over repeats per
+patient); [95% bootstrap interval over patients]; fold sd: spread of the folds, not an interval</p>
 {metrics_comparison(heads)}</div>
 <div id="roc"><h2>ROC curves</h2>{roc}</div></div></section>
+{stats_html}
 {"".join(head_section(v, top_k) for v in head_views)}
+{test_section(test_view, top_k) if test_view is not None else ""}
 </main>
 <script type="application/json" id="cellbag-data">{blob}</script>
 <script>{JS}</script>

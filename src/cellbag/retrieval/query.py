@@ -80,25 +80,13 @@ def embed_image(store: Any, encoder_id: str, image: Any, encoder: Any = None) ->
 
 
 def resolve_encoder(store: Any, encoder_id: str | None) -> str:
-    """``encoder_id``, or the store's only encoder when None."""
-    encoders = list(store.encoders())
-    if encoder_id is None:
-        if len(encoders) == 1:
-            return encoders[0]
-        if not encoders:
-            raise RetrievalError(
-                f"store {_store_url(store)} holds no embeddings: run `cellbag featurize`"
-            )
-        raise RetrievalError(
-            f"store {_store_url(store)} holds several encoders, pick one with --encoder: "
-            + ", ".join(encoders)
-        )
-    if encoder_id not in encoders:
-        raise RetrievalError(
-            f"store {_store_url(store)} has no encoder {encoder_id}; it holds: "
-            + (", ".join(encoders) or "none")
-        )
-    return encoder_id
+    """The encoder meant by an id or a model name, or the store's only encoder when None."""
+    from cellbag.store import EncoderNotReady
+
+    try:
+        return store.resolve_encoder(encoder_id)
+    except EncoderNotReady as e:
+        raise RetrievalError(str(e)) from None
 
 
 def _code(names: Any, value: Any) -> int:

@@ -4,7 +4,8 @@ Reading one bag through ``zarr`` costs a few thread hops (sync -> event loop -> 
 codec threads) that dominate a sub-millisecond read. For the layout the store writes
 (regular row chunks spanning all columns, default ``c/<i>/0`` chunk keys, ``bytes`` then
 optional ``zstd`` codecs, no sharding) the chunk files are read and decoded here, in the
-caller's thread, following the Zarr v3 spec. Any other layout returns None from
+caller's thread, following the Zarr v3 spec; a trailing ``crc32c`` codec is verified
+(a mismatch raises ``ValueError``). Any other layout returns None from
 :meth:`LocalRowReader.open` and the caller reads through ``zarr``.
 """
 
@@ -38,6 +39,7 @@ class LocalRowReader:
         dtype: np.dtype,
         fill: float,
         zstd: bool,
+        crc32c: bool = False,
     ) -> None:
         self.folder = folder
         self.shape = shape
@@ -45,6 +47,7 @@ class LocalRowReader:
         self.dtype = dtype
         self.fill = fill
         self.zstd = zstd
+        self.crc32c = crc32c
         self._decoder = None
         if zstd:
             import numcodecs
@@ -77,13 +80,17 @@ class LocalRowReader:
             endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
         except (KeyError, TypeError, ValueError, IndexError):
             return None
+        crc = codecs[-1:] == ["crc32c"]
+        if crc:
+            codecs = codecs[:-1]
         if not ok or codecs not in (["bytes"], ["bytes", "zstd"]) or endian != "little":
             return None
         dtype = np.dtype(_DTYPES[meta["data_type"]])
         fill = _fill(meta.get("fill_value", 0), dtype)
         if fill is None:
             return None
-        return cls(folder, (shape[0], shape[1]), chunk[0], dtype, fill, codecs == ["bytes", "zstd"])
+        zstd = codecs == ["bytes", "zstd"]
+        return cls(folder, (shape[0], shape[1]), chunk[0], dtype, fill, zstd, crc)
 
     def _chunk(self, i: int) -> np.ndarray | None:
         try:
@@ -91,6 +98,12 @@ class LocalRowReader:
                 raw = f.read()
         except FileNotFoundError:
             return None
+        if self.crc32c:
+            import google_crc32c
+
+            raw, stored = raw[:-4], raw[-4:]
+            if len(stored) != 4 or google_crc32c.value(raw).to_bytes(4, "little") != stored:
+                raise ValueError(f"{self.folder}: chunk {i} fails its crc32c checksum")
         buf = self._decoder.decode(raw) if self._decoder is not None else raw
         arr = np.frombuffer(buf, dtype=self.dtype)
         if arr.size != self.rows * self.shape[1]:

@@ -3,21 +3,28 @@
 Layout::
 
     store.zarr/                      attrs: format, format_version, created_with, created,
-                                            cohort {root, layout, fingerprint, ...},
+                                            cohort {root, layout, fingerprint, clinical_digest,
+                                            sources [{path, sha256}], ...},
                                             chunk_rows, block_rows
       cells/       cell_id, patient_id, path (str, n_cells)
-                   status (uint8: 0 ok, 1 unreadable), reason, sha256 (per block of rows)
+                   status (uint8: 0 ok, 1 unreadable), reason, sha256, size, mtime_ns: what
+                   the file held when last read (size -2: never read, -1: missing)
       patients/    patient_id, split, label (int8, -1 unknown), gender, dob (ISO str),
                    lymph_count (float64), n_cells (int64), offsets (int64, n_patients + 1)
       embeddings/<encoder_id>/       attrs: encoder metadata, generation, completed
-          data     (n_cells, dim) float16, chunks of ``chunk_rows`` rows, zstd
+          data     (n_cells, dim) float16, chunks of ``chunk_rows`` rows, zstd + crc32c
+          status   (n_cells,) uint8: what this encoder did with each cell (0 embedded,
+                   1 unreadable, 255 not yet)
           done     (n_blocks,) uint8, one chunk per block: 1 once the block is written
           job.lock while a featurize job runs
 
 Cells are sorted by patient, so a bag is the slice ``offsets[i]:offsets[i + 1]``. A block
 (``block_rows`` rows, a multiple of ``chunk_rows``) is the unit of writing: its data and
 its cells' status are written first, its done mark last, so a killed job never leaves a
-half-written block marked done. This module imports no torch.
+half-written block marked done. Every data chunk carries a crc32c checksum and is written
+even when empty; reading checks it and refuses non-finite rows of embedded cells (a missing
+chunk reads as NaN), naming the store, the encoder and the patients. This module imports no
+torch.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from cellbag import __version__
 from cellbag.store.blocks import block_range, n_blocks
 from cellbag.store.errors import EncoderNotReady, StoreError
 from cellbag.store.fastread import LocalRowReader
-from cellbag.store.lock import LOCK_NAME, JobLock
+from cellbag.store.lock import LOCK_NAME, JobLock, LockError
+from cellbag.store.schema import write_schema
 
 if TYPE_CHECKING:
     import zarr
@@ -46,11 +54,14 @@ if TYPE_CHECKING:
     from cellbag.data import Cohort
 
 FORMAT = "cellbag-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-encoder status, crc32c chunks, file stats and cohort digests
 DEFAULT_CHUNK_ROWS = 64
 DEFAULT_BLOCK_ROWS = 1024
-STATUS_OK, STATUS_UNREADABLE = 0, 1
+STATUS_OK, STATUS_UNREADABLE, STATUS_PENDING = 0, 1, 255
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_UNREADABLE: "unreadable"}
+SIZE_UNRECORDED, SIZE_MISSING = -2, -1
+CREATE_LOCK = "create.lock"
+STORE_ENTRIES = ("zarr.json", "cells", "patients", "embeddings")
 _TABLE_CHUNK = 65536
 
 
@@ -67,6 +78,124 @@ def _norm_path(path: str | os.PathLike) -> str:
     if _is_url(text):
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _check_target(path: str, cohort: Cohort) -> None:
+    """Refuse a store path that would overwrite, or live inside, what the user owns."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise StoreError(f"{path}: a file is in the way; choose a new folder for the store")
+    if target.is_dir():
+        if Store.exists(path):
+            raise StoreExists(f"{path}: a store already exists here")
+        entries = sorted(e for e in os.listdir(path) if e != CREATE_LOCK)
+        half_made = (target / CREATE_LOCK).exists() and set(entries) <= set(STORE_ENTRIES)
+        if entries and not half_made:
+            raise StoreError(
+                f"{path}: folder is not empty and is not a cellbag store ({len(entries)} "
+                f"entries, e.g. {entries[0]!r}); refusing to write into it, choose a new or "
+                "empty folder"
+            )
+    folders = {Path(p).parent for p in cohort.cells["path"]}
+    if cohort.sources:
+        folders.add(Path(cohort.root))
+        folders.update(Path(f).parent for f in cohort.sources)
+    for folder in sorted(folders):
+        if not folder.exists():
+            continue
+        folder = folder.resolve()
+        if _within(target, folder):
+            raise StoreError(
+                f"{path}: the store would be inside the cohort's folder {folder}; "
+                "put it outside the cohort"
+            )
+        if _within(folder, target):
+            raise StoreError(
+                f"{path}: the cohort's folder {folder} is inside this path; "
+                "put the store outside the cohort"
+            )
+
+
+def _file_sha(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+def cohort_attrs(cohort: Cohort) -> dict[str, Any]:
+    """What the store records of the cohort it holds (membership, clinical table, CSVs)."""
+    return {
+        "root": str(cohort.root),
+        "layout": cohort.layout,
+        "fingerprint": cohort.fingerprint(),
+        "clinical_digest": cohort.clinical_digest(),
+        "sources": [{"path": str(f), "sha256": _file_sha(f)} for f in cohort.sources],
+        "n_patients": cohort.n_patients,
+        "n_cells": cohort.n_cells,
+    }
+
+
+def _patient_columns(cohort: Cohort) -> dict[str, np.ndarray]:
+    p = cohort.patients
+    offsets = cohort.offsets()
+    dob = pd.to_datetime(p["dob"])
+    return {
+        "patient_id": np.asarray(p["patient_id"].astype(str), dtype=object),
+        "split": np.asarray(p["split"].astype(str), dtype=object),
+        "gender": np.asarray([g if isinstance(g, str) else "" for g in p["gender"]], object),
+        "dob": np.asarray(
+            ["" if pd.isna(d) else d.strftime("%Y-%m-%d") for d in dob], dtype=object
+        ),
+        "label": p["label"].astype("Int64").fillna(-1).to_numpy(dtype=np.int8),
+        "lymph_count": p["lymph_count"].to_numpy(dtype=np.float64),
+        "n_cells": np.diff(offsets).astype(np.int64),
+        "offsets": offsets.astype(np.int64),
+    }
+
+
+def _remove_entries(path: str, names: Sequence[str]) -> None:
+    import shutil
+
+    for name in names:
+        entry = Path(path) / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a local cellbag store's own entries (never any other file in its folder)."""
+    path = _norm_path(path)
+    if _is_url(path) or not Store.exists(path):
+        raise StoreError(f"{path}: not a cellbag store; refusing to delete anything here")
+    _remove_entries(path, (*STORE_ENTRIES, CREATE_LOCK))
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # the user's own files stay
+
+
+def chunk_error(error: BaseException) -> str:
+    """A failed chunk read, in words."""
+    text = str(error)
+    if "checksum" in text:
+        return "a chunk fails its crc32c checksum (corrupt file)"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"an unreadable chunk ({type(error).__name__}: {first[:120]})"
+
+
+class StoreExists(StoreError):
+    """A store already lives at the path given to :meth:`Store.create`."""
+
+
+class CorruptStore(StoreError):
+    """Stored embeddings are missing, fail their checksum or hold non-finite values."""
 
 
 def _strings(arr: zarr.Array) -> np.ndarray:
@@ -101,6 +230,8 @@ class Store:
         self._arrays: dict[str, zarr.Array] = {}
         self._readers: dict[str, LocalRowReader | None] = {}
         self._complete: set[str] = set()
+        self._enc_status: dict[str, np.ndarray] = {}
+        self._patient_ids: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, cells={self.n_cells}, encoders={self.encoders()})"
@@ -123,7 +254,11 @@ class Store:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         block_rows: int = DEFAULT_BLOCK_ROWS,
     ) -> Store:
-        """Write a new store holding ``cohort``'s cells and patients (no embeddings yet)."""
+        """Write a new store holding ``cohort``'s cells and patients (no embeddings yet).
+
+        Only a new or empty folder is used (never one holding anything else, nor one inside
+        the cohort); two jobs creating one store at once: the second gets a :class:`LockError`.
+        """
         path = _norm_path(path)
         if cohort.n_cells == 0:
             raise StoreError(f"{path}: cohort {cohort.root} has no cells; nothing to store")
@@ -132,13 +267,38 @@ class Store:
                 f"{path}: block_rows ({block_rows}) must be a positive multiple of "
                 f"chunk_rows ({chunk_rows})"
             )
-        if cls.exists(path):
-            raise StoreError(f"{path}: a store already exists here")
         offsets = cohort.offsets()
         if offsets[-1] != cohort.n_cells:
             raise StoreError(f"{path}: cohort {cohort.root} has cells of unknown patients")
+        if _is_url(path):
+            if cls.exists(path):
+                raise StoreExists(f"{path}: a store already exists here")
+            return cls._write_new(path, cohort, chunk_rows, block_rows)
+        _check_target(path, cohort)
+        lock = JobLock(f"{path}/{CREATE_LOCK}")
         try:
-            root = _open_group(path, mode="w")
+            lock.acquire()
+        except LockError as e:
+            if "locked by another job" in str(e):
+                raise LockError(
+                    f"{path}: another job is creating this store right now; wait for it and "
+                    "run again"
+                ) from None
+            raise
+        try:
+            if cls.exists(path):
+                raise StoreExists(f"{path}: a store already exists here")
+            _remove_entries(path, STORE_ENTRIES)  # what a killed creation left, if anything
+            return cls._write_new(path, cohort, chunk_rows, block_rows)
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create store ({e.strerror or e})") from None
+        finally:
+            lock.release()
+
+    @classmethod
+    def _write_new(cls, path: str, cohort: Cohort, chunk_rows: int, block_rows: int) -> Store:
+        try:
+            root = _open_group(path, mode="a")
         except (OSError, ValueError) as e:
             raise StoreError(f"{path}: cannot create store ({e})") from None
         n = cohort.n_cells
@@ -151,46 +311,45 @@ class Store:
         )
         for name in ("reason", "sha256"):
             cells.create_array(name, shape=(n,), dtype=str, chunks=(block_rows,), fill_value="")
-        p = cohort.patients
-        m = len(p)
+        for name in ("size", "mtime_ns"):
+            cells.create_array(
+                name, shape=(n,), dtype="int64", chunks=(block_rows,), fill_value=SIZE_UNRECORDED
+            )
         pts = root.create_group("patients")
-        label = p["label"].astype("Int64").fillna(-1).to_numpy(dtype=np.int8)
-        dob = pd.to_datetime(p["dob"])
-        columns: dict[str, np.ndarray] = {
-            "patient_id": np.asarray(p["patient_id"].astype(str), dtype=object),
-            "split": np.asarray(p["split"].astype(str), dtype=object),
-            "gender": np.asarray([g if isinstance(g, str) else "" for g in p["gender"]], object),
-            "dob": np.asarray(
-                ["" if pd.isna(d) else d.strftime("%Y-%m-%d") for d in dob], dtype=object
-            ),
-            "label": label,
-            "lymph_count": p["lymph_count"].to_numpy(dtype=np.float64),
-            "n_cells": np.diff(offsets).astype(np.int64),
-            "offsets": offsets.astype(np.int64),
-        }
-        for name, values in columns.items():
+        for name, values in _patient_columns(cohort).items():
             dtype = str if values.dtype == object else values.dtype
             a = pts.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape)
             a[:] = values
         root.create_group("embeddings")
-        root.attrs.update(
+        root.attrs.update(  # last: the folder is a cellbag store from here on
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "created_with": f"cellbag {__version__}",
                 "created": _now(),
-                "cohort": {
-                    "root": str(cohort.root),
-                    "layout": cohort.layout,
-                    "fingerprint": cohort.fingerprint(),
-                    "n_patients": m,
-                    "n_cells": n,
-                },
+                "cohort": cohort_attrs(cohort),
                 "chunk_rows": chunk_rows,
                 "block_rows": block_rows,
             }
         )
+        write_schema(root)
         return cls(path, root, "r+")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        path: str | os.PathLike,
+        bags: Sequence[np.ndarray],
+        labels: Any,
+        patient_ids: Sequence[str] | None = None,
+        clinical: Any = None,
+        name: str = "arrays",
+        **kw: Any,
+    ) -> Store:
+        """A new store from in-memory bags; see :func:`cellbag.store.importer.from_arrays`."""
+        from cellbag.store.importer import from_arrays
+
+        return from_arrays(path, bags, labels, patient_ids, clinical, name=name, **kw)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
@@ -213,7 +372,12 @@ class Store:
         fmt = root.attrs.get("format")
         if fmt != FORMAT:
             raise StoreError(f"{path}: a Zarr group, but not a cellbag feature store")
-        version = int(root.attrs.get("format_version", 0))
+        try:
+            version = int(root.attrs.get("format_version", 0))
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{path}: unreadable format_version in the store's attributes"
+            ) from None
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{path}: store format version {version} is newer than this cellbag's "
@@ -282,6 +446,10 @@ class Store:
                     "n_cells": np.asarray(g["n_cells"][:], dtype=np.int64),
                 }
             )
+            if "clinical_extra" in g:  # further clinical columns of an imported store
+                extra = g["clinical_extra"]
+                for j, col in enumerate(extra.attrs["columns"]):
+                    self._patients[col] = np.asarray(extra[:, j], dtype=np.float64)
         return self._patients.copy()
 
     def _patient_index(self, patient_id: str) -> int:
@@ -300,8 +468,19 @@ class Store:
             self._status = np.asarray(self._root["cells/status"][:], dtype=np.uint8)
         return self._status
 
-    def cells(self) -> pd.DataFrame:
-        """One row per cell: cell_id, patient_id, path, status ('ok'|'unreadable'), reason, sha256."""
+    def cells(self, encoder_id: str | None = None) -> pd.DataFrame:
+        """One row per cell: cell_id, patient_id, path, status ('ok'|'unreadable'), reason, sha256.
+
+        ``status`` is the file's (as last read); with ``encoder_id`` it is that encoder's
+        (``pending`` for cells it has not embedded yet).
+        """
+        if encoder_id is not None:
+            cells = self.cells()
+            codes = self.encoder_status(encoder_id)
+            cells["status"] = np.select(
+                [codes == STATUS_OK, codes == STATUS_UNREADABLE], ["ok", "unreadable"], "pending"
+            )
+            return cells
         if self._cells is None:
             g = self._root["cells"]
             codes = self.status
@@ -317,14 +496,36 @@ class Store:
             )
         return self._cells.copy()
 
-    def bag_cells(self, patient_id: str, only_ok: bool = True) -> pd.DataFrame:
-        """The cells of one patient, in the row order of :meth:`bag`."""
+    def bag_cells(
+        self, patient_id: str, only_ok: bool = True, encoder_id: str | None = None
+    ) -> pd.DataFrame:
+        """The cells of one patient, in the row order of :meth:`bag` (of ``encoder_id``)."""
         i = self._patient_index(patient_id)
         a, b = self.offsets[i], self.offsets[i + 1]
         rows = self.cells().iloc[a:b]
         if only_ok:
-            rows = rows[self.status[a:b] == STATUS_OK]
+            status = self.status if encoder_id is None else self.encoder_status(encoder_id)
+            rows = rows[status[a:b] == STATUS_OK]
         return rows.reset_index(drop=True)
+
+    def patients_of_rows(self, rows: np.ndarray | Sequence[int]) -> list[str]:
+        """The ids of the patients owning cell rows ``rows`` (sorted by row, unique)."""
+        if self._patient_ids is None:
+            self._patient_ids = _strings(self._root["patients/patient_id"]).astype(str)
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = np.unique(np.searchsorted(self.offsets, rows, side="right") - 1)
+        return [str(self._patient_ids[i]) for i in idx]
+
+    def encoder_status(self, encoder_id: str) -> np.ndarray:
+        """Per-cell status of one encoder (uint8: 0 embedded, 1 unreadable, 255 not yet)."""
+        if encoder_id not in self._enc_status:
+            g = self._group(encoder_id)
+            if "status" in g.attrs.get("arrays", []):
+                st = np.asarray(g["status"][:], dtype=np.uint8)
+            else:  # format 1: one status shared by every encoder
+                st = self.status.copy()
+            self._enc_status[encoder_id] = st
+        return self._enc_status[encoder_id]
 
     def problems(self) -> pd.DataFrame:
         """Cells recorded as unreadable, with their reason."""
@@ -339,6 +540,12 @@ class Store:
             warnings.simplefilter("ignore")
             groups = list(g.groups())
         return sorted(name for name, sub in groups if "done" in sub.attrs.get("arrays", []))
+
+    def resolve_encoder(self, name_or_id: str | None = None) -> str:
+        """An encoder id from an id, a model name matching one encoder, or None (the only one)."""
+        from cellbag.store.resolve import resolve_encoder
+
+        return resolve_encoder(self, name_or_id)
 
     def _group(self, encoder_id: str) -> zarr.Group:
         try:
@@ -434,7 +641,7 @@ class Store:
     def embeddings_digest(self, encoder_id: str) -> str:
         """A digest that changes whenever the encoder's embeddings are (re)written."""
         a = self._group(encoder_id).attrs
-        text = f"{encoder_id}|{a.get('generation')}|{a.get('completed')}"
+        text = f"{encoder_id}|{a.get('generation')}|{a.get('completed')}|{a.get('completion_id')}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ reading bags
@@ -444,18 +651,43 @@ class Store:
         return None if _is_url(self.path) else Path(self.path)
 
     def _read_rows(self, encoder_id: str, a: int, b: int) -> np.ndarray:
-        """Rows ``[a, b)`` as float32: straight from local chunk files, else through zarr."""
+        """Rows ``[a, b)`` as float32, checked: from local chunk files, else through zarr."""
         if encoder_id not in self._readers:
             root = self._local_root()
             folder = None if root is None else root / "embeddings" / encoder_id / "data"
             self._readers[encoder_id] = None if folder is None else LocalRowReader.open(folder)
         reader = self._readers[encoder_id]
+        x = None
         if reader is not None:
             try:
-                return reader.read(a, b)
-            except (OSError, ValueError):
-                self._readers[encoder_id] = None  # unexpected file: let zarr read it
-        return np.asarray(self.embeddings(encoder_id)[a:b], dtype=np.float32)
+                x = reader.read(a, b)
+            except (OSError, ValueError, RuntimeError):
+                pass  # a bad chunk: zarr reads it again and names the failure
+        if x is None:
+            try:
+                x = np.asarray(self.embeddings(encoder_id)[a:b], dtype=np.float32)
+            except Exception as e:  # noqa: BLE001 - codecs raise ValueError, zstd its own
+                raise self._corrupt(encoder_id, np.arange(a, b), chunk_error(e)) from None
+        self._check_rows(encoder_id, a, x)
+        return x
+
+    def _corrupt(self, encoder_id: str, rows: np.ndarray, what: str) -> CorruptStore:
+        pids = self.patients_of_rows(rows)
+        more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
+        return CorruptStore(
+            f"{self.path}: encoder {encoder_id}: {what} for patient(s) "
+            f"{', '.join(pids[:5])}{more}; run `cellbag store verify {self.path}`, then "
+            f"recompute with `{self.featurize_command(encoder_id)} --force`"
+        )
+
+    def _check_rows(self, encoder_id: str, a: int, x: np.ndarray) -> None:
+        """Refuse non-finite rows of embedded cells (a missing chunk reads as NaN)."""
+        ok = self.encoder_status(encoder_id)[a : a + len(x)] == STATUS_OK
+        bad = ok & ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise self._corrupt(
+                encoder_id, a + np.flatnonzero(bad), "missing or non-finite embeddings"
+            )
 
     def bag(self, patient_id: str, encoder_id: str, only_ok: bool = True) -> np.ndarray:
         """One patient's embeddings as float32 ``(n_cells, dim)`` (one slice of the store)."""
@@ -464,7 +696,7 @@ class Store:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         x = self._read_rows(encoder_id, a, b)
         if only_ok:
-            keep = self.status[a:b] == STATUS_OK
+            keep = self.encoder_status(encoder_id)[a:b] == STATUS_OK
             if not keep.all():
                 x = x[keep]
         return x
@@ -487,15 +719,22 @@ class Store:
         lo, hi = int(off[idx].min()), int(off[idx + 1].max())
         arr = self.embeddings(encoder_id)
         needed = int((off[idx + 1] - off[idx]).sum())
+        status = self.encoder_status(encoder_id)
         if needed * 2 >= hi - lo:
-            block = np.asarray(arr[lo:hi], dtype=np.float32)
-            parts = [block[off[i] - lo : off[i + 1] - lo] for i in idx]
-        else:
+            try:
+                block = np.asarray(arr[lo:hi], dtype=np.float32)
+            except Exception:  # noqa: BLE001 - a bad chunk: read per patient to name them
+                block = None
+            if block is not None:
+                parts = [block[off[i] - lo : off[i + 1] - lo] for i in idx]
+                for i, x in zip(idx, parts, strict=True):
+                    self._check_rows(encoder_id, int(off[i]), x)
+        if needed * 2 < hi - lo or block is None:
             parts = [self._read_rows(encoder_id, off[i], off[i + 1]) for i in idx]
         out = []
         for i, x in zip(idx, parts, strict=True):
             if only_ok:
-                keep = self.status[off[i] : off[i + 1]] == STATUS_OK
+                keep = status[off[i] : off[i + 1]] == STATUS_OK
                 x = x if keep.all() else x[keep]
             out.append(np.ascontiguousarray(x))
         return out
@@ -516,7 +755,7 @@ class Store:
         """
         self._require_writable()
         zarr = _zarr()
-        from zarr.codecs import ZstdCodec
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         if self.has_encoder(encoder_id):
             have = int(self._group(encoder_id).attrs.get("dim", -1))
@@ -529,7 +768,7 @@ class Store:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g = emb.require_group(encoder_id)
-        for name in ("data", "done"):
+        for name in ("data", "done", "status"):
             if name in g:
                 del g[name]
         n = self.n_cells
@@ -538,8 +777,11 @@ class Store:
             shape=(n, dim),
             dtype="float16",
             chunks=(min(self.chunk_rows, n), dim),
-            compressors=ZstdCodec(level=3),
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
             fill_value=np.nan,
+        )
+        g.create_array(
+            "status", shape=(n,), dtype="uint8", chunks=(self.block_rows,), fill_value=255
         )
         g.create_array("done", shape=(self.n_blocks,), dtype="uint8", chunks=(1,), fill_value=0)
         attrs = {k: v for k, v in metadata.items() if k not in ("completed",)}
@@ -553,14 +795,18 @@ class Store:
             generation=uuid.uuid4().hex,
             created=_now(),
             completed=None,
-            arrays=["data", "done"],
+            arrays=["data", "status", "done"],
             zarr_version=zarr.__version__,
         )
         g.attrs.update(attrs)
+        self._forget(encoder_id)
+        return True
+
+    def _forget(self, encoder_id: str) -> None:
         self._arrays.pop(encoder_id, None)
         self._readers.pop(encoder_id, None)
+        self._enc_status.pop(encoder_id, None)
         self._complete.discard(encoder_id)
-        return True
 
     def reset_encoder(self, encoder_id: str) -> None:
         """Forget an encoder's embeddings (keeps its folder and any lock file)."""
@@ -569,12 +815,82 @@ class Store:
             return
         g = self._group(encoder_id)
         g.attrs.update(arrays=[], completed=None)
-        for name in ("data", "done"):
+        for name in ("data", "done", "status"):
             if name in g:
                 del g[name]
-        self._arrays.pop(encoder_id, None)
-        self._readers.pop(encoder_id, None)
-        self._complete.discard(encoder_id)
+        self._forget(encoder_id)
+
+    def reset_blocks(self, encoder_id: str, blocks: Sequence[int]) -> None:
+        """Mark blocks of an encoder as not written (they are recomputed by the next run)."""
+        self._require_writable()
+        if not len(blocks):
+            return
+        g = self._group(encoder_id)
+        g.attrs.update(completed=None)  # first: the encoder is no longer complete
+        done = g["done"]
+        for blk in blocks:
+            done[int(blk)] = 0
+        self._forget(encoder_id)
+
+    def record_files(
+        self,
+        rows: np.ndarray,
+        sha256: Sequence[str] | None = None,
+        size: Sequence[int] | None = None,
+        mtime_ns: Sequence[int] | None = None,
+    ) -> None:
+        """Record what the files of cell ``rows`` hold (digest, size, mtime)."""
+        self._require_writable()
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        cells = self._root["cells"]
+        for name, values, dtype in (
+            ("sha256", sha256, object),
+            ("size", size, np.int64),
+            ("mtime_ns", mtime_ns, np.int64),
+        ):
+            if values is None:
+                continue
+            arr = cells[name]
+            full = np.asarray(arr[:], dtype=dtype)
+            full[rows] = np.asarray(list(values), dtype=dtype)
+            arr[:] = full
+        self._cells = None
+
+    def file_records(self) -> pd.DataFrame:
+        """Per cell: sha256, size, mtime_ns as last recorded (size -2: never read)."""
+        g = self._root["cells"]
+        n = self.n_cells
+        have = set(g.array_keys())
+        return pd.DataFrame(
+            {
+                "sha256": _strings(g["sha256"]).astype(str),
+                "size": np.asarray(g["size"][:], np.int64)
+                if "size" in have
+                else np.full(n, SIZE_UNRECORDED, np.int64),
+                "mtime_ns": np.asarray(g["mtime_ns"][:], np.int64)
+                if "mtime_ns" in have
+                else np.full(n, SIZE_UNRECORDED, np.int64),
+            }
+        )
+
+    def write_patients(self, cohort: Cohort) -> None:
+        """Replace the patients' split, label and clinical values (same patients, same order)."""
+        self._require_writable()
+        cols = _patient_columns(cohort)
+        pts = self._root["patients"]
+        have = np.asarray(_strings(pts["patient_id"]), dtype=str)
+        if not np.array_equal(have, cols["patient_id"].astype(str)):
+            raise StoreError(f"{self.path}: write_patients needs the same patients in order")
+        for name in ("split", "gender", "dob", "label", "lymph_count"):
+            pts[name][:] = cols[name]
+        self._patients = None
+
+    def set_cohort(self, cohort: Cohort) -> None:
+        """Record ``cohort``'s digests (after its tables were written)."""
+        self._require_writable()
+        self._root.attrs.update(cohort=cohort_attrs(cohort))
 
     def update_paths(self, paths: Sequence[str]) -> bool:
         """Record new image paths (same cells, in order; e.g. a moved cohort); True if changed."""
@@ -602,8 +918,14 @@ class Store:
         status: np.ndarray | None = None,
         reason: Sequence[str] | None = None,
         sha256: Sequence[str] | None = None,
+        size: Sequence[int] | None = None,
+        mtime_ns: Sequence[int] | None = None,
     ) -> None:
-        """Write one block's embeddings (and its cells' status), then mark it done."""
+        """Write one block's embeddings (and its cells' status), then mark it done.
+
+        ``sha256`` (and ``size``/``mtime_ns``) say what the files held when read; a file whose
+        recorded digest differs changed since the store last read it, and is refused.
+        """
         self._require_writable()
         a, b = self.block_range(block)
         g = self._group(encoder_id)
@@ -622,18 +944,50 @@ class Store:
             raise StoreError(
                 f"{self.path}: encoder {encoder_id} block {block}: values overflow float16"
             )
+        if not finite_src.all():
+            bad = a + np.flatnonzero(st == STATUS_OK)[~finite_src.all(axis=1)]
+            raise StoreError(
+                f"{self.path}: encoder {encoder_id} gave non-finite embeddings for patient(s) "
+                f"{', '.join(self.patients_of_rows(bad)[:5])}; nothing was stored for them"
+            )
         half[st != STATUS_OK] = np.nan
-        self.embeddings(encoder_id)[a:b] = half
         cells = self._root["cells"]
+        if sha256 is not None:
+            new_sha = np.asarray(list(sha256), dtype=object)
+            old_sha = np.asarray(cells["sha256"][a:b], dtype=object)
+            moved = (old_sha != "") & (new_sha != "") & (old_sha != new_sha)
+            if moved.any():
+                ids = np.asarray(cells["cell_id"][a:b], dtype=object)[moved]
+                raise StoreError(
+                    f"{self.path}: {int(moved.sum())} image(s) changed while being featurized "
+                    f"(e.g. {ids[0]}); run `cellbag featurize DATA {self.path} --update`"
+                )
+        self._writable(self.embeddings(encoder_id))[a:b] = half
+        if "status" in g.attrs.get("arrays", []):
+            g["status"][a:b] = st
         cells["status"][a:b] = st
         if reason is not None:
             cells["reason"][a:b] = np.asarray(list(reason), dtype=object)
         if sha256 is not None:
-            cells["sha256"][a:b] = np.asarray(list(sha256), dtype=object)
+            cells["sha256"][a:b] = new_sha
+        have = set(cells.array_keys())
+        for name, values in (("size", size), ("mtime_ns", mtime_ns)):
+            if values is not None and name in have:
+                cells[name][a:b] = np.asarray(list(values), dtype=np.int64)
         g["done"][block] = 1  # last: the block is now complete
         if self._status is not None:
             self._status[a:b] = st
+        if encoder_id in self._enc_status:
+            self._enc_status[encoder_id][a:b] = st
         self._cells = None
+
+    @staticmethod
+    def _writable(arr: zarr.Array) -> zarr.Array:
+        """The array, writing every chunk (an all-NaN chunk too: a missing one is an error)."""
+        try:
+            return arr.with_config({"write_empty_chunks": True})
+        except (AttributeError, TypeError):  # pragma: no cover - older zarr
+            return arr
 
     def mark_complete(self, encoder_id: str, **attrs: Any) -> bool:
         """Record completion if every block is done; return whether it is complete."""

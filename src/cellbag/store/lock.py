@@ -79,11 +79,16 @@ class JobLock:
 
     def _create_exclusive(self, data: bytes) -> bool:
         if self.local:
-            os.makedirs(os.path.dirname(self.fs_path), exist_ok=True)
             try:
+                os.makedirs(os.path.dirname(self.fs_path), exist_ok=True)
                 fd = os.open(self.fs_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
+            except OSError as e:
+                raise LockError(
+                    f"{self.path}: cannot create the lock file ({e.strerror or e}); "
+                    "is the store read-only?"
+                ) from None
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return True
@@ -99,9 +104,12 @@ class JobLock:
         except (FileNotFoundError, OSError):
             return None
         try:
-            return json.loads(raw)
+            info = json.loads(raw)
         except ValueError:
+            info = None
+        if not isinstance(info, dict):
             return {"pid": -1, "host": "?", "started": "?", "job_id": None, "corrupt": True}
+        return info
 
     def _remove_stale(self, seen: dict[str, Any]) -> None:
         """Move the stale lock aside atomically; put it back if it was not the one we saw."""
@@ -137,7 +145,16 @@ class JobLock:
             return True
         if info.get("host") != socket.gethostname():
             return False
-        return not pid_alive(int(info.get("pid", -1)), info.get("pid_start_time"))
+        pid = info.get("pid", -1)
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            try:
+                pid = int(str(pid).strip())
+            except ValueError:
+                raise LockError(
+                    f"{self.path}: lock file holds a non-numeric pid {info.get('pid')!r}; "
+                    "delete the file if no job is running on this store"
+                ) from None
+        return not pid_alive(pid, info.get("pid_start_time"))
 
     # -------------------------------------------------------------- public
     def acquire(self) -> JobLock:

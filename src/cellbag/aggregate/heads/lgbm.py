@@ -87,6 +87,17 @@ class LGBMHead(Head):
             self._table(bags, clinical), num_threads=self.num_threads or default_threads()
         )
 
+    contribution_kind = "cluster gain"
+
+    def _cell_contributions(self, bags, clinical):
+        # each cell scores the share of the trees' gain carried by its cluster's fraction
+        names = self.booster_.feature_name()
+        gain = dict(zip(names, self.booster_.feature_importance("gain"), strict=True))
+        k = len(self.stats_.centers_)
+        g = np.array([gain.get(f"cluster{j}_frac", 0.0) for j in range(k)], dtype=np.float64)
+        g = g / g.sum() if g.sum() > 0 else g
+        return [g[self.stats_.assign(self.stats_.project(b))] for b in bags]
+
     def _get_state(self):
         return {}, self.stats_.state(), {"lgbm_model.txt": self.booster_.model_to_string()}
 

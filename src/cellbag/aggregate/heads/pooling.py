@@ -50,13 +50,32 @@ class _PooledLogistic(Head):
 class MeanPoolHead(_PooledLogistic):
     """Mean of the cell embeddings -> logistic regression."""
 
+    contribution_kind = "logit"
+
     def _pool(self, bags):
         return np.stack([b.mean(axis=0) for b in bags])
+
+    def _cell_contributions(self, bags, clinical):
+        # the linear head applied to each cell: the bag's image logit is their sum
+        d = self.dim_
+        w = self.coef_[:d] / self.std_[:d]
+        return [((b - self.mean_[:d]) @ w) / len(b) for b in bags]
 
 
 @register_head("maxpool")
 class MaxPoolHead(_PooledLogistic):
     """Per-dimension max of the cell embeddings -> logistic regression."""
 
+    contribution_kind = "argmax"
+
     def _pool(self, bags):
         return np.stack([b.max(axis=0) for b in bags])
+
+    def _cell_contributions(self, bags, clinical):
+        # each pooled dimension's logit term goes to the cell that holds its maximum
+        d = self.dim_
+        term = [(b.max(axis=0) - self.mean_[:d]) / self.std_[:d] * self.coef_[:d] for b in bags]
+        return [
+            np.bincount(b.argmax(axis=0), weights=t, minlength=len(b))
+            for b, t in zip(bags, term, strict=True)
+        ]

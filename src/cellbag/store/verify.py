@@ -1,0 +1,168 @@
+"""Check a store end to end: done marks, chunk files, crc32c checksums, finite values.
+
+:func:`verify` reads every chunk of every encoder (``cellbag store verify``);
+:func:`quick_check` only compares done marks with the chunk files present (what
+``cellbag store info`` does before it calls an encoder complete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cellbag.store.feature_store import (
+    STATUS_OK,
+    STATUS_PENDING,
+    Store,
+    chunk_error,
+)
+
+if TYPE_CHECKING:
+    from cellbag.data import Cohort
+    from cellbag.store.sync import SyncDiff
+
+
+@dataclass
+class Finding:
+    """One problem of an encoder: what, at which rows, for which patients."""
+
+    what: str
+    rows: tuple[int, int]
+    patients: list[str]
+
+    def __str__(self) -> str:
+        who = ", ".join(self.patients[:5]) + (" ..." if len(self.patients) > 5 else "")
+        return f"{self.what} (rows {self.rows[0]}-{self.rows[1] - 1}; patients {who})"
+
+
+@dataclass
+class EncoderCheck:
+    """What verify found for one encoder."""
+
+    encoder_id: str
+    done_blocks: int
+    n_blocks: int
+    complete: bool
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.findings
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({p for f in self.findings for p in f.patients})
+
+
+@dataclass
+class VerifyReport:
+    """Per encoder findings, and the cohort's sync state when a cohort was given."""
+
+    store: str
+    encoders: list[EncoderCheck]
+    sync: SyncDiff | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(e.ok for e in self.encoders) and (self.sync is None or self.sync.in_sync)
+
+
+def _chunk_file(store: Store, encoder_id: str, chunk: int) -> Path | None:
+    root = store._local_root()
+    if root is None:
+        return None
+    return root / "embeddings" / encoder_id / "data" / "c" / str(chunk) / "0"
+
+
+def _writes_every_chunk(store: Store, encoder_id: str) -> bool:
+    """Format 2 encoders write every chunk; format 1 ones skipped all-NaN chunks."""
+    g = store.zarr_group["embeddings"][encoder_id]
+    return "status" in g.attrs.get("arrays", [])
+
+
+def quick_check(store: Store, encoder_id: str) -> list[Finding]:
+    """Done blocks whose chunk files are missing (local stores; no chunk is read)."""
+    found = []
+    if store._local_root() is None or not _writes_every_chunk(store, encoder_id):
+        return found
+    done = store.done_blocks(encoder_id)
+    rows = store.chunk_rows
+    per_block = store.block_rows // rows
+    for b in np.flatnonzero(done):
+        for c in range(b * per_block, (b + 1) * per_block):
+            a = c * rows
+            if a >= store.n_cells:
+                break
+            f = _chunk_file(store, encoder_id, c)
+            if f is not None and not f.exists():
+                z = min(a + rows, store.n_cells)
+                found.append(
+                    Finding(
+                        f"chunk {c} is missing", (a, z), store.patients_of_rows(np.arange(a, z))
+                    )
+                )
+    return found
+
+
+def check_encoder(store: Store, encoder_id: str) -> EncoderCheck:
+    """Read every chunk of one encoder and check it."""
+    info = store.encoder_info(encoder_id)
+    done = store.done_blocks(encoder_id)
+    check = EncoderCheck(encoder_id, int(done.sum()), int(done.size), bool(info["complete"]))
+    add = check.findings.append
+    status = store.encoder_status(encoder_id)
+    arr = store.embeddings(encoder_id)
+    missing = {f.rows[0] for f in quick_check(store, encoder_id)}
+    if info["complete"] and not done.all():
+        check.complete = False
+        add(Finding("marked complete, but blocks are not done", (0, store.n_cells), []))
+    for b in range(store.n_blocks):
+        a, z = store.block_range(b)
+        if not done[b]:
+            add(
+                Finding(
+                    "block not written yet (unfinished)",
+                    (a, z),
+                    store.patients_of_rows(np.arange(a, z)),
+                )
+            )
+            continue
+        if (status[a:z] == STATUS_PENDING).any():
+            bad = a + np.flatnonzero(status[a:z] == STATUS_PENDING)
+            add(Finding("done mark, but cells not embedded", (a, z), store.patients_of_rows(bad)))
+        for c0 in range(a, z, store.chunk_rows):
+            c1 = min(c0 + store.chunk_rows, z)
+            pids = store.patients_of_rows(np.arange(c0, c1))
+            if c0 in missing:
+                add(Finding(f"chunk {c0 // store.chunk_rows} is missing", (c0, c1), pids))
+                continue
+            try:
+                x = np.asarray(arr[c0:c1], dtype=np.float32)
+            except Exception as e:  # noqa: BLE001 - any decode failure is a finding
+                add(Finding(chunk_error(e), (c0, c1), pids))
+                continue
+            ok = status[c0:c1] == STATUS_OK
+            bad = ok & ~np.isfinite(x).all(axis=1)
+            if bad.any():
+                rows = c0 + np.flatnonzero(bad)
+                add(
+                    Finding(
+                        f"{int(bad.sum())} embedded cell(s) hold non-finite values",
+                        (c0, c1),
+                        store.patients_of_rows(rows),
+                    )
+                )
+    return check
+
+
+def verify(store: Store, cohort: Cohort | None = None) -> VerifyReport:
+    """Check every encoder of ``store`` (and, given a cohort, whether it is in sync)."""
+    report = VerifyReport(store.path, [check_encoder(store, e) for e in store.encoders()])
+    if cohort is not None:
+        from cellbag.store.sync import compare
+
+        report.sync = compare(store, cohort)
+    return report
