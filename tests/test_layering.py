@@ -1,6 +1,7 @@
 """The package's layering, read from the import graph (``ast``; imports inside functions
-count too): ``cli -> report -> {distill, retrieval} -> {aggregate, featurize} -> store ->
-data -> core``, every arrow pointing down, and no import circle between modules."""
+count too, those under ``if TYPE_CHECKING:`` do not: they never run): ``cli -> report ->
+{distill, retrieval} -> {aggregate, featurize} -> store -> data -> core``, every arrow
+pointing down, and no import circle between modules."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def modules(root: Path = SRC) -> dict[str, Path]:
     return out
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     """Module -> the cellbag modules it imports (at the top or inside functions)."""
 
@@ -48,7 +61,7 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str | None] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets |= {resolve(a.name) for a in node.names if a.name.startswith("cellbag")}
             elif isinstance(node, ast.ImportFrom):
@@ -149,6 +162,8 @@ def test_checks_catch_a_bad_graph(tmp_path):
         "retrieval/__init__.py": "",
         "retrieval/b.py": "from cellbag.store import a\nfrom . import c\n",
         "retrieval/c.py": "from .b import x\n",
+        "retrieval/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cellbag.report\n",
+        "report/__init__.py": "",
     }.items():
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_text(text)

@@ -4,9 +4,7 @@ Names are imported lazily so that importing :mod:`cellbag.featurize` (for exampl
 ``cellbag.featurize.adapters``) stays cheap until an encoder is needed.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from cellbag.core.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_ENCODER": "cellbag.featurize.registry",
@@ -28,12 +26,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cellbag.featurize' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

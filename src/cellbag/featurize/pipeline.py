@@ -266,7 +266,12 @@ def run_featurize(
         from cellbag.featurize.sync import refresh_encoders
 
         report.refreshed = refresh_encoders(
-            report.store, enc, batch_size=batch_size, workers=workers, progress=progress
+            report.store,
+            enc,
+            featurize=run_featurize,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
         )
         report.store = Store.open(report.store.path, mode="r+")
     report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]

@@ -1,0 +1,29 @@
+"""Lazy package exports: a package's ``__init__`` names what it offers and from which
+module, and a name's module is imported on first use (so importing a package stays cheap
+and a heavy dependency loads only when needed)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package`` exporting ``{name: module}``."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals_ = importlib.import_module(package).__dict__
+        globals_[name] = value  # cache: later lookups skip __getattr__
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(importlib.import_module(package).__dict__) | set(exports))
+
+    return __getattr__, __dir__
