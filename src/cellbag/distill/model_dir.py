@@ -25,7 +25,7 @@ from cellbag.distill.student import StudentModel, StudentSpec, build_student
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "cellbag-student"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the head is built from cellbag.core.mil (1 is read and upgraded)
 
 
 def deployable_state(model: StudentModel) -> dict[str, torch.Tensor]:
@@ -150,8 +150,11 @@ def load_student(folder: str | Path, device: str = "cpu") -> DeployedStudent:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise DistillError(f"{folder / WEIGHTS_FILE}: unreadable weights ({e})") from None
+    from cellbag.distill.student import upgrade_head_state
     from cellbag.featurize.statedict import state_dict_mismatch
 
+    if int(doc.get("version", 1)) < 2:
+        state = upgrade_head_state(state, spec.head.hidden)
     problem = state_dict_mismatch(state, model.state_dict())
     if problem:
         raise DistillError(f"{folder / WEIGHTS_FILE}: weights do not fit {spec.encoder}: {problem}")

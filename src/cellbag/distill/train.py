@@ -23,6 +23,7 @@ from cellbag.core.pixels import flip_rotate
 from cellbag.core.training import LoopState, cosine_schedule, train_loop
 from cellbag.distill.errors import DistillError
 from cellbag.distill.losses import LossWeights, distillation_loss
+from cellbag.distill.model_dir import FORMAT, FORMAT_VERSION, save_model_dir
 from cellbag.distill.sampler import BagSampler
 from cellbag.distill.student import (
     DEFAULT_STUDENT,
@@ -373,8 +374,6 @@ def distill(
     doc = _model_config(model, enc, data, teacher, config, losses, history, seconds, str(device))
     out_path = None
     if out is not None:
-        from cellbag.distill.model_dir import save_model_dir
-
         out_path = save_model_dir(model, out, doc)
     return DistillResult(model, out_path, history, seconds, doc, set(cache.read))
 
@@ -398,8 +397,8 @@ def _model_config(
     train_cfg = asdict(config)
     train_cfg["losses"] = asdict(losses)
     return {
-        "format": "cellbag-student",
-        "version": 1,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
         "encoder": {
             "name": spec.encoder,
             "model": enc.metadata.get("model"),
