@@ -35,10 +35,7 @@ Checkpoint format (a folder):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import pkgutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +45,7 @@ import torch
 from torch import nn
 
 from cellbag.core.io import file_sha256, write_bytes
+from cellbag.core.registry import Registry
 from cellbag.featurize.errors import AdapterError
 
 ADAPTER_JSON = "adapter.json"
@@ -59,56 +57,16 @@ _STATE_ATTR = "_cellbag_adapter"
 
 # ----------------------------------------------------------------------------- registry
 
-_KINDS: dict[str, type] = {}
-_loaded = False
-
-
-def register_adapter(name: str) -> Callable[[type], type]:
-    """Class decorator on an adapter's frozen config dataclass (which has
-    ``attach(model) -> hook handles``): makes it available as ``add_adapter(model, name)``."""
-
-    def deco(cls: type) -> type:
-        if name in _KINDS and _KINDS[name] is not cls:
-            raise ValueError(f"adapter {name!r} is registered twice ({_KINDS[name]} and {cls})")
-        cls.kind = name
-        _KINDS[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if _loaded:
-        return
-    import cellbag.featurize.adapter_kinds as pkg
-
-    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    _loaded = True
-
-
-def list_adapters() -> list[str]:
-    """Names of every registered adapter kind, in registration order."""
-    _load_builtin()
-    return list(_KINDS)
-
-
-def adapter_config_class(kind: str) -> type:
-    """The config class registered under ``kind``."""
-    _load_builtin()
-    if kind not in _KINDS:
-        raise AdapterError(
-            f"unknown adapter kind {kind!r}; choose one of {', '.join(list_adapters())}"
-        )
-    return _KINDS[kind]
+_REGISTRY = Registry("adapter kind", "cellbag.featurize.adapter_kinds", AdapterError, attr="kind")
+register_adapter = _REGISTRY.register  # on a kind's frozen config dataclass with ``attach``
+adapter_config_class = _REGISTRY.get
+list_adapters = _REGISTRY.names
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ADAPTER_KINDS":  # every registered kind, e.g. ('adaptformer', 'bottleneck', ...)
+    if name == "ADAPTER_KINDS":  # every registered kind, sorted
         return tuple(list_adapters())
-    _load_builtin()
-    for cls in _KINDS.values():  # the config classes stay importable from here
+    for cls in (_REGISTRY.get(k) for k in list_adapters()):  # config classes stay importable
         if cls.__name__ == name:
             return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
