@@ -333,6 +333,11 @@ def store_verify_cmd(
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
     Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+
+    \b
+    Examples:
+      cellbag store verify demo_out/store.zarr
+      cellbag store verify store.zarr --data cohort/manifest.csv
     """
     from cellbag.store import Store
     from cellbag.store.sync import compare
