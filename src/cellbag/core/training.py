@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellbag.core.progress import progress_bar
 from cellbag.errors import CellbagError
 
 
@@ -137,8 +138,6 @@ def train_loop(
     state = state or LoopState()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     budget = total_steps if total_steps is not None else epochs * steps_per_epoch
-    from cellbag.core.progress import progress_bar
-
     with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
         task = bar.add_task(label, total=budget, completed=state.step, loss=float("nan"))
         while state.epoch < epochs and state.step < budget:

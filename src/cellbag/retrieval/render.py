@@ -73,7 +73,7 @@ def _query_caption(query: dict[str, Any]) -> tuple[str, str]:
     return "query", f"{pid} · {label_name(query.get('label'))}"
 
 
-def _write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, data)
 
@@ -122,7 +122,7 @@ def montage(
         draw.text((x, y + thumb + 18), line2, fill=(60, 60, 60), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    _write(out, buf.getvalue())
+    _atomic_write(out, buf.getvalue())
     return out
 
 
@@ -203,5 +203,5 @@ def html_page(
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
-    _write(out, page.encode("utf-8"))
+    _atomic_write(out, page.encode("utf-8"))
     return out
