@@ -7,7 +7,11 @@ import pytest
 from cellbag.aggregate.synthetic import witness_cohort, witness_store
 
 # small, fast training for every test that cross-validates neural heads
-FAST = {"abmil": {"epochs": 12}, "transformer": {"epochs": 8}, "lgbm": {"n_estimators": 40}}
+FAST = {
+    "abmil": {"epochs": 12, "inner_folds": 2},
+    "transformer": {"epochs": 8, "inner_folds": 2},
+    "lgbm": {"n_estimators": 40},
+}
 
 
 @pytest.fixture(scope="session", autouse=True)

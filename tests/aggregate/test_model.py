@@ -93,7 +93,9 @@ def test_cli_cv_fit_predict(store_path, tmp_path, monkeypatch, capsys):
     )
     assert code == 0, io.err
     assert "meanpool" in io.out and "maxpool" in io.out
-    assert len(pd.read_csv(tmp_path / "run" / "comparison.csv")) == 2
+    # the clinical-only baseline is listed beside the heads asked for
+    heads = pd.read_csv(tmp_path / "run" / "comparison.csv")["head"].tolist()
+    assert heads == ["meanpool", "maxpool", "clinical"]
     code, io = _cli(
         monkeypatch,
         capsys,

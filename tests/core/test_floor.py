@@ -98,11 +98,9 @@ def _fit(epochs, max_steps=None, state=None, model=None, seen=None, checkpoints=
     y = data @ torch.tensor([1.0, -2.0, 0.5, 0.0])
     model = model or torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    batches = (
-        lambda st: [  # noqa: E731
-            (data[i : i + 4], y[i : i + 4]) for i in range(4 * st.step_in_epoch, 12, 4)
-        ]
-    )
+
+    def batches(st):
+        return [(data[i : i + 4], y[i : i + 4]) for i in range(4 * st.step_in_epoch, 12, 4)]
 
     def step(batch, st):
         if seen is not None:

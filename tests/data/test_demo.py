@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cellbag.cli import app
 from cellbag.data import read_cohort
-from cellbag.data.demo import make_demo_cohort
+from cellbag.data.demo import make_demo_cohort, render_cell
 
 
 def _digest(root: Path) -> str:
@@ -115,3 +115,80 @@ def test_cli_version_and_bad_input(tmp_path: Path) -> None:
     )
     assert p.returncode == 2
     assert "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def _nucleus(img: Image.Image) -> np.ndarray:
+    """Mask of the dark purple nucleus around the centre of a crop."""
+    a = np.asarray(img, dtype=np.float32)[60:164, 60:164]
+    return (a[..., 0] < 135) & (a[..., 2] > a[..., 1] + 25)
+
+
+def test_rare_key_preset(tmp_path: Path) -> None:
+    root = make_demo_cohort(tmp_path / "r", patients=24, cells_per_patient=30, preset="rare-key")
+    truth = pd.read_csv(root / "ground_truth.csv")
+    per = truth.groupby("patient_id").agg(label=("label", "first"), key=("is_key", "mean"))
+    assert per.loc[per["label"] == 0, "key"].max() == 0
+    frac = per.loc[per["label"] == 1, "key"]
+    # 2-6 % of each tumoral bag (at least one cell; rounding in bags of 22-38 cells)
+    assert frac.min() > 0 and 0.02 <= frac.mean() <= 0.06 and frac.max() <= 0.08
+    assert set(truth.loc[truth["is_key"] == 1, "cell_type"]) == {"cleaved"}
+    assert not {"small_mature", "smudge"} & set(truth["cell_type"])
+    # clinical values carry no signal on this preset
+    p = read_cohort(root).patients.dropna(subset=["label"])
+    med = p.groupby("label")["lymph_count"].median()
+    assert abs(np.log(med[1] / med[0])) < 0.6
+
+    # key cells differ from normal ones by nucleus shape (a lobed outline: a lower solidity),
+    # not by colour
+    from skimage.measure import label, regionprops
+
+    rng = np.random.default_rng(0)
+    shape, colour = {}, {}
+    for t in ("normal", "cleaved"):
+        sol, col = [], []
+        for _ in range(6):
+            im = render_cell(t, rng)
+            m = _nucleus(im)
+            r = max(regionprops(label(m)), key=lambda x: x.area)
+            sol.append(r.solidity)
+            col.append(np.asarray(im, np.float32)[60:164, 60:164][m].mean(0))
+        shape[t], colour[t] = np.mean(sol), np.mean(col, axis=0)
+    assert shape["cleaved"] < shape["normal"] - 0.08
+    assert np.abs(colour["cleaved"] - colour["normal"]).max() < 12
+
+    # every patient has its own stain: the background colour differs between patients far
+    # more than within one
+    cells = read_cohort(root).cells
+    bg = cells.groupby("patient_id").head(4).copy()
+    bg["rgb"] = [np.asarray(Image.open(f), np.float32)[:20, :20].mean((0, 1)) for f in bg["path"]]
+    means = np.stack(bg.groupby("patient_id")["rgb"].apply(lambda s: np.mean(list(s), 0)))
+    within = np.mean(
+        [np.std(np.stack(list(s)), 0).mean() for _, s in bg.groupby("patient_id")["rgb"]]
+    )
+    assert means.std(0).mean() > 2 * within
+
+
+def test_fusion_preset_splits_the_signal(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    fu = make_demo_cohort(tmp_path / "f", patients=80, cells_per_patient=3, preset="fusion")
+    de = make_demo_cohort(tmp_path / "d", patients=80, cells_per_patient=3, preset="default")
+
+    def clinical_auc(root: Path) -> float:
+        p = read_cohort(root).patients.dropna(subset=["label"])
+        return roc_auc_score(p["label"].astype(int), np.log(p["lymph_count"]))
+
+    def witness_share(root: Path) -> float:
+        t = pd.read_csv(root / "ground_truth.csv")
+        return t.loc[t["label"] == 1, "witness"].mean()
+
+    # clinical values carry a partial signal: weaker than the default cohort's, not none
+    assert 0.55 < clinical_auc(fu) < clinical_auc(de)
+    # and fewer witness cells in tumoral bags than the default cohort holds
+    assert witness_share(fu) < 0.15 < witness_share(de)
+
+
+def test_unknown_preset_is_one_clear_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["demo-data", str(tmp_path / "x"), "--preset", "nope"])
+    assert r.exit_code == 2 and "unknown preset 'nope'" in r.output
+    assert not (tmp_path / "x").exists()

@@ -55,7 +55,17 @@ def test_labels_are_exactly_zero_or_one(tmp_path: Path, label: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "want"), [("0", 0), ("1", 1), (" 1 ", 1), ("1.0", 1), ("-1", None), ("", None)]
+    ("text", "want"),
+    [
+        ("0", 0),
+        ("1", 1),
+        (" 1 ", 1),
+        ("1.0", 1),
+        ("-1", None),
+        ("", None),
+        ("Tumoral", 1),
+        ("reactive", 0),
+    ],
 )
 def test_valid_labels(tmp_path: Path, text: str, want: int | None) -> None:
     root = _cohort(tmp_path, [["P1", text, "M", "1/2/1950", "3"]])
@@ -160,6 +170,8 @@ _NUM = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 
 def _expected_label(text: str) -> object:
     t = text.strip()
+    if t.lower() in ("reactive", "tumoral"):
+        return int(t.lower() == "tumoral")
     if t == "" or re.fullmatch(r"-1(\.0+)?", t):
         return None
     if re.fullmatch(r"[01](\.0+)?", t):
@@ -270,3 +282,27 @@ def test_any_patient_id_is_read_or_refused(tmp_path_factory, pid) -> None:
         assert "\n" not in str(e) and "trainset_true.csv" in str(e)
         return
     assert c.n_cells == 0  # no folder of that name: listed as a problem, never read elsewhere
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    d=st.dates(min_value=date(1850, 1, 1), max_value=date(2200, 12, 31)),
+    style=st.sampled_from(["mdy", "dmy", "iso"]),
+)
+def test_any_date_of_birth_is_read_exactly_or_refused(tmp_path_factory, d, style) -> None:
+    text = {
+        "mdy": f"{d.month}/{d.day}/{d.year}",
+        "dmy": f"{d.day}-{d.month}-{d.year}",
+        "iso": d.isoformat(),
+    }[style]
+    root = _cohort(tmp_path_factory.mktemp("dob"), [["P1", "1", "M", text, "3"]])
+    plausible = date(1900, 1, 1) <= d <= date.today()
+    try:
+        got = read_challenge(root).patients["dob"].iloc[0]
+    except CohortError as e:
+        assert not plausible, f"{text!r} refused: {e}"
+        assert ("future" in str(e)) == (d > date.today())
+        return
+    assert plausible and got.date() == d

@@ -108,7 +108,14 @@ def write_teacher_run(
         df.to_csv(folder / "attention.csv", index=False)
     (folder / "config.json").write_text(json.dumps({"head": head, "encoder_id": encoder_id}))
     (folder / "metrics.json").write_text(
-        json.dumps({"metrics": {"roc_auc": {"value": metric, "ci95_low": 0.6, "ci95_high": 0.9}}})
+        json.dumps(
+            {
+                "metrics": {
+                    "roc_auc": {"value": metric, "ci95_low": 0.6, "ci95_high": 0.9},
+                    "balanced_accuracy": {"value": metric, "ci95_low": 0.6, "ci95_high": 0.9},
+                }
+            }
+        )
     )
     return folder
 

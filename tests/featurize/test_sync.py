@@ -242,6 +242,12 @@ def test_cli_update_info_and_verify(tmp_path, feat_cohort) -> None:
     assert res.exit_code == 1 and "chunk 1 is missing" in res.output
     pid = s.patients_of_rows([s.chunk_rows])[0]
     assert pid in res.output
+    res = _cli("store", "verify", str(store), "--repair")
+    assert res.exit_code == 1 and "1 block(s) un-marked" in res.output, res.output
+    res = _cli("featurize", str(root), str(store), *FEAT)  # recomputes only that block
+    assert res.exit_code == 0 and "embedded 8 cells" in res.output, res.output
+    res = _cli("store", "verify", str(store))
+    assert res.exit_code == 0 and "all checks passed" in res.output, res.output
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for cmd in (["store", "verify", str(store)], ["store", "info", str(store)]):
         out = subprocess.run(

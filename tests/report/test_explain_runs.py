@@ -25,27 +25,33 @@ def small_cohort():
     return wc.bags, wc.y
 
 
-@pytest.mark.parametrize("name", ["meanpool", "maxpool"])
-def test_pooled_contributions_sum_to_the_image_logit(small_cohort, name):
+def test_pooled_contributions_sum_to_the_image_logit(small_cohort):
     bags, y = small_cohort
-    head = make_head(name, clinical=False, seed=0).fit(bags, None, y)
+    head = make_head("meanpool", clinical=False, seed=0).fit(bags, y)
     contrib = head.cell_contributions(bags)
-    assert head.contribution_kind == ("logit" if name == "meanpool" else "argmax")
-    p = head.predict_proba(bags)
+    assert head.contribution_kind == "logit"
+    p = head.predict_proba(bags)[:, 1]
     logit = np.log(p / (1 - p))
     for b, c, z in zip(bags, contrib, logit, strict=True):
         assert c.shape == (len(b),)
         # the cells' terms add up to the bag's logit (no clinical part: only the intercept left)
         assert c.sum() + head.intercept_ == pytest.approx(z, abs=1e-6)  # float32 cells
-    if name == "maxpool":  # only the cells holding a maximum get a share
-        b = bags[0]
-        holders = set(b.argmax(axis=0))
-        assert all(contrib[0][j] == 0 for j in range(len(b)) if j not in holders)
+
+
+def test_maxpool_contributions_favour_the_arg_max_cell(small_cohort):
+    bags, y = small_cohort
+    head = make_head("maxpool", clinical=False, seed=0, epochs=5, inner_folds=2).fit(bags, y)
+    contrib = head.cell_contributions(bags)
+    assert head.contribution_kind == "attention"
+    assert all(
+        c.shape == (len(b),) and c.sum() == pytest.approx(1.0, abs=1e-5)
+        for b, c in zip(bags, contrib, strict=True)
+    )
 
 
 def test_lgbm_contributions_are_the_gain_of_each_cells_cluster(small_cohort):
     bags, y = small_cohort
-    head = make_head("lgbm", clinical=False, seed=0, n_estimators=30).fit(bags, None, y)
+    head = make_head("lgbm", clinical=False, seed=0, n_estimators=30).fit(bags, y)
     contrib = head.cell_contributions(bags)
     gain = dict(
         zip(head.booster_.feature_name(), head.booster_.feature_importance("gain"), strict=True)
@@ -73,7 +79,11 @@ def four_head_run(witness_store, tmp_path_factory):
         folds=2,
         repeats=1,
         seed=0,
-        head_params={"abmil": {"epochs": 10}, "lgbm": {"n_estimators": 30}},
+        head_params={
+            "abmil": {"epochs": 10, "inner_folds": 2},
+            "maxpool": {"epochs": 10, "inner_folds": 2},
+            "lgbm": {"n_estimators": 30},
+        },
         quiet=True,
     )
     return store, run_dir
@@ -81,16 +91,15 @@ def four_head_run(witness_store, tmp_path_factory):
 
 def test_every_head_gets_galleries_ranked_by_its_own_scores(four_head_run, tmp_path):
     store, run_dir = four_head_run
-    for h in ("meanpool", "maxpool", "lgbm"):
+    for h in ("meanpool", "lgbm"):
         c = pd.read_csv(run_dir / h / "contributions.csv", dtype={"cell_id": str})
-        assert set(c["kind"]) == {
-            "logit" if h == "meanpool" else "argmax" if h == "maxpool" else "cluster gain"
-        }
+        assert set(c["kind"]) == {"logit" if h == "meanpool" else "cluster gain"}
         assert not (run_dir / h / "attention.csv").exists()  # distill reads attention only
+    assert (run_dir / "maxpool" / "attention.csv").is_file()  # softmax of its cell scores
     index = write_report(run_dir, tmp_path / "report", store=str(store), top_k=3)
     page = read_page(index)
     kinds = {a["data-kind"] for t, a in page.elements if t == "p" and "data-kind" in a}
-    assert kinds == {"logit", "argmax", "cluster gain", "attention"}
+    assert kinds == {"logit", "cluster gain", "attention"}
     for h in HEADS:
         assert [g for g in page.galleries if g[2].get("data-head") == h], f"no gallery for {h}"
     # meanpool's top cells are its highest mean contributions, highest first
@@ -128,6 +137,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
     sub = tmp_path / "pred" / "sub.csv"
     r = runner.invoke(app, ["predict", str(model), str(store), "--split", "train", "-o", str(sub)])
     assert r.exit_code == 0, r.output
+    assert "next: cellbag distill" in r.output
     cells = pd.read_csv(tmp_path / "pred" / "sub_cells.csv", dtype={"cell_id": str})
     assert set(cells["kind"]) == {"logit"} and cells["patient_id"].nunique() == 40
     r = runner.invoke(
@@ -135,6 +145,7 @@ def test_predict_output_adds_predicted_patients_with_galleries(four_head_run, tm
         ["report", str(run_dir), "-o", str(tmp_path / "rep"), "--predictions", str(sub), "-q"],
     )
     assert r.exit_code == 0, r.output
+    assert "next: open" in r.output and "next: cellbag fit" in r.output
     page = read_page(tmp_path / "rep" / "index.html")
     rows = {c.row.get("data-patient") for c in page.cells if c.table.get("id") == "pt-test"}
     assert len(rows) == 40
@@ -157,6 +168,8 @@ def test_runs_leaderboard_ranks_heads_with_intervals_and_reports_link_it(
     assert (np.diff(ba) <= 0).all()
     assert (table["balanced_accuracy_lo"] <= ba + 1e-12).all()
     assert (table["balanced_accuracy_hi"] >= ba - 1e-12).all()
+    if "brier" in table.columns:  # a lower-is-better figure ranks the other way round
+        assert (np.diff(rank(table, "brier")["brier"].to_numpy()) >= 0).all()
     page = write_leaderboard(table, tmp_path / "board" / "leaderboard.html")
     html = page.read_text()
     assert html.count("<tr data-rank=") == len(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -131,6 +132,10 @@ def test_stamp_feats_and_table_import_give_identical_bags(tmp_path: Path) -> Non
     b = import_features(tmp_path / "t.parquet", tmp_path / "b.zarr")
     (ea,), (eb,) = a.encoders(), b.encoders()
     assert ea == eb  # same name, same feature bytes: same encoder id
+    table.rename(columns=lambda c: c.replace("f", "x")).to_csv(tmp_path / "t.csv")  # + index
+    c = import_features(tmp_path / "t.csv", tmp_path / "c.zarr")  # every numeric column
+    assert c.encoder_info(c.encoders()[0])["dim"] == 4  # not the row index
+    np.testing.assert_array_equal(c.bag("P1", c.encoders()[0]), bags[1][:, [2, 0, 3, 1]])
     assert list(b.patients()["label"]) == [i % 2 for i in range(6)]
     for i in range(6):
         np.testing.assert_array_equal(a.bag(f"P{i}", ea), b.bag(f"P{i}", eb))
@@ -159,8 +164,10 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     labels = list(y[:14]) + [None, None]
     from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
     s = str(tmp_path / "s.zarr")
-    res = _invoke("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    fit = ("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
+    res = _invoke(*fit, "--encoder", "arr")  # the encoder's name stands for its id
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["encoder_id"].startswith("arr-")
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
@@ -331,3 +338,21 @@ def test_store_describes_every_column_and_code(tmp_path: Path, store_cohort, fak
     g = zarr.open_group(str(tmp_path / "imp.zarr"), mode="r")
     assert {"coords", "cell_id"} <= set(g["cells"].array_keys())
     assert list(g["patients/clinical_extra"].attrs["columns"]) == ["score"]
+
+
+def test_clinical_columns_survive_export_and_import(tmp_path: Path) -> None:
+    from cellbag.store import export_h5
+
+    _write_h5(tmp_path / "in", _bags(4))
+    lab = _labels(tmp_path / "l.csv", 4, dob=["1950-01-02", "", "1960-03-04", "1970-05-06"])
+    pd.read_csv(lab).assign(score=[0.5, None, 2.0, 3.5], arm=["a", "b", "a", None]).to_csv(
+        lab
+    )  # with its index
+    a = import_features(tmp_path / "in", tmp_path / "a.zarr", labels=lab)
+    export_h5(a, None, tmp_path / "out", layout="stamp")
+    b = import_features(tmp_path / "out", tmp_path / "b.zarr", labels=tmp_path / "out/clini.csv")
+    pa, pb = a.patients(), b.patients()
+    assert {"score", "arm=a", "arm=b"} <= set(pa.columns)
+    assert "Unnamed: 0" not in pa.columns  # the row index pandas wrote is not a feature
+    pd.testing.assert_frame_equal(pa, pb)
+    assert a.encoders() == b.encoders()

@@ -1,8 +1,9 @@
 """Stage 2: aggregators over cached bags, clinical fusion and honest cross-validation.
 
-    from cellbag.aggregate import make_head, run_cv
-    head = make_head("abmil", clinical=True, seed=0)
-    head.fit(bags, clinical, y); head.predict_proba(bags, clinical); head.cell_weights(bags, clinical)
+    from cellbag.aggregate import Bags, make_head, run_cv
+    head = make_head("abmil", seed=0)              # a scikit-learn classifier over bags
+    head.fit(Bags(bags, clinical), y)              # or head.fit(bags, y): image only
+    head.predict_proba(Bags(bags, clinical))       # (n, 2); head.cell_weights(X) per cell
     table = run_cv("store.zarr", heads="abmil,lgbm,meanpool", out="runs/cv")
 
 Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). Importing
@@ -14,6 +15,7 @@ from cellbag.core.lazy import lazy_exports
 _EXPORTS = {
     "BagSet": "cellbag.aggregate.bags",
     "load_bags": "cellbag.aggregate.bags",
+    "Bags": "cellbag.aggregate.base",
     "Head": "cellbag.aggregate.base",
     "cross_validate": "cellbag.aggregate.cv",
     "fit_fold": "cellbag.aggregate.cv",

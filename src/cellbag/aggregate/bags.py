@@ -150,7 +150,7 @@ def load_bags(store: Any, encoder_id: str | None = None, split: str = "train") -
         raise AggregateError(f"{store.path}: no {split} patients in this store")
     pids = rows["patient_id"].astype(str).tolist()
     bags = store.bags(encoder_id, pids)
-    cells = store.cells()
+    cells = store.cells(encoder_id)  # this encoder's status: rows match its bags
     offsets = np.asarray(store.offsets)
     pos = {p: i for i, p in enumerate(all_pids)}
     ok = (cells["status"].astype(str) == "ok").to_numpy()

@@ -1,30 +1,101 @@
-"""The head interface shared by every aggregator (scikit-learn style).
+"""The head interface shared by every aggregator: a scikit-learn classifier over bags.
 
-A head is built with plain arguments (stored, not validated), validated and trained in
-``fit(bags, clinical, y)``; ``predict_proba`` returns the probability of class 1 per
-bag; attention heads also give ``cell_weights`` (one array per bag, summing to 1).
+A head is a ``BaseEstimator`` + ``ClassifierMixin`` whose constructor only stores its
+arguments; ``fit(X, y)`` validates and trains, ``predict_proba(X)`` is (n, 2) in the order
+of ``classes_``, ``predict(X)`` the class at probability 0.5. ``X`` is a sequence of
+per-patient arrays (n_i, d) or a :class:`Bags` container that also carries clinical
+features, so ``clone``, ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` work.
+
+Clinical fusion is late fusion for every head: the head's image model gives each training
+bag an *out-of-fold* log-odds (from an inner k-fold on the training bags, so a score is
+never from a model that saw the bag), and a second-stage logistic regression on
+``[image log-odds ; clinical features]`` (standardised, fitted on the training bags) gives
+the fused probability. The image model never sees the clinical columns, so 6 clinical
+columns are not drowned among hundreds of embedding dimensions under one penalty, and
+the per-cell contributions (``cell_weights``) stay purely image-driven.
+
 A fitted head saves to a folder as ``head.json`` + ``head.safetensors`` (+ text files,
 e.g. a LightGBM model) — never a pickle.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from cellbag.aggregate.errors import AggregateError
 from cellbag.core.io import atomic_path, write_text
 
-Bags = Sequence[np.ndarray]
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: inner folds that give the training bags their out-of-fold image scores for late fusion
+FUSION_FOLDS = 5
 
 
-def check_bags(bags: Bags, dim: int | None = None, what: str = "bags") -> list[np.ndarray]:
+class Bags:
+    """Per-patient bags (arrays (n_i, d)) with optional clinical features (n, c).
+
+    Indexing by an int gives one bag; by a slice, a boolean mask or an index array gives
+    a ``Bags`` of those patients (what scikit-learn's splitters and ``_safe_indexing``
+    do); ``shape`` is ``(n,)``, so sklearn counts patients, not cells."""
+
+    def __init__(self, bags: Sequence[np.ndarray], clinical: np.ndarray | None = None) -> None:
+        self.bags = list(bags)
+        if clinical is not None:
+            clinical = np.asarray(clinical, dtype=np.float32)
+            if clinical.ndim == 1:
+                clinical = clinical[:, None]
+            if clinical.shape[0] != len(self.bags):
+                raise AggregateError(
+                    f"clinical: {clinical.shape[0]} rows for {len(self.bags)} bags"
+                )
+        self.clinical = clinical
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.bags),)
+
+    def __iter__(self):
+        return iter(self.bags)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple) and len(key) == 2 and key[1] is Ellipsis:
+            key = key[0]  # sklearn's array indexing: X[idx, ...]
+        if isinstance(key, (int, np.integer)):
+            return self.bags[int(key)]
+        idx = np.arange(len(self.bags))[key]
+        clin = None if self.clinical is None else self.clinical[idx]
+        return Bags([self.bags[i] for i in idx], clin)
+
+    def __repr__(self) -> str:
+        c = "no clinical" if self.clinical is None else f"clinical {self.clinical.shape[1]}"
+        return f"Bags({len(self)} bags, {c})"
+
+
+def as_bags(X: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(bags, clinical or None) from a ``Bags`` or a sequence of arrays."""
+    if isinstance(X, Bags):
+        return X.bags, X.clinical
+    if isinstance(X, np.ndarray) and X.ndim == 3:
+        return list(X), None  # equal-sized bags as one (n, cells, d) array
+    try:
+        return list(X), None
+    except TypeError:
+        raise AggregateError(
+            f"X: expected a sequence of (n_cells, dim) arrays or Bags, got {type(X).__name__}"
+        ) from None
+
+
+def check_bags(
+    bags: Sequence[np.ndarray], dim: int | None = None, what: str = "bags"
+) -> list[np.ndarray]:
     """Validate ragged bags: a list of 2-D float arrays, >= 1 cell each, one common width."""
     out: list[np.ndarray] = []
     if len(bags) == 0:
@@ -59,113 +130,202 @@ def check_clinical(clinical: np.ndarray | None, n: int, width: int | None = None
         if not np.isfinite(c).all():
             raise AggregateError("clinical: non-finite values (impute before fitting)")
     if width is not None and c.shape[1] != width:
+        if width and not c.shape[1]:
+            raise AggregateError(
+                f"clinical: the head was fitted with {width} clinical columns; pass "
+                "Bags(bags, clinical)"
+            )
         raise AggregateError(f"clinical: {c.shape[1]} columns, the head was fitted with {width}")
     return c
 
 
-def check_labels(y: Sequence[int], n: int) -> np.ndarray:
-    """Binary labels (n,) int64 holding both classes."""
+def check_labels(y: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classes (2,), labels encoded 0/1 (n,) int64); both classes must be present."""
     a = np.asarray(y)
     if a.shape != (n,):
         raise AggregateError(f"labels: shape {a.shape}, expected ({n},)")
-    if not np.isin(a, (0, 1)).all():
-        raise AggregateError("labels: only 0 and 1 are allowed")
-    if len(np.unique(a)) < 2:
+    classes = np.unique(a)
+    if len(classes) < 2:
         raise AggregateError("labels: training needs both classes")
-    return a.astype(np.int64)
+    if len(classes) > 2:
+        raise AggregateError(f"labels: binary only, got {len(classes)} classes")
+    return classes, (a == classes[1]).astype(np.int64)
 
 
-class Head:
-    """Base class of every aggregator. Subclasses implement ``_fit``, ``_predict`` and state."""
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities clipped to [1e-6, 1 - 1e-6]."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+class LateFusion:
+    """Second stage: class-balanced logistic regression on standardised
+    ``[image log-odds ; clinical]``, fitted on out-of-fold image scores of training bags."""
+
+    def __init__(self, C: float = 1.0) -> None:
+        self.C = C
+
+    def fit(self, z: np.ndarray, clinical: np.ndarray, y: np.ndarray) -> LateFusion:
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.column_stack([z, clinical]).astype(np.float64)
+        self.mean_, self.std_ = standardizer(x)
+        m = LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000)
+        m.fit((x - self.mean_) / self.std_, y)
+        self.coef_ = m.coef_[0].astype(np.float64)
+        self.intercept_ = float(m.intercept_[0])
+        return self
+
+    def decision(self, z: np.ndarray, clinical: np.ndarray) -> np.ndarray:
+        x = np.column_stack([z, clinical]).astype(np.float64)
+        return ((x - self.mean_) / self.std_) @ self.coef_ + self.intercept_
+
+    def state(self, prefix: str = "fusion.") -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}mean": np.asarray(self.mean_, np.float64),
+            f"{prefix}std": np.asarray(self.std_, np.float64),
+            f"{prefix}coef": self.coef_,
+            f"{prefix}intercept": np.asarray([self.intercept_]),
+        }
+
+    def set_state(self, arrays: dict[str, np.ndarray], prefix: str = "fusion.") -> LateFusion:
+        self.mean_ = arrays[f"{prefix}mean"]
+        self.std_ = arrays[f"{prefix}std"]
+        self.coef_ = arrays[f"{prefix}coef"]
+        self.intercept_ = float(arrays[f"{prefix}intercept"][0])
+        return self
+
+
+class Head(ClassifierMixin, BaseEstimator):
+    """Base class of every aggregator. Subclasses implement ``_fit`` (image model only),
+    ``_decision`` (image log-odds of class 1), ``_get_state``/``_set_state`` and, for
+    heads with per-cell weights, ``_cell_weights``."""
 
     name: ClassVar[str] = "head"
     #: True when the head pools with learned per-cell weights (``cell_weights`` works)
     has_cell_weights: ClassVar[bool] = False
+    #: False for heads without an image model (the clinical baseline)
+    image_model: ClassVar[bool] = True
 
     def __init__(self, clinical: bool = True, seed: int = 0) -> None:
         self.clinical = clinical
         self.seed = seed
 
-    # -- scikit-learn style ---------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (what rebuilds an unfitted twin)."""
-        params: dict[str, Any] = {}
-        for cls in type(self).__mro__:
-            if "__init__" not in cls.__dict__:
-                continue
-            for p in inspect.signature(cls.__init__).parameters.values():
-                if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD:
-                    params.setdefault(p.name, getattr(self, p.name))
-        return params
-
     @property
     def fitted(self) -> bool:
         return hasattr(self, "dim_")
 
-    def fit(self, bags: Bags, clinical: np.ndarray | None, y: Sequence[int]) -> Head:
-        """Train on ragged bags (+ clinical features when ``self.clinical``)."""
+    # -- scikit-learn interface -------------------------------------------------------------
+    def fit(self, X: Any, y: Sequence[Any]) -> Head:
+        """Train on bags (``X``: arrays or ``Bags``; its clinical features are used, by late
+        fusion, when ``self.clinical``)."""
+        bags, clin = as_bags(X)
         bags = check_bags(bags)
-        c = check_clinical(clinical if self.clinical else None, len(bags))
-        labels = check_labels(y, len(bags))
+        use = bool(self.clinical) and clin is not None and clin.shape[1] > 0
+        c = check_clinical(clin if use else None, len(bags))
+        self.classes_, labels = check_labels(y, len(bags))
         self.dim_ = int(bags[0].shape[1])
         self.n_clinical_ = int(c.shape[1])
         with blas_single_thread():
-            self._fit(bags, c, labels)
+            oof = self._fit(bags, labels)
+            if self.n_clinical_:
+                if oof is None:
+                    oof = self._inner_oof(bags, labels)
+                self.fusion_ = LateFusion().fit(oof, c, labels)
+                oof = self.fusion_.decision(oof, c) if oof is not None else None
+        if oof is not None and self.image_model:
+            # each training bag's probability from models that did not see it (the fusion
+            # stage, a handful of coefficients, is the one part fitted on all of them)
+            self.train_oof_proba_ = sigmoid(oof)
         return self
 
-    def _inputs(
-        self, bags: Bags, clinical: np.ndarray | None
-    ) -> tuple[list[np.ndarray], np.ndarray]:
-        if not self.fitted:
-            raise AggregateError(f"head {self.name!r}: call fit() first")
-        b = check_bags(bags, self.dim_)
-        c = check_clinical(clinical if self.clinical else None, len(b), self.n_clinical_)
-        return b, c
-
-    def predict_proba(self, bags: Bags, clinical: np.ndarray | None = None) -> np.ndarray:
-        """Probability of class 1 (tumoral) per bag, float64 (n,)."""
-        b, c = self._inputs(bags, clinical)
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Log-odds of ``classes_[1]`` per bag, float64 (n,)."""
+        b, c = self._inputs(X)
         with blas_single_thread():
-            return np.asarray(self._predict(b, c), dtype=np.float64)
+            z = np.asarray(self._decision(b), dtype=np.float64)
+        return self.fusion_.decision(z, c) if self.n_clinical_ else z
 
-    def cell_weights(self, bags: Bags, clinical: np.ndarray | None = None) -> list[np.ndarray]:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities (n, 2), columns in the order of ``classes_``."""
+        p = sigmoid(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class at probability 0.5."""
+        return self.classes_[(self.decision_function(X) >= 0).astype(int)]
+
+    def cell_weights(self, X: Any) -> list[np.ndarray]:
         """Per-cell pooling weights (each bag's weights sum to 1); attention heads only."""
         if not self.has_cell_weights:
             raise AggregateError(f"head {self.name!r} has no per-cell weights")
-        b, c = self._inputs(bags, clinical)
+        b, _ = self._inputs(X, clinical=False)
         with blas_single_thread():
-            return self._cell_weights(b, c)
+            return self._cell_weights(b)
+
+    def _inputs(self, X: Any, clinical: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+        """Checked bags and clinical features (these only when ``clinical``: the image
+        model alone needs none)."""
+        if not self.fitted:
+            raise AggregateError(f"head {self.name!r}: call fit() first")
+        bags, clin = as_bags(X)
+        b = check_bags(bags, self.dim_)
+        if not clinical:
+            return b, check_clinical(None, len(b))
+        c = check_clinical(clin if self.n_clinical_ else None, len(b), self.n_clinical_)
+        return b, c
+
+    def _inner_oof(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+        """Out-of-fold image log-odds of the training bags from an inner stratified k-fold
+        of image-only twins (heads whose training already yields them return them from
+        ``_fit`` instead)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        k = int(min(FUSION_FOLDS, np.bincount(y).min()))
+        if k < 2:  # too few bags of a class for an inner split: in-sample scores
+            return np.asarray(self._decision(bags), dtype=np.float64)
+        oof = np.zeros(len(y))
+        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
+        for tr, te in skf.split(np.zeros(len(y)), y):
+            twin = clone(self).set_params(clinical=False)
+            twin.fit([bags[i] for i in tr], y[tr])
+            oof[te] = twin._decision([bags[i] for i in te])
+        return oof
 
     # -- per-cell contributions (the report's explanations) ---------------------------------
     #: what ``cell_contributions`` measures: attention | logit | argmax | cluster gain
     contribution_kind: ClassVar[str] = "attention"
 
-    def cell_contributions(
-        self, bags: Bags, clinical: np.ndarray | None = None
-    ) -> list[np.ndarray]:
+    def cell_contributions(self, X: Any) -> list[np.ndarray]:
         """One score per cell, higher = pulls the bag towards class 1 (or, for attention and
-        cluster gain, weighs more in the decision); see ``contribution_kind``."""
+        cluster gain, weighs more in the decision); see ``contribution_kind``. Image-only:
+        the clinical features of ``X``, if any, play no part."""
         if self.has_cell_weights:
-            return self.cell_weights(bags, clinical)
-        b, c = self._inputs(bags, clinical)
+            return self.cell_weights(X)
+        b, _ = self._inputs(X, clinical=False)
         with blas_single_thread():
-            return self._cell_contributions(b, c)
+            return self._cell_contributions(b)
 
-    def _cell_contributions(self, bags: list[np.ndarray], clinical: np.ndarray) -> list[np.ndarray]:
+    def _cell_contributions(self, bags: list[np.ndarray]) -> list[np.ndarray]:
         raise AggregateError(f"head {self.name!r} gives no per-cell contributions")
 
     # -- to implement -----------------------------------------------------------------------
-    def _fit(self, bags: list[np.ndarray], clinical: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray | None:
+        """Fit the image model on labels 0/1; may return out-of-fold log-odds of the bags."""
         raise NotImplementedError
 
-    def _predict(self, bags: list[np.ndarray], clinical: np.ndarray) -> np.ndarray:
+    def _decision(self, bags: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def _cell_weights(self, bags: list[np.ndarray], clinical: np.ndarray) -> list[np.ndarray]:
+    def _cell_weights(self, bags: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
-        """(json metadata, named arrays, named text files) of the fitted head."""
+        """(json metadata, named arrays, named text files) of the fitted image model."""
         raise NotImplementedError
 
     def _set_state(self, meta: dict, arrays: dict[str, np.ndarray], texts: dict[str, str]) -> None:
@@ -181,6 +341,8 @@ class Head:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta, arrays, texts = self._get_state()
+        if self.n_clinical_:
+            arrays.update(self.fusion_.state())
         for fname, text in texts.items():
             write_text(folder / fname, text)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -189,7 +351,8 @@ class Head:
         doc = {
             "head": self.name,
             "state_version": STATE_VERSION,
-            "params": self.get_params(),
+            "params": self.get_params(deep=False),
+            "classes": self.classes_.tolist(),
             "dim": self.dim_,
             "n_clinical": self.n_clinical_,
             "texts": sorted(texts),
@@ -211,15 +374,22 @@ class Head:
             raise AggregateError(f"{doc_path}: no saved head here (run `cellbag fit` first)")
         try:
             doc = json.loads(doc_path.read_text())
-            params = dict(doc["params"])
-            head = make_head(doc["head"], **params)
+            if doc.get("state_version") != STATE_VERSION:
+                raise ValueError(
+                    f"saved by another cellbag version (state {doc.get('state_version')}, "
+                    f"this one reads {STATE_VERSION}); fit it again"
+                )
+            head = make_head(doc["head"], **dict(doc["params"]))
             arrays = load_file(str(folder / "head.safetensors"))
             texts = {f: (folder / f).read_text() for f in doc.get("texts", [])}
+            head.classes_ = np.asarray(doc["classes"])
+            head.dim_ = int(doc["dim"])
+            head.n_clinical_ = int(doc["n_clinical"])
+            if head.n_clinical_:
+                head.fusion_ = LateFusion().set_state(arrays)
+            head._set_state(doc["meta"], arrays, texts)
         except (OSError, KeyError, ValueError) as e:
             raise AggregateError(f"{folder}: unreadable saved head ({e})") from None
-        head.dim_ = int(doc["dim"])
-        head.n_clinical_ = int(doc["n_clinical"])
-        head._set_state(doc["meta"], arrays, texts)
         return head
 
 

@@ -12,7 +12,9 @@ Thresholds are nested: inside each outer training fold an inner ``inner_folds``-
 gives out-of-fold predictions of the training patients only, from which Youden's cut and
 the triage cut (target sensitivity) are chosen, and a ``--calibrate`` map is fitted; both
 are then applied to the outer test fold. With 3 inner folds a run fits 4 heads per outer
-fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures).
+fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures); a head
+whose own training already predicts each training patient from inner models that did not
+see it (``train_oof_proba_``) gives those predictions instead, without refitting.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
-from cellbag.aggregate.base import Head, standardizer
+from cellbag.aggregate.base import Bags, Head, standardizer
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.registry import head_class, make_head
 from cellbag.aggregate.run_folder import write_csv, write_json, write_summary
@@ -111,6 +113,17 @@ def clinical_fold(
     raise AggregateError(f"{data.source}: no clinical data; use --no-clinical")
 
 
+def fold_bags(data: BagSet, train: np.ndarray, test: np.ndarray, clinical: bool):
+    """(train X, test X, clinical scaler state): ``Bags`` of the two row sets, with their
+    clinical features scaled by statistics of the train rows when ``clinical``."""
+    c_tr = c_te = state = None
+    if clinical:
+        c_tr, c_te, state = clinical_fold(data, train, test)
+    x_tr = Bags([data.bags[i] for i in train], c_tr)
+    x_te = Bags([data.bags[i] for i in test], c_te)
+    return x_tr, x_te, state
+
+
 def fit_fold(
     data: BagSet,
     head_name: str,
@@ -124,22 +137,18 @@ def fit_fold(
     if data.labels is None:
         raise AggregateError(f"{data.source}: these bags carry no labels (not the training split)")
     t0 = time.perf_counter()
-    c_tr = c_te = None
-    state = None
-    if clinical:
-        c_tr, c_te, state = clinical_fold(data, train, test)
+    x_tr, x_te, state = fold_bags(data, train, test, clinical)
     head = make_head(head_name, clinical=clinical, seed=seed, **(params or {}))
-    head.fit([data.bags[i] for i in train], c_tr, data.labels[train])
-    test_bags = [data.bags[i] for i in test]
-    proba = head.predict_proba(test_bags, c_te)
-    weights = _cell_scores(head, test_bags, c_te)
+    head.fit(x_tr, data.labels[train])
+    proba = head.predict_proba(x_te)[:, 1]
+    weights = _cell_scores(head, x_te)
     return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
 
 
-def _cell_scores(head: Head, bags: list[np.ndarray], clinical: Any) -> list[np.ndarray] | None:
+def _cell_scores(head: Head, x: Bags) -> list[np.ndarray] | None:
     """Attention weights, or the head's per-cell contributions (the report's galleries)."""
     try:
-        return head.cell_contributions(bags, clinical)
+        return head.cell_contributions(x)
     except (AggregateError, AttributeError, NotImplementedError):
         return None
 
@@ -230,6 +239,7 @@ def cross_validate(
     triage_sensitivity: float = TRIAGE_SENSITIVITY,
     calibrate: str | None = None,
     resamples: int = RESAMPLES,
+    cell_truth: str | Path | None = None,
 ) -> pd.DataFrame:
     """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`."""
     from rich.console import Console
@@ -239,6 +249,11 @@ def cross_validate(
     names = _parse_heads(heads)
     _check_options(inner_folds, triage_sensitivity, calibrate)
     head_params = head_params or {}
+    truth = None
+    if cell_truth is not None:
+        from cellbag.aggregate.celltruth import read_cell_truth
+
+        truth = read_cell_truth(cell_truth)  # a bad file stops before any work
     if data.labels is None:
         raise AggregateError(f"{data.source}: cross-validation needs the labelled training split")
     if clinical and not data.has_clinical:
@@ -246,6 +261,10 @@ def cross_validate(
         note = "no clinical data in this store: running image-only (--no-clinical)"
     else:
         note = None
+    if clinical and "clinical" not in names:
+        names.append("clinical")  # the clinical-only baseline, beside every fused head
+    if not clinical and "clinical" in names:
+        raise AggregateError("head 'clinical' needs clinical data; drop it or --no-clinical")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or Console(quiet=quiet)
@@ -323,7 +342,15 @@ def cross_validate(
                         "seconds": res.seconds,
                         "best_epoch": getattr(res.head, "best_epoch_", None),
                     }
-                    if inner_folds:
+                    own = getattr(res.head, "train_oof_proba_", None)
+                    if inner_folds and own is not None:
+                        # the head's training already held each training patient out once
+                        # (its inner k-fold models): those predictions, without refitting
+                        rec["inner"] = {
+                            "patients": [data.patient_ids[i] for i in tr],
+                            "probability": own.tolist(),
+                        }
+                    elif inner_folds:
                         rec["inner"] = _inner_predictions(
                             data, name, tr, clinical, fold_seed, params, inner_folds
                         )
@@ -345,9 +372,16 @@ def cross_validate(
                 "seed": seed,
                 "triage_sensitivity": triage_sensitivity if inner_folds else None,
                 "calibrate": calibrate,
-                "threshold_method": f"nested: chosen in each training fold from inner "
-                f"{inner_folds}-fold out-of-fold predictions",
+                "threshold_method": "nested: chosen in each training fold from out-of-fold "
+                "predictions of its training patients only (inner folds)",
             }
+            if truth is not None:
+                from cellbag.aggregate.celltruth import head_instance_auc
+
+                labels = dict(zip(data.patient_ids, data.labels.tolist(), strict=True))
+                res_truth = head_instance_auc(head_dir, truth, labels)
+                if res_truth is not None:
+                    info["cell_truth"] = res_truth  # -> metrics.json
             results[name] = {"oof": oof, "info": info, "seconds": seconds}
     _add_earlier_heads(out, results, data)
     table = write_summary(out, results, seed, resamples)
@@ -498,6 +532,7 @@ def run_cv(
     triage_sensitivity: float = TRIAGE_SENSITIVITY,
     calibrate: str | None = None,
     holdout_finetuned: bool = False,
+    cell_truth: str | Path | None = None,
 ) -> pd.DataFrame:
     """Cross-validate heads on a store's training split; returns the comparison table (one
     row per head: each figure with its 95% bootstrap interval and fold sd, the paired
@@ -507,6 +542,7 @@ def run_cv(
     refused (``holdout_finetuned`` leaves those patients out instead)."""
     from cellbag.aggregate.leaks import guard
 
+    _check_options(inner_folds, triage_sensitivity, calibrate)  # before any reading
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
     info = {}
@@ -532,4 +568,5 @@ def run_cv(
         inner_folds=inner_folds,
         triage_sensitivity=triage_sensitivity,
         calibrate=calibrate,
+        cell_truth=cell_truth,
     )

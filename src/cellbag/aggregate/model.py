@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
-from cellbag.aggregate.base import Head
+from cellbag.aggregate.base import Bags, Head
 from cellbag.aggregate.cv import _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.run_folder import (
@@ -70,8 +70,13 @@ def _fit_member(
         scaler = ClinicalScaler().fit(data.patients.iloc[idx])
         c = scaler.transform(data.patients.iloc[idx])
     head = make_head(head_name, clinical=clinical, seed=seed, **params)
-    head.fit([data.bags[i] for i in idx], c, data.labels[idx])
+    head.fit(Bags([data.bags[i] for i in idx], c), data.labels[idx])
     return Member(head, scaler)
+
+
+def _member_proba(m: Member, bags: list[np.ndarray], patients: pd.DataFrame | None) -> np.ndarray:
+    """Probability of class 1 of one member (its own clinical scaler applied)."""
+    return m.head.predict_proba(Bags(bags, _clinical(m.scaler, patients)))[:, 1]
 
 
 class FittedModel:
@@ -113,14 +118,14 @@ class FittedModel:
         self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
     ) -> np.ndarray:
         """Mean probability of class 1 over the members (calibrated when fitted so)."""
-        ps = [m.head.predict_proba(bags, _clinical(m.scaler, patients)) for m in self.members]
+        ps = [_member_proba(m, bags, patients) for m in self.members]
         return apply_calibrator(self.doc.get("calibration"), np.mean(ps, axis=0))
 
     def cell_weights(
         self, bags: list[np.ndarray], patients: pd.DataFrame | None = None
     ) -> list[np.ndarray]:
         """Per-cell attention (mean over members; each bag's weights sum to 1)."""
-        ws = [m.head.cell_weights(bags, _clinical(m.scaler, patients)) for m in self.members]
+        ws = [m.head.cell_weights(bags) for m in self.members]  # image-only
         return [np.mean([w[i] for w in ws], axis=0) for i in range(len(bags))]
 
     def predict_store(
@@ -256,8 +261,8 @@ def _inner_oof(
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
     for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
         m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
-        c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
-        oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
+        pat = data.patients.iloc[te] if clinical else None
+        oof[te] = _member_proba(m, [data.bags[i] for i in te], pat)
         if tick:
             tick()
     return oof
@@ -348,8 +353,8 @@ def fit_model(
             skf = StratifiedKFold(n_splits=ensemble, shuffle=True, random_state=seed)
             for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
                 m = _fit_member(data, tr, head, clinical, seed + k, params)
-                c = _clinical(m.scaler, data.patients.iloc[te] if clinical else None)
-                oof[te] = m.head.predict_proba([data.bags[i] for i in te], c)
+                pat = data.patients.iloc[te] if clinical else None
+                oof[te] = _member_proba(m, [data.bags[i] for i in te], pat)
                 members.append(m)
                 tick()
         else:
@@ -385,7 +390,7 @@ def fit_model(
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
         "head": head,
-        "params": members[0].head.get_params(),
+        "params": members[0].head.get_params(deep=False),
         "clinical": clinical,
         "encoder_id": data.encoder_id,
         "encoder_info": info,

@@ -1,11 +1,17 @@
-"""Training loop shared by the neural heads (imports torch; loaded only when such a head is used).
+"""Training shared by the neural heads (imports torch; loaded only when such a head is used).
 
-Bags are standardised with per-dimension statistics of the training cells and projected
-on the training cells' first ``pca_dim`` principal axes (one affine map, fitted on the
-training data only; it makes the first layer ~6x cheaper on 384-d embeddings and
-regularises small cohorts), then fed as padded mini-batches (``mask`` marks real cells). The loss is class-weighted BCE; early
-stopping watches the loss on an inner, patient-level stratified validation split of the
-training data and restores the best epoch. Everything is seeded.
+Bags are standardised with per-dimension statistics of the training cells and, when
+``pca_dim`` is set and smaller than the width, projected on the training cells' first
+principal axes (one affine map, fitted on the training cells only, label-free), then fed
+as padded mini-batches (``mask`` marks real cells). The loss is class-weighted BCE.
+
+With ``inner_folds`` = k >= 2 the head is an average of k models, each trained on k-1
+inner folds of the training bags and early-stopped on the remaining one: on ~80-bag
+training folds one early stop on a 16-bag validation split is a noisy choice, and the
+average of the k models is steadier. The held-out folds also give every training bag an
+out-of-fold score, which late fusion with clinical features needs anyway. With
+``inner_folds`` < 2, one model early-stops on a stratified ``val_fraction`` split.
+Everything is seeded.
 """
 
 from __future__ import annotations
@@ -17,6 +23,29 @@ import torch
 from torch import nn
 
 from cellbag.aggregate.base import Head, standardizer
+from cellbag.core.mil import pad_bags
+
+#: training defaults shared by every neural head (one set for every dataset)
+TRAIN = {
+    "epochs": 60,
+    "lr": 3e-3,
+    "weight_decay": 1e-3,
+    "batch_size": 32,
+    "patience": 15,
+    "inner_folds": 3,
+    "val_fraction": 0.2,
+    "max_cells_train": 256,
+    "instance_dropout": 0.0,
+    "max_tokens": 65536,
+    "pca_dim": None,
+}
+
+
+def set_params_from(obj: object, params: dict) -> None:
+    """Store constructor arguments as attributes (scikit-learn style: no validation)."""
+    for k, v in params.items():
+        if k not in ("self", "__class__"):
+            setattr(obj, k, v)
 
 
 def inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,14 +61,6 @@ def inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
-
-
-def pad(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, Lmax, D) zero-padded batch and (B, Lmax) bool mask (True = real cell)."""
-    lens = torch.tensor([b.shape[0] for b in bags])
-    x = nn.utils.rnn.pad_sequence(bags, batch_first=True)
-    mask = torch.arange(x.shape[1])[None, :] < lens[:, None]
-    return x, mask
 
 
 def eval_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
@@ -58,38 +79,13 @@ def eval_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 
 class TorchHead(Head):
     """Base of neural heads: subclasses build an ``nn.Module`` with
-    ``forward(x, mask, clin) -> (logits (B,), weights (B, L) or None)``."""
-
-    def __init__(
-        self,
-        clinical: bool = True,
-        seed: int = 0,
-        epochs: int = 50,
-        lr: float = 3e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 32,
-        patience: int = 15,
-        val_fraction: float = 0.2,
-        max_cells_train: int = 512,
-        max_tokens: int = 65536,
-        pca_dim: int | None = 64,
-    ) -> None:
-        super().__init__(clinical=clinical, seed=seed)
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.max_cells_train = max_cells_train
-        self.max_tokens = max_tokens
-        self.pca_dim = pca_dim
+    ``forward(x, mask, return_weights) -> (logits (B,), weights (B, L) or None)``."""
 
     # subclasses
-    def build_module(self, dim: int, n_clinical: int) -> nn.Module:
+    def build_module(self, dim: int) -> nn.Module:
         raise NotImplementedError
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- input map --------------------------------------------------------------------------
     def _fit_input_map(self, cells: np.ndarray) -> None:
         """Affine map x -> x @ W + b: standardisation (+ PCA) fitted on training cells."""
         rng = np.random.default_rng(self.seed)
@@ -100,8 +96,7 @@ class TorchHead(Head):
         if self.pca_dim is None or self.pca_dim >= d:
             w = np.diag(1.0 / self.feat_std_.astype(np.float64))
         else:
-            z = (cells - self.feat_mean_) / self.feat_std_
-            z = z.astype(np.float64)
+            z = ((cells - self.feat_mean_) / self.feat_std_).astype(np.float64)
             _, vecs = np.linalg.eigh(z.T @ z / max(len(z) - 1, 1))
             comps = vecs[:, ::-1][:, : self.pca_dim]
             signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
@@ -118,50 +113,58 @@ class TorchHead(Head):
         w, b = self.input_weight_, self.input_bias_
         return [torch.from_numpy(x @ w + b) for x in bags]
 
-    def _forward(self, xs: list[torch.Tensor], clin: torch.Tensor, idx: np.ndarray, weights=False):
-        x, mask = pad([xs[i] for i in idx])
-        c = clin[torch.as_tensor(idx)]
-        return self.module_(x, mask, c, return_weights=weights)
-
     # -- training ---------------------------------------------------------------------------
-    def _fit(self, bags: list[np.ndarray], clinical: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray | None:
+        from sklearn.model_selection import StratifiedKFold
+
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        tr, va = inner_split(y, self.val_fraction, self.seed)
-        if len(va) == 0:
-            tr = np.arange(len(y))
-        self._fit_input_map(np.concatenate([bags[i] for i in tr]))
+        self._fit_input_map(np.concatenate(bags))
         xs = self._tensors(bags)
-        clin = torch.from_numpy(clinical)
+        k = int(min(self.inner_folds or 0, np.bincount(y).min()))
+        self.modules_, self.best_epochs_, self.history_ = [], [], []
+        if k >= 2:
+            oof = np.zeros(len(y))
+            skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
+            for j, (tr, va) in enumerate(skf.split(np.zeros(len(y)), y)):
+                module = self._train_one(xs, y, tr, va, self.seed + 7919 * j)
+                oof[va] = self._logits([module], xs, va).double().numpy()
+            return oof
+        tr, va = inner_split(y, self.val_fraction, self.seed)
+        self._train_one(xs, y, tr, va, self.seed)
+        return None
+
+    def _train_one(
+        self, xs: list[torch.Tensor], y: np.ndarray, tr: np.ndarray, va: np.ndarray, seed: int
+    ) -> nn.Module:
+        """Train one module on bags ``tr``, early-stopped on the loss of bags ``va``."""
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
         yt = torch.from_numpy(y.astype(np.float32))
-        self.module_ = self.build_module(self.in_dim_, self.n_clinical_)
+        module = self.build_module(self.in_dim_)
         n_pos = float(y[tr].sum())
-        pos_weight = torch.tensor((len(tr) - n_pos) / max(n_pos, 1.0))
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        opt = torch.optim.AdamW(
-            self.module_.parameters(), lr=self.lr, weight_decay=self.weight_decay
-        )
-        lengths = np.array([b.shape[0] for b in bags])
-        best, best_state, since = np.inf, None, 0
-        self.history_: list[dict] = []
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(tr) - n_pos) / max(n_pos, 1)))
+        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        lengths = np.array([x.shape[0] for x in xs])
+        keep_frac = 1.0 - float(self.instance_dropout)
+        best, best_state, best_epoch, since = np.inf, None, -1, 0
+        history: list[dict] = []
         for epoch in range(self.epochs):
-            self.module_.train()
+            module.train()
             perm = tr[rng.permutation(len(tr))]
             total = 0.0
             for start in range(0, len(perm), self.batch_size):
                 idx = perm[start : start + self.batch_size]
                 batch = []
                 for i in idx:
-                    b = xs[i]
-                    if lengths[i] > self.max_cells_train:
-                        keep = torch.randperm(int(lengths[i]), generator=gen)[
-                            : self.max_cells_train
-                        ]
-                        b = b[keep]
-                    batch.append(b)
-                x, mask = pad(batch)
-                logits, _ = self.module_(x, mask, clin[torch.as_tensor(idx)])
+                    n = int(lengths[i])
+                    m = min(self.max_cells_train, max(1, int(round(keep_frac * n))))
+                    if m < n:
+                        batch.append(xs[i][torch.randperm(n, generator=gen)[:m]])
+                    else:
+                        batch.append(xs[i])
+                x, mask = pad_bags(batch)
+                logits, _ = module(x, mask)
                 loss = loss_fn(logits, yt[torch.as_tensor(idx)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -169,50 +172,59 @@ class TorchHead(Head):
                 total += float(loss.detach()) * len(idx)
             rec = {"epoch": epoch, "train_loss": total / len(perm)}
             if len(va):
-                logits = self._logits(xs, clin, va)
-                val = float(loss_fn(logits, yt[torch.as_tensor(va)]))
+                val = float(loss_fn(self._logits([module], xs, va), yt[torch.as_tensor(va)]))
                 rec["val_loss"] = val
                 if val < best - 1e-4:
-                    best, since = val, 0
-                    best_state = copy.deepcopy(self.module_.state_dict())
-                    self.best_epoch_ = epoch
+                    best, since, best_epoch = val, 0, epoch
+                    best_state = copy.deepcopy(module.state_dict())
                 else:
                     since += 1
-            self.history_.append(rec)
+            history.append(rec)
             if len(va) and since >= self.patience:
                 break
         if best_state is not None:
-            self.module_.load_state_dict(best_state)
+            module.load_state_dict(best_state)
         else:
-            self.best_epoch_ = len(self.history_) - 1
-        self.module_.eval()
+            best_epoch = len(history) - 1
+        module.eval()
+        self.modules_.append(module)
+        self.best_epochs_.append(best_epoch)
+        self.history_.append(history)
+        return module
 
+    @property
+    def best_epoch_(self) -> float:
+        """Mean best epoch over the models (what the cv run records)."""
+        return float(np.mean(self.best_epochs_))
+
+    # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
-    def _logits(self, xs: list[torch.Tensor], clin: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        was = self.module_.training
-        self.module_.eval()
+    def _logits(self, modules: list[nn.Module], xs: list[torch.Tensor], idx: np.ndarray):
+        """Mean logit of ``modules`` over bags ``idx`` (batched under ``max_tokens``)."""
+        was = [m.training for m in modules]
+        for m in modules:
+            m.eval()
         lengths = np.array([xs[i].shape[0] for i in idx])
-        out = torch.empty(len(idx))
+        out = torch.zeros(len(idx))
         for sub in eval_batches(lengths, self.max_tokens):
-            logits, _ = self._forward(xs, clin, idx[sub])
-            out[torch.as_tensor(sub)] = logits
-        self.module_.train(was)
+            x, mask = pad_bags([xs[i] for i in idx[sub]])
+            out[torch.as_tensor(sub)] = torch.stack([m(x, mask)[0] for m in modules]).mean(0)
+        for m, w in zip(modules, was, strict=True):
+            m.train(w)
         return out
 
-    def _predict(self, bags: list[np.ndarray], clinical: np.ndarray) -> np.ndarray:
+    def _decision(self, bags: list[np.ndarray]) -> np.ndarray:
         xs = self._tensors(bags)
-        logits = self._logits(xs, torch.from_numpy(clinical), np.arange(len(bags)))
-        return torch.sigmoid(logits).double().numpy()
+        return self._logits(self.modules_, xs, np.arange(len(bags))).double().numpy()
 
     @torch.inference_mode()
-    def _cell_weights(self, bags: list[np.ndarray], clinical: np.ndarray) -> list[np.ndarray]:
+    def _cell_weights(self, bags: list[np.ndarray]) -> list[np.ndarray]:
         xs = self._tensors(bags)
-        clin = torch.from_numpy(clinical)
-        self.module_.eval()
         lengths = np.array([b.shape[0] for b in bags])
         out: list[np.ndarray] = [np.zeros(0)] * len(bags)
         for sub in eval_batches(lengths, self.max_tokens):
-            _, w = self._forward(xs, clin, sub, weights=True)
+            x, mask = pad_bags([xs[i] for i in sub])
+            w = torch.stack([m(x, mask, return_weights=True)[1] for m in self.modules_]).mean(0)
             for j, i in enumerate(sub):
                 out[i] = w[j, : lengths[i]].double().numpy()
         return out
@@ -220,13 +232,19 @@ class TorchHead(Head):
     # -- persistence ------------------------------------------------------------------------
     def _get_state(self):
         arrays = {
-            f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()
+            f"m{j}.{k}": v.detach().cpu().numpy()
+            for j, module in enumerate(self.modules_)
+            for k, v in module.state_dict().items()
         }
         arrays["feat_mean"] = self.feat_mean_
         arrays["feat_std"] = self.feat_std_
         arrays["input_weight"] = self.input_weight_
         arrays["input_bias"] = self.input_bias_
-        meta = {"best_epoch": int(getattr(self, "best_epoch_", -1)), "history": self.history_}
+        meta = {
+            "n_models": len(self.modules_),
+            "best_epochs": [int(e) for e in self.best_epochs_],
+            "history": self.history_,
+        }
         return meta, arrays, {}
 
     def _set_state(self, meta, arrays, texts):
@@ -234,38 +252,14 @@ class TorchHead(Head):
         self.feat_std_ = arrays["feat_std"]
         self.input_weight_ = arrays["input_weight"]
         self.input_bias_ = arrays["input_bias"]
-        self.module_ = self.build_module(self.in_dim_, self.n_clinical_)
-        state = {
-            k[len("module.") :]: torch.from_numpy(v)
-            for k, v in arrays.items()
-            if k.startswith("module.")
-        }
-        self.module_.load_state_dict(state)
-        self.module_.eval()
-        self.best_epoch_ = meta.get("best_epoch", -1)
+        self.modules_ = []
+        for j in range(int(meta["n_models"])):
+            module = self.build_module(self.in_dim_)
+            pre = f"m{j}."
+            module.load_state_dict(
+                {k[len(pre) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(pre)}
+            )
+            module.eval()
+            self.modules_.append(module)
+        self.best_epochs_ = list(meta.get("best_epochs", []))
         self.history_ = meta.get("history", [])
-
-
-def fuse(pooled: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
-    """Clinical fusion by concatenation after pooling (see ``ClassifierOnPooled``)."""
-    return torch.cat([pooled, clin], dim=1) if clin.shape[1] else pooled
-
-
-class ClassifierOnPooled(nn.Module):
-    """Bag classifier on ``[pooled ; clinical]``.
-
-    Fusion is a concatenation after pooling, not FiLM: the cohort is small (~160
-    patients) and there are only a handful of clinical features, so FiLM's extra
-    per-channel scale/shift parameters would mostly add variance; concatenation keeps
-    the clinical effect additive on the logit (what a clinician's logistic model does)
-    and leaves the attention over cells purely image-driven, so per-cell weights mean
-    the same with and without clinical data.
-    """
-
-    def __init__(self, width: int, n_clinical: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(width + n_clinical, 1)
-
-    def forward(self, pooled: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
-        return self.out(fuse(self.drop(pooled), clin)).squeeze(1)

@@ -12,7 +12,10 @@ from cellbag.core.io import atomic_path
 from cellbag.core.registry import declared_names
 
 HEADS = ", ".join(declared_names("cellbag.aggregate.heads", "register_head"))
-HEAD_HELP = f"Head(s), comma-separated: {HEADS}."
+HEAD_HELP = (
+    f"Head(s), comma-separated: {HEADS} (clinical: the clinical-only baseline, added by "
+    "itself when the store has clinical data)."
+)
 SET_HELP = (
     "Head parameter KEY=VALUE (all heads) or HEAD.KEY=VALUE, repeatable, "
     "e.g. --set epochs=30 --set abmil.hidden=32."
@@ -89,6 +92,12 @@ def cv_cmd(
         "--holdout-finetuned",
         help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
+    cell_truth: Path = typer.Option(
+        None,
+        "--cell-truth",
+        help="CSV cell_id,is_key: write the instance AUC of each head's cell weights "
+        "into its metrics.json.",
+    ),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
     split; every figure with its 95% bootstrap interval over patients.
@@ -118,9 +127,15 @@ def cv_cmd(
         triage_sensitivity=triage_sensitivity,
         calibrate=calibrate,
         holdout_finetuned=holdout_finetuned,
+        cell_truth=cell_truth,
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
+        if cell_truth is not None:
+            for h in table["head"]:
+                m = json.loads((out / h / "metrics.json").read_text()).get("cell_truth") or {}
+                if m.get("instance_auc") is not None:
+                    console.print(f"instance AUC of {h}'s cell weights: {m['instance_auc']:.3f}")
     next_step(
         f"cellbag report {shell_path(out)} --store {shell_path(store)} "
         f"--out {shell_path(out / 'report')}"
@@ -243,10 +258,11 @@ def predict_cmd(
     sub, proba = write_submission(pred, out)
     _write_cells(model, store, split, sub)
     n_pos = int(pred["predicted"].sum())
-    triage = ""
     if "triage" in pred:
         spared = int((pred["triage"] == "spared").sum())
         triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
+    else:
+        triage = "; no triage calls: fit with --threshold triage[:SENS] for them"
     console.print(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"

@@ -55,6 +55,9 @@ def featurize_cmd(
     workers: int = typer.Option(
         None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
     ),
+    decode: str = typer.Option(
+        "auto", "--decode", help="auto (gpu on CUDA) | cpu (PIL threads) | gpu (JPEGs on the GPU)."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -100,6 +103,7 @@ def featurize_cmd(
         batch_size=batch_size,
         precision=precision,
         workers=workers,
+        decode=decode,
         force=force,
         update=update,
         chunk_rows=chunk_rows,
@@ -329,6 +333,12 @@ def store_verify_cmd(
         "--data",
         help="Cohort to compare with (default: the one the store recorded, if it is there).",
     ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Un-mark the blocks holding damaged chunks, so `cellbag featurize` recomputes "
+        "only them.",
+    ),
 ) -> None:
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
@@ -342,8 +352,9 @@ def store_verify_cmd(
     from cellbag.store import Store
     from cellbag.store.sync import compare
     from cellbag.store.verify import check_encoder
+    from cellbag.store.verify import repair as repair_blocks
 
-    s = Store.open(store)
+    s = Store.open(store, mode="r+" if repair else "r")
     n_bad = 0
     encoders = s.encoders()
     if not encoders:
@@ -366,6 +377,13 @@ def store_verify_cmd(
             console.print(f"      {f}", highlight=False)
         if len(check.findings) > 20:
             console.print(f"      ... {len(check.findings) - 20} more", highlight=False)
+        if repair:
+            blocks = repair_blocks(s, check)
+            console.print(
+                f"      repaired: {len(blocks)} block(s) un-marked; recompute them with "
+                f"`{s.featurize_command(eid)}`",
+                highlight=False,
+            )
     cohort = _cohort_for(s, data)
     if cohort is None:
         console.print("sync: cohort not found here; not compared", highlight=False)
@@ -380,5 +398,8 @@ def store_verify_cmd(
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
+        root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
+        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
+    next_step(f"cellbag store info {shell_path(store)}")

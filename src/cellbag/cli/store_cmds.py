@@ -47,6 +47,8 @@ def store_import_cmd(
         highlight=False,
     )
     console.print(f"encoder id: [bold]{eid}[/]", highlight=False)
+    if n_train == 0:
+        console.print("[yellow]note:[/] no labels: every patient is a test patient (--labels)")
     next_step(
         f"cellbag cv {shell_path(store)} --encoder {eid} --head meanpool,abmil,lgbm "
         f"--out {shell_path(f'runs/{eid}')}"

@@ -29,6 +29,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def masked_max(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the real instances: (B, L) -> (B,)."""
+    return scores.masked_fill(~mask, float("-inf")).max(dim=1).values
+
+
 class GatedAttentionPool(nn.Module):
     """Gated attention pooling (Ilse, Tomczak & Welling, ICML 2018):
     a_i = softmax_i( w^T (tanh(V h_i) * sigmoid(U h_i)) ) over the real instances,

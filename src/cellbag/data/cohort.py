@@ -176,6 +176,7 @@ _DATE_PATTERNS = (
 )
 _NUMBER = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 _LABEL = re.compile(r"^(-1|0|1)([.]0+)?$")
+CLASS_NAMES = {"reactive": 0, "tumoral": 1}  # the class names a LABEL may also be written as
 EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
@@ -240,14 +241,16 @@ def parse_count(value: object, *, file: str, patient_id: str) -> float:
 
 
 def parse_label(value: object, *, file: str, patient_id: str) -> object:
-    """Exactly ``0`` (reactive) or ``1`` (tumoral); ``-1`` or empty is unknown."""
+    """Exactly ``0`` / ``reactive`` or ``1`` / ``tumoral``; ``-1`` or empty is unknown."""
     if _blank(value):
         return pd.NA
     text = str(value).strip()
+    if text.lower() in CLASS_NAMES:
+        return CLASS_NAMES[text.lower()]
     if not _LABEL.match(text):
         raise CohortError(
-            f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0, 1, or -1/empty "
-            "for unknown)"
+            f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0/reactive, "
+            "1/tumoral, or -1/empty for unknown)"
         )
     x = int(float(text))
     return pd.NA if x == -1 else x

@@ -12,7 +12,21 @@ and one centred lymphocyte. The lymphocyte's morphology depends on its type:
 Tumoral bags hold a patient-specific fraction (15–45%) of witness cells; reactive bags
 are richer in activated cells and hold a few small cells too, so the classes overlap.
 Clinical values correlate with the label (older, higher counts when tumoral) with noise.
-The ground truth is written to ``OUT/ground_truth.csv``, never to the cohort's CSVs.
+The ground truth is written to ``OUT/ground_truth.csv`` (``cell_id, ..., is_key``),
+never to the cohort's CSVs.
+
+Presets (``make_demo_cohort(preset=...)``, ``cellbag demo-data --preset``):
+
+- ``default``: the cohort above.
+- ``fusion``: images and clinical values each carry an independent, partial signal (few
+  witness cells; overlapping ages and counts), so neither alone is enough and late
+  fusion of the two should beat both.
+- ``rare-key``: what attention-MIL exists for. Tumoral bags hold 2–6 % *key* cells that
+  differ from normal lymphocytes by nucleus shape only (a cleaved, clover-like nucleus of
+  the normal colour), every patient's crops carry their own stain shift (a colour cast
+  and contrast of the whole slide), and clinical values carry no signal. The bag mean
+  is then dominated by the stain, while the key cells stand out to a model that weighs
+  cells.
 """
 
 from __future__ import annotations
@@ -23,8 +37,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-CELL_TYPES = ("normal", "activated", "small_mature", "smudge")
-WITNESS_TYPES = ("small_mature", "smudge")
+CELL_TYPES = ("normal", "activated", "small_mature", "smudge", "cleaved")
+WITNESS_TYPES = ("small_mature", "smudge", "cleaved")
 REFERENCE_DATE = pd.Timestamp("2020-01-01")
 SIZE = 224
 
@@ -72,8 +86,11 @@ def _paint(img: np.ndarray, mask: np.ndarray, color) -> None:
     img[win] = img[win] * (1.0 - m) + m * np.asarray(color, dtype=np.float32)
 
 
-def render_cell(cell_type: str, rng: np.random.Generator) -> Image.Image:
-    """One 224×224 RGB crop with a centred lymphocyte of ``cell_type``."""
+def render_cell(
+    cell_type: str, rng: np.random.Generator, stain: tuple[np.ndarray, np.ndarray] | None = None
+) -> Image.Image:
+    """One 224×224 RGB crop with a centred lymphocyte of ``cell_type``; ``stain`` =
+    (per-channel gain, per-channel offset) applied to the whole crop (a slide's cast)."""
     bg = np.array([236, 204, 214], np.float32) + rng.normal(0, 4, 3)
     img = np.ones((SIZE, SIZE, 3), np.float32) * bg
     img += _smooth_noise(rng, 6)[..., None] * 6.0
@@ -125,12 +142,24 @@ def render_cell(cell_type: str, rng: np.random.Generator) -> Image.Image:
                 ecc=0.04,
                 clump=0.30,
             ),
+            # a normal lymphocyte's colours and size, with a deeply lobed nucleus
+            "cleaved": dict(
+                rn=(25, 30),
+                rim=(6, 11),
+                nuc=(92, 58, 138),
+                cyt=(168, 178, 222),
+                ecc=0.08,
+                clump=0.10,
+                lobes=True,
+            ),
         }[cell_type]
         rn = rng.uniform(*p["rn"])
         rc = rn + rng.uniform(*p["rim"])
         cyt = np.array(p["cyt"], np.float32) + rng.normal(0, 6, 3)
         _paint(img, _ellipse(cx, cy, rc, rc * rng.uniform(0.85, 1.0), theta), cyt)
         wob = [(k, rng.uniform(0, p["ecc"]), rng.uniform(0, 6.3)) for k in (2, 3)]
+        if p.get("lobes"):  # three or four deep lobes: a clover-like outline
+            wob = [(int(rng.integers(3, 5)), rng.uniform(0.35, 0.45), rng.uniform(0, 6.3))]
         off = (rc - rn) * 0.4
         ncx, ncy = cx + rng.uniform(-off, off), cy + rng.uniform(-off, off)
         nm = _ellipse(ncx, ncy, rn, rn * rng.uniform(0.85, 1.0), theta, wob)
@@ -146,6 +175,9 @@ def render_cell(cell_type: str, rng: np.random.Generator) -> Image.Image:
                 nuc * 1.25,
             )
     img += rng.normal(0, 3.0, img.shape).astype(np.float32)
+    if stain is not None:
+        gain, offset = stain
+        img = (img - 128.0) * np.asarray(gain, np.float32) + 128.0 + np.asarray(offset, np.float32)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return out.filter(ImageFilter.GaussianBlur(radius=0.8))
 
@@ -156,6 +188,50 @@ def _format_dob(dob: pd.Timestamp, rng: np.random.Generator) -> str:
     return f"{dob.day}-{dob.month}-{dob.year}"
 
 
+#: cohort presets: witness cells (fraction range in tumoral bags, share of each witness
+#: type), the cell mix of reactive bags and of the rest of tumoral bags, how strongly
+#: clinical values depend on the label, and the per-patient stain shift (gain sd, offset sd)
+PRESETS: dict[str, dict] = {
+    "default": {
+        "witness_fraction": (0.15, 0.45),
+        "witness_mix": {"small_mature": 0.7, "smudge": 0.3},
+        "tumoral_rest": {"normal": 0.8, "activated": 0.2},
+        "reactive": {"normal": 0.52, "activated": 0.40, "small_mature": 0.08},
+        "clinical": "strong",
+        "stain": (0.0, 0.0),
+    },
+    "fusion": {
+        "witness_fraction": (0.03, 0.15),
+        "witness_mix": {"small_mature": 0.7, "smudge": 0.3},
+        "tumoral_rest": {"normal": 0.7, "activated": 0.3},
+        "reactive": {"normal": 0.55, "activated": 0.40, "small_mature": 0.05},
+        "clinical": "weak",
+        "stain": (0.0, 0.0),
+    },
+    "rare-key": {
+        "witness_fraction": (0.02, 0.06),
+        "witness_mix": {"cleaved": 1.0},
+        "tumoral_rest": {"normal": 0.6, "activated": 0.4},
+        "reactive": {"normal": 0.6, "activated": 0.4},
+        "clinical": "none",
+        "stain": (0.08, 14.0),
+        # the drawn fraction is exact (rounded, at least one key cell per tumoral bag)
+        "exact_witnesses": True,
+    },
+}
+#: (tumoral, reactive) age mean/sd and log lymphocyte count mean/sd per clinical strength
+_CLINICAL = {
+    "strong": (((69, 10), (np.log(18), 0.7)), ((52, 17), (np.log(6), 0.5))),
+    "weak": (((63, 14), (np.log(10), 0.7)), ((56, 14), (np.log(7), 0.7))),
+    "none": (((60, 15), (np.log(8), 0.7)), ((60, 15), (np.log(8), 0.7))),
+}
+
+
+def _mix(parts: dict[str, float], scale: float = 1.0) -> np.ndarray:
+    """Probabilities over CELL_TYPES from a {type: share} dict, times ``scale``."""
+    return np.array([parts.get(t, 0.0) for t in CELL_TYPES]) * scale
+
+
 def make_demo_cohort(
     out: str | Path,
     patients: int = 40,
@@ -163,16 +239,24 @@ def make_demo_cohort(
     seed: int = 0,
     test_fraction: float = 0.2,
     positive_fraction: float = 0.6,
-    witness_fraction: tuple[float, float] = (0.15, 0.45),
+    witness_fraction: tuple[float, float] | None = None,
+    preset: str = "default",
 ) -> Path:
     """Write a synthetic cohort in the challenge layout under ``out`` and return its path.
 
     ``patients`` in all, about ``test_fraction`` of them in the test split; bag sizes vary
     around ``cells_per_patient`` (±25%). Each tumoral bag draws its fraction of witness
-    cells uniformly in ``witness_fraction``. Deterministic for a seed.
+    cells uniformly in ``witness_fraction`` (the preset's range when None). ``preset``
+    is one of :data:`PRESETS`. Deterministic for a seed.
     """
     if patients < 2:
         raise ValueError("make_demo_cohort: need at least 2 patients")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    witness_fraction = witness_fraction or cfg["witness_fraction"]
+    (age_pos, cnt_pos), (age_neg, cnt_neg) = _CLINICAL[cfg["clinical"]]
+    gain_sd, offset_sd = cfg["stain"]
     out = Path(out)
     rng = np.random.default_rng(seed)
     n_test = int(round(patients * test_fraction))
@@ -196,22 +280,33 @@ def make_demo_cohort(
         folder.mkdir(parents=True, exist_ok=True)
         if y == 1:
             w = rng.uniform(*witness_fraction)
-            probs = np.array([0.80 * (1 - w), 0.20 * (1 - w), 0.7 * w, 0.3 * w])
-            age = rng.normal(69, 10)
-            count = float(np.exp(rng.normal(np.log(18), 0.7)))
+            probs = _mix(cfg["tumoral_rest"], 1 - w) + _mix(cfg["witness_mix"], w)
+            age = rng.normal(*age_pos)
+            count = float(np.exp(rng.normal(*cnt_pos)))
         else:
-            probs = np.array([0.52, 0.40, 0.08, 0.0])
-            age = rng.normal(52, 17)
-            count = float(np.exp(rng.normal(np.log(6), 0.5)))
+            probs = _mix(cfg["reactive"])
+            age = rng.normal(*age_neg)
+            count = float(np.exp(rng.normal(*cnt_neg)))
+        stain = None
+        if gain_sd or offset_sd:
+            stain = (1.0 + rng.normal(0, gain_sd, 3), rng.normal(0, offset_sd, 3))
         age = float(np.clip(age, 18, 98))
         dob = REFERENCE_DATE - pd.Timedelta(days=int(age * 365.25))
         gender = rng.choice(["M", "F", "m", "f"], p=[0.42, 0.42, 0.08, 0.08])
         n_cells = max(1, int(round(cells_per_patient * rng.uniform(0.75, 1.25))))
-        types = rng.choice(len(CELL_TYPES), size=n_cells, p=probs / probs.sum())
+        if y == 1 and cfg.get("exact_witnesses"):
+            n_key = min(n_cells, max(1, int(round(w * n_cells))))
+            rest = _mix(cfg["tumoral_rest"])
+            types = rng.choice(len(CELL_TYPES), size=n_cells, p=rest / rest.sum())
+            key = _mix(cfg["witness_mix"])
+            pos = rng.choice(n_cells, size=n_key, replace=False)
+            types[pos] = rng.choice(len(CELL_TYPES), size=n_key, p=key / key.sum())
+        else:
+            types = rng.choice(len(CELL_TYPES), size=n_cells, p=probs / probs.sum())
         for j, t in enumerate(types):
             name = CELL_TYPES[t]
             fname = f"{j:06d}.jpg"
-            render_cell(name, rng).save(folder / fname, quality=92)
+            render_cell(name, rng, stain).save(folder / fname, quality=92)
             truth.append(
                 {
                     "patient_id": pid,
@@ -219,6 +314,7 @@ def make_demo_cohort(
                     "file": f"{folder.parent.name}/{pid}/{fname}",
                     "cell_type": name,
                     "witness": int(y == 1 and name in WITNESS_TYPES),
+                    "is_key": int(y == 1 and name in WITNESS_TYPES),
                     "label": int(y),
                     "split": split,
                 }

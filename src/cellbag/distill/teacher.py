@@ -65,7 +65,8 @@ class Teacher:
             "encoder_id": self.encoder_id,
             "has_attention": self.attention is not None,
             "n_patients": len(self.probabilities),
-            "metrics": self.metrics,
+            # the run's figures (with intervals), without its per-fold detail
+            "metrics": self.metrics.get("metrics", self.metrics),
         }
 
 
@@ -80,15 +81,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def resolve_head_folder(path: str | Path) -> Path:
-    """``RUN_DIR/<head>`` as given, or the best head of ``RUN_DIR`` (highest ROC AUC in its
-    ``metrics.json``, the run's own ``best``; ties by name)."""
+    """``RUN_DIR/<head>`` as given, or the best image head of ``RUN_DIR`` (highest ROC AUC
+    in its ``metrics.json``, the run's own ``best``; ties by name)."""
     path = Path(path)
     if not path.is_dir():
         raise DistillError(f"{path}: teacher run folder not found")
     if (path / OOF_FILE).is_file():
         return path
     try:
-        return rf.best_head(path)
+        best = rf.best_head(path)
+        if best.name == "clinical":  # the clinical-only baseline reads no images
+            folders = [p for p in rf.head_folders(path) if p.name != "clinical"]
+            if not folders:
+                raise DistillError(f"{path}: only the clinical baseline here; it reads no images")
+            scores = [np.nan_to_num(rf.figure(p), nan=-1.0) for p in folders]
+            best = folders[int(np.argmax(scores))]
+        return best
     except rf.RunFolderError as e:
         raise DistillError(str(e)) from None
 

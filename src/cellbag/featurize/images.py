@@ -12,6 +12,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -65,28 +66,52 @@ def prepare(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.n
 
 @dataclass(frozen=True)
 class Decoded:
-    """One cell image, ready for the model, or the reason it could not be read."""
+    """One cell image, ready for the model, or the reason it could not be read.
 
-    pixels: np.ndarray | None
+    ``pixels`` is ``(size, size, 3)`` uint8: a numpy array, or a device tensor when the
+    GPU decode path (:mod:`cellbag.featurize.gpu_decode`) made it.
+    """
+
+    pixels: np.ndarray | Any | None
     reason: str
     sha256: str
     size: int = -1  # bytes of the file read (-1: not read)
     mtime_ns: int = -1  # its modification time
 
 
-def decode_file(path: str | Path, size: int, interpolation: str = "bicubic") -> Decoded:
-    """Read, hash and prepare one image file; never raises for a bad file."""
+@dataclass(frozen=True)
+class ImageBytes:
+    """The encoded bytes of one image file, with their digest and file stats."""
+
+    data: bytes
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+def read_image_file(path: str | Path) -> ImageBytes | Decoded:
+    """The file's bytes and digest, or a :class:`Decoded` saying why it cannot be read."""
     try:
         st = os.stat(path)
         data = Path(path).read_bytes()
     except OSError as e:
         return Decoded(None, image_error_text(e, path), "")
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    stat = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return ImageBytes(data, hashlib.sha256(data).hexdigest()[:16], st.st_size, st.st_mtime_ns)
+
+
+def decode_bytes(raw: ImageBytes, size: int, interpolation: str = "bicubic") -> Decoded:
+    """Prepare an image from its bytes with PIL; never raises for a bad image."""
+    stat = {"size": raw.size, "mtime_ns": raw.mtime_ns}
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(raw.data)) as img:
             img.load()
             pixels = prepare(img, size, interpolation)
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
-        return Decoded(None, f"unreadable image: {image_error_text(e)}", digest, **stat)
-    return Decoded(pixels, "", digest, **stat)
+        return Decoded(None, f"unreadable image: {image_error_text(e)}", raw.sha256, **stat)
+    return Decoded(pixels, "", raw.sha256, **stat)
+
+
+def decode_file(path: str | Path, size: int, interpolation: str = "bicubic") -> Decoded:
+    """Read, hash and prepare one image file; never raises for a bad file."""
+    raw = read_image_file(path)
+    return raw if isinstance(raw, Decoded) else decode_bytes(raw, size, interpolation)

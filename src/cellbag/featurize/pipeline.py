@@ -4,8 +4,9 @@ The work is cut into blocks of rows (see :mod:`cellbag.store.blocks`). Batches n
 span two blocks, so a block's numbers do not depend on which other blocks were done
 before, nor on which process did them: a resumed run, or one split among the ranks of
 a torchrun job (:mod:`cellbag.featurize.distributed`), equals an uninterrupted one.
-While the model runs on one batch, worker threads decode the next ones, and a writer
-thread stores the previous block.
+While the model runs on one batch, worker threads decode the next ones (beside a GPU:
+threads read the files and the GPU decodes the JPEGs, see
+:mod:`cellbag.featurize.gpu_decode`), and a writer thread stores the previous block.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import pandas as pd
 
 from cellbag.data import Cohort, read_cohort
 from cellbag.featurize.errors import FeaturizeError
-from cellbag.featurize.images import Decoded, decode_file
+from cellbag.featurize.gpu_decode import batch_loader
+from cellbag.featurize.images import Decoded
 from cellbag.featurize.registry import DEFAULT_ENCODER, Encoder, create_encoder
 from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 
@@ -58,6 +60,9 @@ class FeaturizeReport:
     decode_wait_seconds: float = 0.0  # the model waiting for decoded images
     write_seconds: float = 0.0  # store writes (a writer thread, overlapped with compute)
     write_wait_seconds: float = 0.0  # the model waiting for the writer
+    read_seconds: float = 0.0  # file reads, summed over the read threads
+    decode_seconds: float = 0.0  # image decoding, summed over threads (GPU: the decode thread)
+    decode: str = ""  # where images were decoded: cpu (PIL threads) | gpu (gpu_decode)
     rank: int = 0
     world: int = 1
     device: str = ""
@@ -80,6 +85,9 @@ class FeaturizeReport:
             "decode_wait_s": round(self.decode_wait_seconds, 3),
             "write_s": round(self.write_seconds, 3),
             "write_wait_s": round(self.write_wait_seconds, 3),
+            "read_s": round(self.read_seconds, 3),
+            "decode_s": round(self.decode_seconds, 3),
+            "decode": self.decode,
         }
 
 
@@ -174,6 +182,7 @@ def run_featurize(
     block_rows: int | None = None,
     coordinator: Detached | None = None,
     update: bool = False,
+    decode: str = "auto",
 ) -> FeaturizeReport:
     """Embed every cell of a cohort with ``encoder`` into the store at ``store_path``.
 
@@ -191,8 +200,13 @@ def run_featurize(
     Images or labels that changed since the store read them are refused in one line; with
     ``update`` the store is brought up to date and the changed cells are re-embedded for
     every encoder in the store (a single process only).
+
+    ``decode``: ``cpu`` decodes with PIL in threads, ``gpu`` decodes JPEGs in batches on
+    the encoder's CUDA device (:mod:`cellbag.featurize.gpu_decode`), ``auto`` picks ``gpu``
+    when the encoder runs on CUDA.
     """
     from cellbag.featurize.distributed import Detached, RankAborted
+    from cellbag.featurize.gpu_decode import resolve_decode
 
     if batch_size < 1:
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
@@ -218,6 +232,7 @@ def run_featurize(
                     device=device,
                     precision=precision,
                 )
+            decode = resolve_decode(decode, enc.device)
             if lead:
                 store, created, lock, done, diff = _set_up(
                     data, store_path, enc, coord, force, chunk_rows, block_rows, update
@@ -255,6 +270,7 @@ def run_featurize(
             rank=rank,
             world=world,
             device=enc.device,
+            decode=decode,
         )
         report.took_over_lock = lock.took_over
         report.sync = diff if lead else None
@@ -414,6 +430,7 @@ def _record_run(
             "cells_per_s": round(report.cells_per_s, 2),
             "device": enc.device,
             "precision": enc.precision,
+            "decode": report.decode,
             "batch_size": batch_size,
             "host": socket.gethostname(),
             "world": report.world,
@@ -501,18 +518,21 @@ def _run_blocks(
     for b in todo:
         a, z = store.block_range(b)
         batches.extend((b, s, min(s + batch_size, z)) for s in range(a, z, batch_size))
-    size, interp = enc.image_size, enc.interpolation
-    decode = ThreadPoolExecutor(workers or default_workers(enc.device), "cellbag-decode")
+    loader = batch_loader(
+        report.decode or "auto",
+        enc.device,
+        enc.image_size,
+        enc.interpolation,
+        workers or default_workers(enc.device),
+    )
     writer = ThreadPoolExecutor(1, "cellbag-write")
-    pending: deque[list[Future[Decoded]]] = deque()
+    pending: deque[Any] = deque()
     writes: deque[Future[None]] = deque()
 
     def prefetch(k: int) -> None:
         if k < len(batches):
             _, s, z = batches[k]
-            pending.append(
-                [decode.submit(decode_file, paths[i], size, interp) for i in range(s, z)]
-            )
+            pending.append(loader.submit(paths[s:z]))
 
     def write(blk: _Block) -> None:
         w0 = time.perf_counter()
@@ -531,7 +551,7 @@ def _run_blocks(
             prefetch(k)
         for k, (block, s, z) in enumerate(batches):
             c0 = time.perf_counter()
-            results = [f.result() for f in pending.popleft()]
+            results = loader.collect(pending.popleft())
             c1 = time.perf_counter()
             report.decode_wait_seconds += c1 - c0
             prefetch(k + lookahead)
@@ -545,7 +565,7 @@ def _run_blocks(
             )
             if ok:
                 c1 = time.perf_counter()
-                pixels = torch.from_numpy(np.stack([results[j].pixels for j in ok]))
+                pixels = loader.stack([results[j].pixels for j in ok])
                 blk.emb[np.asarray(ok) + (s - blk.start)] = enc.forward_pixels(pixels).numpy()
                 report.compute_seconds += time.perf_counter() - c1  # .cpu() synchronises
             report.cells_computed += z - s
@@ -572,9 +592,10 @@ def _run_blocks(
     except OSError as e:
         raise FeaturizeError(f"{store.path}: writing {enc.id} failed ({e})") from None
     finally:
-        for futs in pending:
-            for f in futs:
-                f.cancel()
-        decode.shutdown(wait=True, cancel_futures=True)
+        for handle in pending:
+            loader.cancel(handle)
+        loader.close()
+        report.read_seconds += loader.timer.seconds["read"]
+        report.decode_seconds += loader.timer.seconds["decode"]
         writer.shutdown(wait=True)  # blocks already computed are still written
         report.seconds = time.perf_counter() - t0

@@ -2,11 +2,11 @@
 patients a fitted model predicts (``cellbag predict`` writes them beside its submission, so
 ``cellbag report --predictions`` can show test patients' galleries).
 
-Every head explains itself with one method, ``cell_contributions(bags, clinical)``:
-attention heads give their attention (abmil) or CLS attention (transformer), meanpool its
-linear head applied to each cell (the bag's image logit is their sum), maxpool the logit
-terms of the dimensions each cell holds the maximum of, lgbm the share of the trees' gain
-carried by the cell's cluster.
+Every head explains itself with one method, ``cell_contributions(bags)`` (image-only):
+attention heads give their attention (abmil) or CLS attention (transformer), maxpool the
+softmax of its cell scores (the arg-max cell decides), meanpool its linear head applied to
+each cell (the bag's image logit is their sum), lgbm the share of the trees' gain carried
+by the cell's cluster.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ KINDS: dict[str, dict[str, str]] = {
     "attention": {
         "top": "highest attention",
         "bottom": "lowest attention",
-        "what": "each patient's cells ordered by their attention weight averaged over the "
-        "repeats (out-of-fold); the caption is the weight relative to a uniform weight "
-        "(×1 = 1/bag size)",
+        "what": "each patient's cells ordered by their attention weight (abmil; the CLS "
+        "token's attention for transformer) averaged over the repeats (out-of-fold); the "
+        "caption is the weight relative to a uniform weight (×1 = 1/bag size)",
     },
     "logit": {
         "top": "pull most towards tumoral",
@@ -80,13 +80,9 @@ def predicted_cells(model: Any, store: Any, split: str = "test") -> pd.DataFrame
     """Per-cell contributions of a fitted model (mean over its members) for the patients of
     ``split``: patient_id, cell_id, path, weight, kind."""
     from cellbag.aggregate.bags import load_bags, open_store
-    from cellbag.aggregate.model import _clinical
 
     data = load_bags(open_store(store), model.encoder_id, split=split)
-    patients = data.patients if model.clinical else None
-    per_member = [
-        m.head.cell_contributions(data.bags, _clinical(m.scaler, patients)) for m in model.members
-    ]
+    per_member = [m.head.cell_contributions(data.bags) for m in model.members]
     kind = getattr(model.members[0].head, "contribution_kind", "attention")
     rows = []
     for i, pid in enumerate(data.patient_ids):

@@ -1,4 +1,6 @@
-"""The Zarr feature store: cells and patients of a cohort, embeddings of several encoders.
+"""The Zarr feature store: cells and patients of a cohort, embeddings of several encoders;
+features in from other MIL tools (``import_features``, ``Store.from_arrays``) and out to
+them (``export_h5``); the store describes itself (:mod:`cellbag.store.schema`).
 
 No torch here: aggregators and retrieval read bags without image or model code.
 """
@@ -12,6 +14,7 @@ _EXPORTS = {
     "EncoderNotReady": "cellbag.store.errors",
     "LockError": "cellbag.store.errors",
     "StoreError": "cellbag.store.errors",
+    "LAYOUTS": "cellbag.store.export",
     "export_h5": "cellbag.store.export",
     "DEFAULT_BLOCK_ROWS": "cellbag.store.feature_store",
     "DEFAULT_CHUNK_ROWS": "cellbag.store.feature_store",
@@ -20,9 +23,12 @@ _EXPORTS = {
     "STATUS_OK": "cellbag.store.feature_store",
     "STATUS_UNREADABLE": "cellbag.store.feature_store",
     "Store": "cellbag.store.feature_store",
+    "FeatureImportError": "cellbag.store.importer",
     "from_arrays": "cellbag.store.importer",
+    "import_features": "cellbag.store.importer",
     "JobLock": "cellbag.store.lock",
     "pid_alive": "cellbag.store.lock",
+    "describe_encoders": "cellbag.store.resolve",
 }
 
 __all__ = sorted(_EXPORTS)

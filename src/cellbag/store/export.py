@@ -84,7 +84,8 @@ def _h5_attr(value: Any) -> Any:
 
 
 def _looks_local(text: str) -> bool:
-    return os.path.isabs(text) or text.startswith(("./", "../", "~")) or os.sep in text
+    """A weights source that is a file path ('none', 'hub', 'package:...' are not)."""
+    return os.path.isabs(text) or text.startswith("~")
 
 
 def encoder_attrs(store: Store, encoder_id: str, with_paths: bool = False) -> dict[str, Any]:

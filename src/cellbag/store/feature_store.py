@@ -100,7 +100,7 @@ def _check_target(path: str, cohort: Cohort) -> None:
                 f"entries, e.g. {entries[0]!r}); refusing to write into it, choose a new or "
                 "empty folder"
             )
-    folders = {Path(p).parent for p in cohort.cells["path"]}
+    folders = {Path(p).parent for p in cohort.cells["path"] if p}  # '': imported, no image
     if cohort.sources:
         folders.add(Path(cohort.root))
         folders.update(Path(f).parent for f in cohort.sources)
@@ -660,8 +660,8 @@ class Store:
         more = f" and {len(pids) - 5} more" if len(pids) > 5 else ""
         return CorruptStore(
             f"{self.path}: encoder {encoder_id}: {what} for patient(s) "
-            f"{', '.join(pids[:5])}{more}; run `cellbag store verify {self.path}`, then "
-            f"recompute with `{self.featurize_command(encoder_id)} --force`"
+            f"{', '.join(pids[:5])}{more}; run `cellbag store verify {self.path} --repair`, "
+            f"then `{self.featurize_command(encoder_id)}` recomputes the damaged blocks"
         )
 
     def _check_rows(self, encoder_id: str, a: int, x: np.ndarray) -> None:
@@ -829,12 +829,13 @@ class Store:
         if not len(rows):
             return
         cells = self._root["cells"]
+        have = set(cells.array_keys())  # a format 1 store has no size / mtime_ns
         for name, values, dtype in (
             ("sha256", sha256, object),
             ("size", size, np.int64),
             ("mtime_ns", mtime_ns, np.int64),
         ):
-            if values is None:
+            if values is None or name not in have:
                 continue
             arr = cells[name]
             full = np.asarray(arr[:], dtype=dtype)

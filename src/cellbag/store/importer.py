@@ -11,8 +11,10 @@ Sources (:func:`import_features`):
 
 The labels table (``patient_id,label[,split]``, ``ID`` / ``case_id`` / ``PATIENT`` also name
 the patient) may carry clinical columns: ``gender``, ``dob`` and ``lymph_count`` are the
-store's own; every other column is kept as a further clinical feature (numbers as they
-are, text one-hot), scaled inside each training fold downstream.
+store's own; an ``age`` column (years) stands in for an unknown date of birth; every other
+column is kept as a further clinical feature (numbers as they are, text one-hot), imputed
+and scaled inside each training fold downstream. Per-slide names (``slide_id``,
+``FILENAME``) and pandas' row index (``Unnamed: 0``) are not features.
 
 Everything is checked before anything is written (two passes over the files: check and
 digest, then write), and the store is built under a temporary name and renamed, so bad
@@ -192,7 +194,13 @@ def table_bags(path: Path) -> tuple[list[Bag], pd.DataFrame | None]:
         fcols.sort(key=lambda c: int(str(c)[1:]))
     else:
         skip = {pcol, *meta_cols, id_col}
-        fcols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+        fcols = [
+            c
+            for c in df.columns
+            if c not in skip
+            and not str(c).startswith("Unnamed:")  # a row index written by pandas
+            and pd.api.types.is_numeric_dtype(df[c])
+        ]
     if not fcols:
         raise FeatureImportError(f"{path}: no feature columns (f0, f1, ... or numeric columns)")
     bad = [c for c in fcols if not pd.api.types.is_numeric_dtype(df[c])]
@@ -278,7 +286,11 @@ def patients_table(
     take = {k: next((lower[a] for a in al if a in lower), None) for k, al in aliases.items()}
     take = {k: v for k, v in take.items() if v is not None}
     ignored = set(take.values()) | {lower[c] for c in ID_COLUMNS if c in lower}
-    rest = [c for c in labels.columns if c != "patient_id" and c not in ignored]
+    rest = [
+        c
+        for c in labels.columns
+        if c != "patient_id" and c not in ignored and not str(c).startswith("Unnamed:")
+    ]  # "Unnamed: 0": a row index written by pandas, not a clinical value
     df = pd.DataFrame({"patient_id": pids}).merge(
         labels.rename(columns={v: k for k, v in take.items()}), how="left", on="patient_id"
     )

@@ -126,14 +126,16 @@ def compare(store: Store, cohort: Cohort) -> SyncDiff:
             continue
         diff.overlap += 1
         diff.moved |= old_paths[i] != new_paths[j]
-        if size[i] == SIZE_UNRECORDED:
+        if size[i] == SIZE_UNRECORDED and not sha[i]:
             continue  # no encoder has read it yet: nothing can be stale
         cur_size, cur_mtime = _stat(new_paths[j])
-        if cur_size == SIZE_MISSING or size[i] == SIZE_MISSING:
+        if size[i] == SIZE_UNRECORDED:  # a format 1 store: digests only
+            pass
+        elif cur_size == SIZE_MISSING or size[i] == SIZE_MISSING:
             if cur_size != size[i]:
                 diff.changed.append(cid)
             continue
-        if (cur_size, cur_mtime) == (size[i], mtime[i]):
+        elif (cur_size, cur_mtime) == (size[i], mtime[i]):
             continue
         try:
             digest = file_digest(new_paths[j])

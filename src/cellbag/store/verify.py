@@ -166,3 +166,20 @@ def verify(store: Store, cohort: Cohort | None = None) -> VerifyReport:
 
         report.sync = compare(store, cohort)
     return report
+
+
+def repair(store: Store, check: EncoderCheck) -> list[int]:
+    """Un-mark the blocks holding ``check``'s damaged rows, so featurize recomputes only them."""
+    done = store.done_blocks(check.encoder_id)
+    blocks = sorted(
+        {
+            b
+            for f in check.findings
+            for b in range(f.rows[0] // store.block_rows, (f.rows[1] - 1) // store.block_rows + 1)
+            if done[b]
+        }
+    )
+    if blocks or not done.all():
+        store.reset_blocks(check.encoder_id, blocks)
+        store.update_encoder_attrs(check.encoder_id, completed=None)
+    return blocks

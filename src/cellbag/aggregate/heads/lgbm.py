@@ -1,4 +1,4 @@
-"""LightGBM on bag statistics (training-fold PCA + k-means) and clinical features."""
+"""LightGBM on bag statistics (training-fold PCA + k-means); clinical features by late fusion."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from cellbag.aggregate.base import Head
+from cellbag.aggregate.base import FUSION_FOLDS, Head
 from cellbag.aggregate.features import BagStats
 from cellbag.aggregate.registry import register_head
 
@@ -51,9 +51,6 @@ class LGBMHead(Head):
         self.min_child_samples = min_child_samples
         self.num_threads = num_threads
 
-    def _table(self, bags, clinical) -> np.ndarray:
-        return np.concatenate([self.stats_.transform(bags), clinical], axis=1)
-
     def _params(self, y: np.ndarray) -> dict:
         n_pos = float(y.sum())
         return {
@@ -73,23 +70,41 @@ class LGBMHead(Head):
             "verbose": -1,
         }
 
-    def _fit(self, bags, clinical, y) -> None:
+    def _booster(self, x: np.ndarray, y: np.ndarray):
         import lightgbm as lgb
 
-        self.stats_ = BagStats(self.n_components, self.n_clusters, seed=self.seed).fit(bags)
-        x = self._table(bags, clinical)
-        names = self.stats_.feature_names() + [f"clinical{i}" for i in range(clinical.shape[1])]
-        data = lgb.Dataset(x, label=y, feature_name=names, free_raw_data=True)
-        self.booster_ = lgb.train(self._params(y), data, num_boost_round=self.n_estimators)
+        data = lgb.Dataset(x, label=y, feature_name=self.stats_.feature_names())
+        return lgb.train(self._params(y), data, num_boost_round=self.n_estimators)
 
-    def _predict(self, bags, clinical) -> np.ndarray:
+    def _fit(self, bags, y) -> np.ndarray | None:
+        self.stats_ = BagStats(self.n_components, self.n_clusters, seed=self.seed).fit(bags)
+        x = self.stats_.transform(bags)
+        self.booster_ = self._booster(x, y)
+        # out-of-fold scores (late fusion, nested thresholds): boosters on inner folds of the
+        # same table (the PCA/k-means are label-free: shared instead of refitted 5 times)
+        from sklearn.model_selection import StratifiedKFold
+
+        k = int(min(FUSION_FOLDS, np.bincount(y).min()))
+        if k < 2:
+            return self._decision(bags)
+        oof = np.zeros(len(y))
+        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
+        for tr, te in skf.split(x, y):
+            oof[te] = self._booster(x[tr], y[tr]).predict(
+                x[te], raw_score=True, num_threads=self.num_threads or default_threads()
+            )
+        return oof
+
+    def _decision(self, bags) -> np.ndarray:
         return self.booster_.predict(
-            self._table(bags, clinical), num_threads=self.num_threads or default_threads()
+            self.stats_.transform(bags),
+            raw_score=True,
+            num_threads=self.num_threads or default_threads(),
         )
 
     contribution_kind = "cluster gain"
 
-    def _cell_contributions(self, bags, clinical):
+    def _cell_contributions(self, bags):
         # each cell scores the share of the trees' gain carried by its cluster's fraction
         names = self.booster_.feature_name()
         gain = dict(zip(names, self.booster_.feature_importance("gain"), strict=True))

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellbag.aggregate.registry import register_head
-from cellbag.aggregate.torch_head import ClassifierOnPooled, TorchHead
+from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
+from cellbag.core.mil import ClassifierOnPooled
 
 
 class Block(nn.Module):
@@ -51,16 +52,16 @@ class Block(nn.Module):
 
 
 class TransformerPool(nn.Module):
-    def __init__(self, dim, n_clinical, width, heads, layers, dropout):
+    def __init__(self, dim, width, heads, layers, dropout):
         super().__init__()
         self.embed = nn.Linear(dim, width)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.normal_(self.cls, std=0.02)
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
-        self.classifier = ClassifierOnPooled(width, n_clinical, dropout)
+        self.classifier = ClassifierOnPooled(width, 0, dropout)
 
-    def forward(self, x, mask, clin, return_weights: bool = False):
+    def forward(self, x, mask, return_weights: bool = False):
         b = x.shape[0]
         h = torch.cat([self.cls.expand(b, -1, -1), self.embed(x)], dim=1)
         m = torch.cat([torch.ones(b, 1, dtype=torch.bool), mask], dim=1)
@@ -70,7 +71,7 @@ class TransformerPool(nn.Module):
                 a = block.cls_attention(h, m)[:, 1:]
                 weights = a / a.sum(1, keepdim=True).clamp_min(1e-12)
             h = block(h, m)
-        return self.classifier(self.norm(h[:, 0]), clin), weights
+        return self.classifier(self.norm(h[:, 0])), weights
 
 
 @register_head("transformer")
@@ -90,13 +91,19 @@ class TransformerHead(TorchHead):
         heads: int = 2,
         layers: int = 1,
         dropout: float = 0.1,
-        **train,
+        epochs: int = TRAIN["epochs"],
+        lr: float = TRAIN["lr"],
+        weight_decay: float = TRAIN["weight_decay"],
+        batch_size: int = TRAIN["batch_size"],
+        patience: int = TRAIN["patience"],
+        inner_folds: int = TRAIN["inner_folds"],
+        val_fraction: float = TRAIN["val_fraction"],
+        max_cells_train: int = TRAIN["max_cells_train"],
+        instance_dropout: float = TRAIN["instance_dropout"],
+        max_tokens: int = TRAIN["max_tokens"],
+        pca_dim: int | None = TRAIN["pca_dim"],
     ) -> None:
-        super().__init__(clinical=clinical, seed=seed, **train)
-        self.width = width
-        self.heads = heads
-        self.layers = layers
-        self.dropout = dropout
+        set_params_from(self, locals())
 
-    def build_module(self, dim: int, n_clinical: int) -> nn.Module:
-        return TransformerPool(dim, n_clinical, self.width, self.heads, self.layers, self.dropout)
+    def build_module(self, dim: int) -> nn.Module:
+        return TransformerPool(dim, self.width, self.heads, self.layers, self.dropout)

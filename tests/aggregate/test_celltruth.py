@@ -1,0 +1,45 @@
+"""`cv --cell-truth`: the instance AUC of a head's cell weights against known key cells."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from cellbag.aggregate import AggregateError, run_cv
+from cellbag.aggregate.synthetic import witness_store
+
+
+@pytest.fixture(scope="module")
+def witness_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("truth")
+    store, enc, wc = witness_store(str(root / "s.zarr"), 40, 0, (20, 30), 16, seed=0)
+    truth = pd.DataFrame(
+        [
+            {"cell_id": f"P{i}/{j:04d}.jpg", "is_key": int(k)}
+            for i, w in enumerate(wc.witness)
+            for j, k in enumerate(w)
+        ]
+    )
+    truth.to_csv(root / "truth.csv", index=False)
+    return store, enc, root
+
+
+def test_instance_auc_in_metrics(witness_run, fast):
+    store, enc, root = witness_run
+    out = root / "run"
+    run_cv(
+        store, enc, "abmil,meanpool", out, clinical=False, folds=2, repeats=1,
+        head_params=fast, quiet=True, cell_truth=root / "truth.csv",
+    )  # fmt: skip
+    m = json.loads((out / "abmil" / "metrics.json").read_text())["cell_truth"]
+    assert m["instance_auc"] > 0.8 and m["n_key"] > 0  # the witnesses get the weight
+    assert "cell_truth" not in json.loads((out / "meanpool" / "metrics.json").read_text())
+
+
+def test_bad_cell_truth_is_one_clear_error(witness_run, tmp_path):
+    store, enc, _ = witness_run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("cell,key\na,1\n")
+    with pytest.raises(AggregateError, match=r"bad\.csv: needs columns cell_id,is_key"):
+        run_cv(store, enc, "meanpool", tmp_path / "r", clinical=False, quiet=True, cell_truth=bad)
+    assert not (tmp_path / "r").exists()  # stopped before any work
