@@ -45,7 +45,7 @@ def demo_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_python_api_section_runs(demo_store: Path, capsys: pytest.CaptureFixture) -> None:
     blocks = python_blocks("Python API")
-    assert len(blocks) >= 4
+    assert len(blocks) >= 5
     ns: dict = {}
     for i, code in enumerate(blocks):
         exec(compile(code, f"README.md Python API block {i + 1}", "exec"), ns)  # noqa: S102
@@ -55,6 +55,8 @@ def test_python_api_section_runs(demo_store: Path, capsys: pytest.CaptureFixture
     table = ns["table"].set_index("head")
     assert {"meanpool", "lgbm"} <= set(table.index)  # (+ the clinical baseline, where there is one)
     assert (table.loc[["meanpool", "lgbm"], "roc_auc"] > 0.5).all()  # the bags carry signal
+    assert ns["proba"].shape == (4,) and ((ns["proba"] >= 0) & (ns["proba"] <= 1)).all()
+    assert ns["auc"].mean() > 0.5
     near = ns["near"]
     assert len(near) == 5 and (near["patient_id"] != ns["pid"]).all()
     assert (Path("runs/py") / "comparison.csv").is_file()

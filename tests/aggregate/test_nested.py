@@ -157,3 +157,28 @@ def test_fit_calibrates_and_picks_triage_from_out_of_fold(tmp_path):
     )
     assert (pred["threshold"] == m.threshold).all() and "triage" not in raw
     assert ((pred["triage"] == "spared") == (pred["probability"] < m.triage_threshold)).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--calibrate", "platt"], "--calibrate must be one of sigmoid, isotonic"),
+        (["--triage-sensitivity", "1.5"], "--triage-sensitivity must be in (0, 1]"),
+        (["--inner-folds", "1"], "--inner-folds must be 0 (off) or >= 2"),
+    ],
+)
+def test_cli_bad_statistics_options_are_one_line(
+    tuned_store, tmp_path, monkeypatch, capsys, args, message
+):
+    import sys
+
+    from cellbag.cli import main
+
+    path, _ = tuned_store
+    argv = ["cellbag", "cv", str(path), "--head", "meanpool", "--out", str(tmp_path / "r"), *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -12,7 +12,9 @@ Thresholds are nested: inside each outer training fold an inner ``inner_folds``-
 gives out-of-fold predictions of the training patients only, from which Youden's cut and
 the triage cut (target sensitivity) are chosen, and a ``--calibrate`` map is fitted; both
 are then applied to the outer test fold. With 3 inner folds a run fits 4 heads per outer
-fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures).
+fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures); a head
+whose own training already predicts each training patient from inner models that did not
+see it (``train_oof_proba_``) gives those predictions instead, without refitting.
 """
 
 from __future__ import annotations
@@ -370,8 +372,8 @@ def cross_validate(
                 "seed": seed,
                 "triage_sensitivity": triage_sensitivity if inner_folds else None,
                 "calibrate": calibrate,
-                "threshold_method": f"nested: chosen in each training fold from inner "
-                f"{inner_folds}-fold out-of-fold predictions",
+                "threshold_method": "nested: chosen in each training fold from out-of-fold "
+                "predictions of its training patients only (inner folds)",
             }
             if truth is not None:
                 from cellbag.aggregate.celltruth import head_instance_auc
@@ -540,6 +542,7 @@ def run_cv(
     refused (``holdout_finetuned`` leaves those patients out instead)."""
     from cellbag.aggregate.leaks import guard
 
+    _check_options(inner_folds, triage_sensitivity, calibrate)  # before any reading
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
     info = {}

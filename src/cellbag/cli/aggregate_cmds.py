@@ -9,7 +9,10 @@ import typer
 
 from cellbag.cli.app import app, console, next_step, shell_path
 
-HEAD_HELP = "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm."
+HEAD_HELP = (
+    "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm, clinical "
+    "(the clinical-only baseline, added by itself when the store has clinical data)."
+)
 SET_HELP = (
     "Head parameter KEY=VALUE (all heads) or HEAD.KEY=VALUE, repeatable, "
     "e.g. --set epochs=30 --set abmil.hidden=32."
@@ -140,7 +143,7 @@ def fit_cmd(
         None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
     head: str = typer.Option(
-        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."
+        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm, clinical."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
@@ -248,10 +251,11 @@ def predict_cmd(
     sub, proba = write_submission(pred, out)
     _write_cells(model, store, split, sub)
     n_pos = int(pred["predicted"].sum())
-    triage = ""
     if "triage" in pred:
         spared = int((pred["triage"] == "spared").sum())
         triage = f", triage: {spared} spared of cytometry at threshold {model.triage_threshold:.3f}"
+    else:
+        triage = "; no triage calls: fit with --threshold triage[:SENS] for them"
     console.print(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"

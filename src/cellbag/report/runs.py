@@ -99,7 +99,12 @@ def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     if metric not in table.columns:
         have = [k for k in METRIC_NAMES if k in table.columns]
         raise ReportError(f"no metric {metric!r} in these runs (have: {', '.join(have)})")
-    t = table.sort_values([metric, "run", "head"], ascending=[False, True, True], kind="stable")
+    from cellbag.aggregate.metrics import LOWER_IS_BETTER
+
+    best_first = metric in LOWER_IS_BETTER  # ascending for Brier, ECE
+    t = table.sort_values(
+        [metric, "run", "head"], ascending=[best_first, True, True], kind="stable"
+    )
     return t.reset_index(drop=True)
 
 
@@ -114,6 +119,16 @@ def best_head(run_dir: str | Path) -> dict[str, Any] | None:
     except (ReportError, rf.RunFolderError):
         return None
     return t.iloc[0].to_dict()
+
+
+#: the figures the terminal table shows (the page shows them all)
+KEY_FIGURES = ("roc_auc", "balanced_accuracy", "triage_spared")
+
+
+def key_columns(table: pd.DataFrame, metric: str) -> list[str]:
+    """The ranking figure, then the key figures the runs have."""
+    keys = [metric] + [k for k in KEY_FIGURES if k != metric]
+    return [k for k in keys if k in table.columns]
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
