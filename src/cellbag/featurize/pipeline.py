@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.data import Cohort, read_cohort
-from cellbag.errors import CellbagError
+from cellbag.featurize.errors import FeaturizeError
 from cellbag.featurize.gpu_decode import batch_loader
 from cellbag.featurize.images import Decoded
 from cellbag.featurize.registry import DEFAULT_ENCODER, Encoder, create_encoder
@@ -33,10 +33,6 @@ from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 if TYPE_CHECKING:
     from cellbag.featurize.distributed import Detached
     from cellbag.store.sync import SyncDiff
-
-
-class FeaturizeError(CellbagError, RuntimeError):
-    """Featurization cannot start or go on (names the store and the encoder)."""
 
 
 @dataclass
@@ -286,7 +282,12 @@ def run_featurize(
         from cellbag.featurize.sync import refresh_encoders
 
         report.refreshed = refresh_encoders(
-            report.store, enc, batch_size=batch_size, workers=workers, progress=progress
+            report.store,
+            enc,
+            featurize=run_featurize,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
         )
         report.store = Store.open(report.store.path, mode="r+")
     report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cellbag.aggregate.run_folder import is_head_folder
+from cellbag.core.io import atomic_path, write_text
 from cellbag.report.errors import ReportError
 from cellbag.report.run import METRIC_NAMES, load_head
 
@@ -147,9 +148,8 @@ def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAUL
     out.parent.mkdir(parents=True, exist_ok=True)
     table = rank(table, metric)
     csv = out.with_suffix(".csv")
-    tmp = csv.with_name(f".{csv.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
     keys = metric_columns(table)
     head = "".join(f'<th data-sort="num">{esc(METRIC_NAMES.get(k, k))}</th>' for k in keys)
     body = []
@@ -191,9 +191,7 @@ difference; each run's report compares its heads on the same patients.</p>
 <p class="muted">Table: <a href="{esc(csv.name)}">{esc(csv.name)}</a></p></main>
 <script>{_JS}</script></body></html>
 """
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, html)
     return out
 
 
