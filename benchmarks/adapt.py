@@ -23,8 +23,8 @@ def mae_steps(model: str, size: int, batch: int, steps: int, device: str) -> Non
     import timm
     import torch
 
+    from cellbag.core.device import resolve_device
     from cellbag.featurize.mae import MaskedAutoencoder
-    from cellbag.featurize.training import resolve_device
 
     prec = resolve_device(device)
     torch.manual_seed(0)

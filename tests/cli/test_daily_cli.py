@@ -109,3 +109,13 @@ def test_pages_get_ordinary_permissions(tmp_path, umask):
     mode = stat.S_IMODE((tmp_path / "page.html").stat().st_mode)
     assert mode == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["page.html"]  # no temporary left
+
+
+def test_an_index_prints_as_one_short_line():
+    import numpy as np
+
+    from cellbag.retrieval.faiss_index import CellIndex
+
+    vecs = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    index = CellIndex.build(lambda: iter([vecs]), 500, 8)
+    assert repr(index) == "CellIndex(flat, 500 cells, dim 8)"

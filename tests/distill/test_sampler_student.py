@@ -56,6 +56,38 @@ def test_head_attends_across_cells_and_ignores_padding():
     assert float(ap[0, 5:].sum()) == 0.0
 
 
+@torch.no_grad()
+def test_format_1_head_weights_upgrade_to_the_same_function():
+    """A student saved before the head used core.mil: attention under head.V/U/w, one
+    output layer on [pooled ; clinical]. Upgraded, it gives the same logits."""
+    from cellbag.distill.student import upgrade_head_state
+
+    torch.manual_seed(1)
+    hidden, attn, dim, n_clin = 16, 8, 8, 2
+    head = GatedAttentionMIL(dim, n_clin, HeadConfig(hidden=hidden, attn_dim=attn)).eval()
+    old = {f"head.{k}": v for k, v in head.state_dict().items() if k.startswith(("norm", "embed"))}
+    for name, shape in (("V", (attn, hidden)), ("U", (attn, hidden)), ("w", (1, attn))):
+        old[f"head.{name}.weight"] = torch.randn(shape)
+        old[f"head.{name}.bias"] = torch.randn(shape[0])
+    old["head.out.weight"] = torch.randn(1, hidden + n_clin)
+    old["head.out.bias"] = torch.randn(1)
+    x, clin = torch.randn(3, 5, dim), torch.randn(3, n_clin)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    # the format-1 forward pass, written out
+    h = head.embed(head.norm(x))
+    lin = lambda z, n: z @ old[f"head.{n}.weight"].T + old[f"head.{n}.bias"]  # noqa: E731
+    scores = lin(torch.tanh(lin(h, "V")) * torch.sigmoid(lin(h, "U")), "w").squeeze(-1)
+    a = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+    pooled = torch.bmm(a.unsqueeze(1), h).squeeze(1)
+    want = lin(torch.cat([pooled, clin], dim=1), "out").squeeze(1)
+    new = upgrade_head_state(old, hidden)
+    head.load_state_dict({k[len("head.") :]: v for k, v in new.items()})
+    logits, att = head(x, mask, clin)
+    torch.testing.assert_close(logits, want)
+    torch.testing.assert_close(att, a)
+
+
 def test_sub_batches_and_checkpointing_give_the_same_embeddings_and_grads():
     spec = StudentSpec(encoder="tf_efficientnet_lite0", image_size=32, n_clinical=0)
     model, _ = build_student(spec, weights="none", seed=0)

@@ -106,7 +106,7 @@ def test_model_config_records_what_deployment_needs(trained):
     assert doc["clinical"]["scaler"]["reference_date"]
     assert doc["threshold"] == 0.5
     assert doc["teacher"]["head"] == "abmil"
-    assert doc["teacher"]["metrics"]["metrics"]["roc_auc"]["value"] == 0.8
+    assert doc["teacher"]["metrics"]["balanced_accuracy"]["value"] == 0.8
     assert doc["head"]["kind"] == "gated-attention-mil" and doc["head"]["n_clinical"] == 6
     assert (trained.out / "weights.safetensors").stat().st_size > 1e5
     assert len(doc["training"]["history"]) == 2

@@ -9,6 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from cellbag.core.io import file_sha256
 from cellbag.featurize.adapters import (
     AdapterError,
     adapter_info,
@@ -20,7 +21,6 @@ from cellbag.featurize.adapters import (
     load_adapter,
     save_adapter,
 )
-from cellbag.featurize.training import file_sha256
 
 torch.set_num_threads(2)
 SIZE = 32  # 2x2 patches of 16 px: fast, and enough tokens to check the bookkeeping

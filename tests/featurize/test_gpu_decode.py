@@ -72,7 +72,7 @@ def test_device_loader_equals_the_pil_path(feat_cohort, size):
     paths = list(feat_cohort.cells["path"])
     ref = _load(CpuLoader(size, "bicubic", 2), paths)
     dev = DeviceJpegLoader(size, "bicubic", 2, "cpu")
-    got = _load(dev, paths)
+    got = _load(dev, paths, batch=20)  # several read tasks a batch
     assert dev.device_files > 20 and dev.fallback_files >= 3  # the PNGs went through PIL
     native = resized = 0
     for path, a, b in zip(paths, ref, got, strict=True):

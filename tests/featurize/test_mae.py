@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cellbag.cli import app
+from cellbag.core.pixels import normalize
 from cellbag.featurize.mae import MaskedAutoencoder, patchify, pretrain_mae
-from cellbag.featurize.training import CellImages, TrainingError, cohort_cells, normalize
+from cellbag.featurize.training import CellImages, TrainingError, cohort_cells
 
 torch.set_num_threads(2)
 MODEL = "vit_tiny_patch16_224"

@@ -168,6 +168,8 @@ def test_runs_leaderboard_ranks_heads_with_intervals_and_reports_link_it(
     assert (np.diff(ba) <= 0).all()
     assert (table["balanced_accuracy_lo"] <= ba + 1e-12).all()
     assert (table["balanced_accuracy_hi"] >= ba - 1e-12).all()
+    if "brier" in table.columns:  # a lower-is-better figure ranks the other way round
+        assert (np.diff(rank(table, "brier")["brier"].to_numpy()) >= 0).all()
     page = write_leaderboard(table, tmp_path / "board" / "leaderboard.html")
     html = page.read_text()
     assert html.count("<tr data-rank=") == len(table)

@@ -175,12 +175,6 @@ def test_remote_store_keeps_its_index_in_the_user_cache(cohort, tmp_path, monkey
     assert where.is_relative_to(tmp_path / "cache") and (where / "index.json").is_file()
 
 
-def test_store_neighbors_delegates(fake_store):
-    cell_id = fake_store.cells()["cell_id"].iloc[0]
-    df = fake_store.neighbors(FAKE, cell_id=cell_id, k=2)
-    assert df["cell_id"].iloc[0] == cell_id
-
-
 def test_encoder_defaults_to_the_only_one_and_unknown_is_an_error(fake_store):
     df = neighbors(fake_store, cell_id=fake_store.cells()["cell_id"].iloc[0], k=1)
     assert df.attrs["encoder_id"] == FAKE

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cellbag.cli import app
 from cellbag.data import ClinicalScaler
-from cellbag.store import Store
+from cellbag.store import Store, from_arrays
 from cellbag.store.importer import FeatureImportError, import_features
 
 runner = CliRunner()
@@ -149,7 +149,7 @@ def test_from_arrays_store_runs_cv_with_its_clinical_columns(tmp_path: Path) -> 
     bags = [rng.standard_normal((6, 4)).astype(np.float32) for _ in y]  # images: no signal
     clin = pd.DataFrame({"marker": y * 3.0 + rng.standard_normal(len(y))})  # clinical: signal
     pids = [f"P{i}" for i in range(len(y))]
-    Store.from_arrays(tmp_path / "s.zarr", bags, y, pids, clinical=clin, name="arr")
+    from_arrays(tmp_path / "s.zarr", bags, y, pids, clinical=clin, name="arr")
     kw = dict(heads="meanpool", folds=3, repeats=1, quiet=True)
     with_c = run_cv(tmp_path / "s.zarr", "arr", out=tmp_path / "c", **kw)
     without = run_cv(tmp_path / "s.zarr", "arr", out=tmp_path / "n", clinical=False, **kw)
@@ -162,7 +162,7 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     y = np.array([0, 1] * 8)
     bags = [(rng.standard_normal((5, 8)) + yy).astype(np.float32) for yy in y]
     labels = list(y[:14]) + [None, None]
-    Store.from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
+    from_arrays(tmp_path / "s.zarr", bags, labels, name="arr")
     s = str(tmp_path / "s.zarr")
     fit = ("fit", s, "--head", "meanpool", "--out", tmp_path / "m", "--no-clinical")
     res = _invoke(*fit, "--encoder", "arr")  # the encoder's name stands for its id

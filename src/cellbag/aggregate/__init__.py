@@ -10,32 +10,29 @@ Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). I
 this package does not import torch or LightGBM; building a head does.
 """
 
-from cellbag.aggregate.bags import BagSet, load_bags
-from cellbag.aggregate.base import Bags, Head
-from cellbag.aggregate.cv import cross_validate, fit_fold, run_cv
-from cellbag.aggregate.errors import AggregateError, UnknownHeadError
-from cellbag.aggregate.metrics import binary_metrics, youden_threshold
-from cellbag.aggregate.model import FittedModel, fit_model, load_model, write_submission
-from cellbag.aggregate.registry import head_class, list_heads, make_head, register_head
+from cellbag.core.lazy import lazy_exports
 
-__all__ = [
-    "AggregateError",
-    "BagSet",
-    "Bags",
-    "FittedModel",
-    "Head",
-    "UnknownHeadError",
-    "binary_metrics",
-    "cross_validate",
-    "fit_fold",
-    "fit_model",
-    "head_class",
-    "list_heads",
-    "load_bags",
-    "load_model",
-    "make_head",
-    "register_head",
-    "run_cv",
-    "write_submission",
-    "youden_threshold",
-]
+_EXPORTS = {
+    "BagSet": "cellbag.aggregate.bags",
+    "load_bags": "cellbag.aggregate.bags",
+    "Bags": "cellbag.aggregate.base",
+    "Head": "cellbag.aggregate.base",
+    "cross_validate": "cellbag.aggregate.cv",
+    "fit_fold": "cellbag.aggregate.cv",
+    "run_cv": "cellbag.aggregate.cv",
+    "AggregateError": "cellbag.aggregate.errors",
+    "UnknownHeadError": "cellbag.aggregate.errors",
+    "binary_metrics": "cellbag.aggregate.metrics",
+    "youden_threshold": "cellbag.aggregate.metrics",
+    "FittedModel": "cellbag.aggregate.model",
+    "fit_model": "cellbag.aggregate.model",
+    "load_model": "cellbag.aggregate.model",
+    "write_submission": "cellbag.aggregate.model",
+    "head_class": "cellbag.aggregate.registry",
+    "list_heads": "cellbag.aggregate.registry",
+    "make_head": "cellbag.aggregate.registry",
+    "register_head": "cellbag.aggregate.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from cellbag.aggregate.errors import AggregateError
+from cellbag.core.io import atomic_path, write_text
 
 STATE_VERSION = 2
 #: inner folds that give the training bags their out-of-fold image scores for late fusion
@@ -343,11 +344,10 @@ class Head(ClassifierMixin, BaseEstimator):
         if self.n_clinical_:
             arrays.update(self.fusion_.state())
         for fname, text in texts.items():
-            _atomic_write(folder / fname, text)
+            write_text(folder / fname, text)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        tmp = folder / "head.safetensors.tmp"
-        save_file(arrays, str(tmp))
-        tmp.replace(folder / "head.safetensors")
+        with atomic_path(folder / "head.safetensors") as tmp:
+            save_file(arrays, str(tmp))
         doc = {
             "head": self.name,
             "state_version": STATE_VERSION,
@@ -358,7 +358,7 @@ class Head(ClassifierMixin, BaseEstimator):
             "texts": sorted(texts),
             "meta": meta,
         }
-        _atomic_write(folder / "head.json", json.dumps(doc, indent=2))
+        write_text(folder / "head.json", json.dumps(doc, indent=2))
         return folder
 
     @staticmethod
@@ -400,12 +400,6 @@ def blas_single_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1, user_api="blas")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,13 @@ from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Bags, Head
 from cellbag.aggregate.cv import _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.run_folder import RunFolderError, patient_scores, read_head, write_json
+from cellbag.aggregate.run_folder import (
+    RunFolderError,
+    patient_scores,
+    read_head,
+    write_csv,
+    write_json,
+)
 from cellbag.aggregate.stats import (
     CALIBRATIONS,
     TRIAGE_SENSITIVITY,
@@ -425,7 +431,5 @@ def write_submission(pred: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
         proba["Triage"] = pred["triage"].astype(str)
     proba_path = out.with_name(out.stem + "_proba.csv")
     for df, path in ((sub, out), (proba, proba_path)):
-        tmp = path.with_name(path.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
+        write_csv(path, df)
     return out, proba_path

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.metrics import SHORT, TITLES
+from cellbag.core.io import atomic_path
 
 #: columns of the terminal table (each value with its 95% bootstrap interval)
 TABLE_METRICS = ("roc_auc", "balanced_accuracy", "triage_sensitivity", "triage_spared")
@@ -132,7 +133,6 @@ def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -42,7 +42,6 @@ p_value, verdict`` ("A beats B" only when the interval excludes 0).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ import pandas as pd
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.metrics import METRICS, PAIRED
 from cellbag.aggregate.stats import LEVEL, RESAMPLES, evaluate
+from cellbag.core import io
 
 METRICS_FORMAT = "cellbag-cv-metrics"
 METRICS_VERSION = 2
@@ -79,16 +79,13 @@ class RunFolderError(AggregateError):
 # ----------------------------------------------------------------------------- writing
 def write_json(path: Path, doc: Any) -> None:
     """Write ``doc`` as JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    io.write_json(path, doc, indent=1)
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     """Write ``df`` (no index) to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_summary(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cellbag.aggregate.errors import AggregateError
+from cellbag.core.io import write_json
 
 SPLITS_VERSION = 1
 
@@ -68,9 +69,7 @@ def load_or_make_splits(
     check_splits(splits)
     doc = dict(want, version=SPLITS_VERSION, n_patients=len(patient_ids), splits=splits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    write_json(path, doc, indent=1)
     return splits
 
 

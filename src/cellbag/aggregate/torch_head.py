@@ -28,11 +28,11 @@ from cellbag.core.mil import pad_bags
 #: training defaults shared by every neural head (one set for every dataset)
 TRAIN = {
     "epochs": 60,
-    "lr": 2e-3,
+    "lr": 3e-3,
     "weight_decay": 1e-3,
-    "batch_size": 16,
+    "batch_size": 32,
     "patience": 15,
-    "inner_folds": 5,
+    "inner_folds": 3,
     "val_fraction": 0.2,
     "max_cells_train": 256,
     "instance_dropout": 0.0,

@@ -7,13 +7,16 @@ from pathlib import Path
 import typer
 
 from cellbag.cli.app import app, console, deprecated, next_step, shell_path, suggested_store
+from cellbag.core.registry import declared_names
+
+ADAPTERS = declared_names("cellbag.featurize.adapter_kinds", "register_adapter")
 
 
 def _parse_options(items: list[str] | None) -> dict:
     """``key=value`` pairs (ints, floats, booleans, comma lists) into a dict."""
     import json
 
-    from cellbag.featurize.training import TrainingError
+    from cellbag.featurize.errors import TrainingError
 
     out: dict = {}
     for item in items or []:
@@ -141,7 +144,7 @@ def finetune_cmd(
         "lora",
         "--adapter",
         "-a",
-        help="lora | bottleneck | adaptformer | prompt | none (train every weight).",
+        help=f"{' | '.join(ADAPTERS)} | none (train every weight).",
     ),
     option: list[str] = typer.Option(
         None,

@@ -8,8 +8,14 @@ from pathlib import Path
 import typer
 
 from cellbag.cli.app import app, console, next_step, shell_path
+from cellbag.core.io import atomic_path
+from cellbag.core.registry import declared_names
 
-HEAD_HELP = "Head(s), comma-separated: meanpool, maxpool, abmil, transformer, lgbm."
+HEADS = ", ".join(declared_names("cellbag.aggregate.heads", "register_head"))
+HEAD_HELP = (
+    f"Head(s), comma-separated: {HEADS} (clinical: the clinical-only baseline, added by "
+    "itself when the store has clinical data)."
+)
 SET_HELP = (
     "Head parameter KEY=VALUE (all heads) or HEAD.KEY=VALUE, repeatable, "
     "e.g. --set epochs=30 --set abmil.hidden=32."
@@ -57,7 +63,10 @@ def cv_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (splits.json, <head>/...)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
     triage_sensitivity: float = typer.Option(
@@ -139,9 +148,7 @@ def fit_cmd(
     encoder: str = typer.Option(
         None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
-    head: str = typer.Option(
-        ..., "--head", help="One head: meanpool, maxpool, abmil, transformer, lgbm."
-    ),
+    head: str = typer.Option(..., "--head", help=f"One head: {HEADS}."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -169,7 +176,10 @@ def fit_cmd(
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="Torch threads (default: all cores when idle, else 1)."
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -267,7 +277,6 @@ def predict_cmd(
 def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN001
     """``<out stem>_cells.csv``: the model's per-cell contributions (the report's galleries of
     predicted patients, `cellbag report RUN --predictions OUT`)."""
-    import os
 
     from cellbag.aggregate.errors import AggregateError
     from cellbag.report.explain import cells_path, predicted_cells
@@ -278,9 +287,8 @@ def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN
         console.print(f"[yellow]note:[/] no per-cell table ({e})", highlight=False)
         return
     dest = cells_path(sub)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    cells.to_csv(tmp, index=False)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        cells.to_csv(tmp, index=False)
 
 
 def _cohort_root(store: str) -> str:

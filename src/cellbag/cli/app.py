@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cellbag import __version__
 
-# Never let a default path touch the hub: tests and the demo run offline.
+# Hugging Face tokenizers, if a hub code path loads them, warn after a fork: keep them quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 T = TypeVar("T")
 

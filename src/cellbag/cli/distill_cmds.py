@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from cellbag.cli.app import app, console, deprecated, fail, next_step, shell_path
+from cellbag.core.registry import declared_names
+
+ADAPTERS = declared_names("cellbag.featurize.adapter_kinds", "register_adapter")
 
 
 @app.command("distill")
@@ -42,7 +45,7 @@ def distill_cmd(
     adapter: str = typer.Option(
         None,
         "--adapter",
-        help="Train only an adapter in the encoder: lora | bottleneck | adaptformer | prompt, "
+        help=f"Train only an adapter in the encoder: {' | '.join(ADAPTERS)}, "
         "or a saved adapter folder (ViT students).",
     ),
     teacher_encoder: str = typer.Option(

@@ -119,21 +119,21 @@ def runs_cmd(
     from rich.table import Table
 
     from cellbag.report.run import METRIC_NAMES
-    from cellbag.report.runs import collect, metric_columns, rank, write_leaderboard
+    from cellbag.report.runs import collect, key_columns, rank, write_leaderboard
 
     table = rank(collect(dirs), metric)
     out = out if out is not None else dirs[0] / "leaderboard.html"
     page = write_leaderboard(table, out, metric)
-    keys = metric_columns(table)
+    keys = key_columns(table, metric)
     t = Table(title=f"cv runs ranked by {METRIC_NAMES.get(metric, metric)}")
     for c in ("#", "run", "encoder", "head", "clinical"):
         t.add_column(c, overflow="fold")
     for k in keys:
-        t.add_column(f"{METRIC_NAMES.get(k, k)} [interval]", justify="right")
+        t.add_column(METRIC_NAMES.get(k, k), justify="right")  # value [95% interval]
     for i, r in table.iterrows():
         t.add_row(
             str(i + 1),
-            str(r["run"]),
+            Path(r["run"]).name,
             str(r["encoder_id"]),
             str(r["head"]),
             {True: "yes", False: "no"}.get(r["clinical"], "?"),
@@ -144,5 +144,7 @@ def runs_cmd(
         "A rank is no verdict: overlapping intervals mean no demonstrated difference.",
         style="dim",
     )
-    console.print(f"leaderboard: [bold]{page}[/] (and {page.with_suffix('.csv').name})")
+    console.print(
+        f"leaderboard: [bold]{page}[/] (every figure; the table as {page.with_suffix('.csv').name})"
+    )
     next_step(_fit_line(table.iloc[0].to_dict(), None))

@@ -1,23 +1,18 @@
 """Cohorts (challenge and manifest layouts), clinical features and the demo cohort."""
 
-from cellbag.data.clinical import DEFAULT_REFERENCE_DATE, ClinicalScaler, raw_clinical
-from cellbag.data.cohort import (
-    Cohort,
-    CohortError,
-    Problem,
-    read_challenge,
-    read_cohort,
-    read_manifest,
-)
+from cellbag.core.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_REFERENCE_DATE",
-    "ClinicalScaler",
-    "Cohort",
-    "CohortError",
-    "Problem",
-    "raw_clinical",
-    "read_challenge",
-    "read_cohort",
-    "read_manifest",
-]
+_EXPORTS = {
+    "DEFAULT_REFERENCE_DATE": "cellbag.data.clinical",
+    "ClinicalScaler": "cellbag.data.clinical",
+    "raw_clinical": "cellbag.data.clinical",
+    "Cohort": "cellbag.data.cohort",
+    "CohortError": "cellbag.data.cohort",
+    "Problem": "cellbag.data.cohort",
+    "read_challenge": "cellbag.data.cohort",
+    "read_cohort": "cellbag.data.cohort",
+    "read_manifest": "cellbag.data.cohort",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,9 +4,7 @@ fusion) taught by a cached-feature teacher, saved as a deployable model folder.
 Names are imported lazily, so importing :mod:`cellbag.distill` does not import torch.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from cellbag.core.lazy import lazy_exports
 
 _EXPORTS = {
     "DistillError": "cellbag.distill.errors",
@@ -35,12 +33,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cellbag.distill' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,6 @@ architecture is rebuilt with random weights (``none``) and the saved weights loa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellbag.core.device import resolve_device
+from cellbag.core.io import save_safetensors, write_json
 from cellbag.distill.errors import DistillError
 from cellbag.distill.student import StudentModel, StudentSpec, build_student
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "cellbag-student"
-FORMAT_VERSION = 1
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+FORMAT_VERSION = 2  # 2: the head is built from cellbag.core.mil (1 is read and upgraded)
 
 
 def deployable_state(model: StudentModel) -> dict[str, torch.Tensor]:
@@ -45,14 +40,12 @@ def deployable_state(model: StudentModel) -> dict[str, torch.Tensor]:
 def save_model_dir(model: StudentModel, out: str | Path, config: dict[str, Any]) -> Path:
     """Write ``weights.safetensors`` then ``config.json`` into ``out`` (each atomically,
     the config last, so a crash never leaves a loadable half model)."""
-    from safetensors.torch import save
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DistillError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_FILE, save(deployable_state(model), metadata={"format": FORMAT}))
-    _atomic_write(out / CONFIG_FILE, (json.dumps(config, indent=2, default=str) + "\n").encode())
+    save_safetensors(deployable_state(model), out / WEIGHTS_FILE, format=FORMAT)
+    write_json(out / CONFIG_FILE, config)
     return out
 
 
@@ -134,11 +127,10 @@ def load_student(folder: str | Path, device: str = "cpu") -> DeployedStudent:
     from safetensors.torch import load_file
 
     from cellbag.data import ClinicalScaler
-    from cellbag.distill.train import resolve_device
 
     folder = Path(folder)
     doc = read_config(folder)
-    dev, _ = resolve_device(device)
+    dev = resolve_device(device, error=DistillError).device
     try:
         spec = StudentSpec.from_dict(doc["student"])
     except (KeyError, TypeError) as e:
@@ -158,8 +150,11 @@ def load_student(folder: str | Path, device: str = "cpu") -> DeployedStudent:
         state = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise DistillError(f"{folder / WEIGHTS_FILE}: unreadable weights ({e})") from None
+    from cellbag.distill.student import upgrade_head_state
     from cellbag.featurize.statedict import state_dict_mismatch
 
+    if int(doc.get("version", 1)) < 2:
+        state = upgrade_head_state(state, spec.head.hidden)
     problem = state_dict_mismatch(state, model.state_dict())
     if problem:
         raise DistillError(f"{folder / WEIGHTS_FILE}: weights do not fit {spec.encoder}: {problem}")
@@ -177,17 +172,14 @@ def export_encoder(folder: str | Path, out: str | Path) -> tuple[Path, Path | No
     ``cellbag featurize DATA STORE --encoder NAME --weights OUT/encoder.safetensors
     [--adapter OUT/adapter] --image-size S`` then gives the student's cell embeddings.
     """
-    from safetensors.torch import save
-
     from cellbag.featurize.adapters import base_state_dict, save_adapter
 
     student = load_student(folder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enc = student.model.encoder
-    tensors = {k: v.detach().cpu().contiguous() for k, v in base_state_dict(enc).items()}
     weights = out / "encoder.safetensors"
-    _atomic_write(weights, save(tensors))
+    save_safetensors(base_state_dict(enc), weights)
     adapter = None
     if student.config["encoder"].get("adapter"):
         adapter = save_adapter(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellbag.core.io import atomic_path
 from cellbag.distill.errors import DistillError
 from cellbag.distill.model_dir import DeployedStudent, load_student
 
@@ -104,7 +105,6 @@ def write_predictions(table: pd.DataFrame, out: str | Path) -> tuple[Path, Path]
         }
     )
     for df, path in ((sub, out), (proba, proba_path)):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
     return out, proba_path

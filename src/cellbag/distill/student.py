@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, pad_bags
+from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.distill.errors import DistillError
 
 DEFAULT_STUDENT = "tf_efficientnet_lite0"
@@ -32,22 +34,20 @@ class HeadConfig:
 
 
 class GatedAttentionMIL(nn.Module):
-    """Gated attention-MIL (Ilse et al. 2018) over cell embeddings, with clinical fusion.
+    """Gated attention-MIL (Ilse et al. 2018) over cell embeddings, with clinical fusion,
+    built from the blocks the stage-2 heads use (:mod:`cellbag.core.mil`).
 
-    cells -> LayerNorm -> Linear+ReLU -> a_i = softmax_i(w^T(tanh(V h_i) * sigmoid(U h_i)))
-    -> pooled = sum_i a_i h_i -> logit = Linear([pooled ; clinical]).
-    Clinical features join after pooling (concatenation), so attention stays image-driven.
+    cells -> LayerNorm -> Linear+ReLU -> gated attention pooling -> logit = linear on the
+    (dropped-out) pooled vector + linear on the clinical features. Clinical features join
+    after pooling, so attention stays image-driven.
     """
 
     def __init__(self, dim: int, n_clinical: int, cfg: HeadConfig = HeadConfig()) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.embed = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.V = nn.Linear(cfg.hidden, cfg.attn_dim)
-        self.U = nn.Linear(cfg.hidden, cfg.attn_dim)
-        self.w = nn.Linear(cfg.attn_dim, 1)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden + n_clinical, 1)
+        self.pool = GatedAttentionPool(cfg.hidden, cfg.attn_dim)
+        self.classifier = ClassifierOnPooled(cfg.hidden, n_clinical, cfg.dropout)
         self.n_clinical = n_clinical
 
     def forward(
@@ -56,13 +56,27 @@ class GatedAttentionMIL(nn.Module):
         """``x`` (B, L, D), ``mask`` (B, L) True for real cells, ``clinical`` (B, C) ->
         (logits (B,), attention (B, L) summing to 1 over the real cells)."""
         h = self.embed(self.norm(x.float()))
-        scores = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
-        a = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
-        pooled = torch.bmm(a.unsqueeze(1), h).squeeze(1)
-        z = self.drop(pooled)
-        if self.n_clinical:
-            z = torch.cat([z, clinical.float()], dim=1)
-        return self.out(z).squeeze(1), a
+        pooled, a = self.pool(h, mask)
+        return self.classifier(pooled, clinical.float() if self.n_clinical else None), a
+
+
+def upgrade_head_state(state: dict[str, torch.Tensor], hidden: int) -> dict[str, torch.Tensor]:
+    """A format-1 student's weights in today's layout: the attention's ``head.V/U/w`` moved
+    under ``head.pool``; the single output layer on ``[pooled ; clinical]`` split into the
+    pooled and clinical linear terms (the same function)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith(("head.V.", "head.U.", "head.w.")):
+            out["head.pool." + k[len("head.") :]] = v
+        elif k == "head.out.weight":
+            out["head.classifier.out.weight"] = v[:, :hidden].contiguous()
+            if v.shape[1] > hidden:
+                out["head.classifier.clinical.weight"] = v[:, hidden:].contiguous()
+        elif k == "head.out.bias":
+            out["head.classifier.out.bias"] = v
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -85,14 +99,6 @@ class StudentSpec:
         d = dict(d)
         d["head"] = HeadConfig(**d.get("head", {}))
         return cls(**d)
-
-
-def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, Lmax, D) zero-padded batch and (B, Lmax) bool mask of real cells."""
-    lens = torch.tensor([b.shape[0] for b in bags], device=bags[0].device)
-    x = nn.utils.rnn.pad_sequence(bags, batch_first=True)
-    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lens[:, None]
-    return x, mask
 
 
 class StudentModel(nn.Module):
@@ -130,11 +136,8 @@ class StudentModel(nn.Module):
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, S, S, 3) -> normalised float (N, 3, S, S), as the featurizer does."""
-        x = pixels.to(self.mean.device).permute(0, 3, 1, 2).float().div(255.0)
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()
+        x = hwc_to_chw(pixels.to(self.mean.device))
+        return normalize(x, self.mean, self.std, channels_last=self.channels_last)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
@@ -230,9 +233,9 @@ def build_student(
     (no adapter): train only the last blocks of the encoder (see :func:`freeze_early_layers`).
     """
     from cellbag.featurize import EncoderError, create_encoder
-    from cellbag.featurize.adapters import ADAPTER_KINDS, AdapterError, add_adapter, freeze_base
+    from cellbag.featurize.adapters import AdapterError, add_adapter, freeze_base, list_adapters
 
-    is_kind = adapter in ADAPTER_KINDS
+    is_kind = adapter in list_adapters()
     try:
         enc = create_encoder(
             spec.encoder,

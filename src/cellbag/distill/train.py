@@ -7,8 +7,6 @@ them (label or image) is touched.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellbag.core.device import resolve_device
+from cellbag.core.pixels import flip_rotate
+from cellbag.core.training import LoopState, cosine_schedule, train_loop
 from cellbag.distill.errors import DistillError
 from cellbag.distill.losses import LossWeights, distillation_loss
+from cellbag.distill.model_dir import FORMAT, FORMAT_VERSION, save_model_dir
 from cellbag.distill.sampler import BagSampler
 from cellbag.distill.student import (
     DEFAULT_STUDENT,
@@ -213,19 +215,6 @@ class PixelCache:
         self.pool.shutdown(wait=True)
 
 
-def augment_pixels(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flip and quarter turn per cell of a uint8 (N, S, S, 3) batch (cells have no
-    orientation)."""
-    flips = torch.randint(0, 2, (x.shape[0],), generator=gen).tolist()
-    turns = torch.randint(0, 4, (x.shape[0],), generator=gen).tolist()
-    out = []
-    for img, f, k in zip(x, flips, turns, strict=True):
-        if f:
-            img = img.flip(1)
-        out.append(torch.rot90(img, k, dims=(0, 1)) if k else img)
-    return torch.stack(out).contiguous()
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -239,26 +228,6 @@ class DistillResult:
     seconds: float
     config: dict[str, Any]
     paths_read: set[str] = field(default_factory=set, repr=False)
-
-
-def resolve_device(device: str) -> tuple[torch.device, torch.dtype | None]:
-    """'auto' picks CUDA when present; bf16 autocast on CUDA only (slow on most CPUs)."""
-    device = (device or "auto").lower()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DistillError(f"device {device!r} asked, but no CUDA GPU is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise DistillError(f"unknown device {device!r} (auto, cpu or cuda)")
-    dev = torch.device(device)
-    bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    return dev, (torch.bfloat16 if bf16 else None)
-
-
-def _progress(enabled: bool):
-    from cellbag.core.progress import progress_bar
-
-    return progress_bar("steps", enabled=enabled, extra="{task.fields[loss]}")
 
 
 def distill(
@@ -281,7 +250,8 @@ def distill(
     data = prepare_training_set(
         store, cohort, teacher, config.clinical, need_embeddings=losses.emb > 0
     )
-    device, autocast = resolve_device(config.device)
+    run = resolve_device(config.device, error=DistillError)
+    device, autocast = run.device, run.autocast
     torch.manual_seed(config.seed)
     teacher_dim = int(data.teacher_embeddings[0].shape[1]) if data.teacher_embeddings else None
     spec = StudentSpec(
@@ -300,15 +270,19 @@ def distill(
         trainable_blocks=config.trainable_blocks,
     )
     enc_params, head_params = trainable_parameters(model)
+    # one cosine schedule from each group's lr down to a tenth of it: the encoder group
+    # runs at ``lr_scale`` times the head's rate (timm's convention)
     groups = [{"params": head_params, "lr": config.head_lr}]
     if enc_params:
-        groups.append({"params": enc_params, "lr": config.lr})
+        groups.append(
+            {"params": enc_params, "lr": config.head_lr, "lr_scale": config.lr / config.head_lr}
+        )
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     sampler = BagSampler(data.bag_sizes, config.cells_per_bag, config.bags_per_step, config.seed)
     total_steps = config.epochs * len(sampler)
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    scheduler = cosine_schedule(opt, total_steps, min_lr=0.1 * config.head_lr)
     n_pos = float(data.labels.sum())
     pos_weight = (len(data.labels) - n_pos) / max(n_pos, 1.0) if config.class_weighted else None
     workers = config.workers or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
@@ -318,80 +292,81 @@ def distill(
     tprobs_t = torch.as_tensor(data.teacher_probs, device=device)
     clin_t = torch.as_tensor(data.clinical, device=device)
     history: list[dict[str, float]] = []
-    step = 0
-    model.train()
+    sums: dict[str, float] = {}
+    t_epoch = 0.0
+
+    def batches(state: LoopState):
+        nonlocal t_epoch
+        t_epoch = time.perf_counter()
+        sums.clear()
+        return sampler.epoch(state.epoch)
+
+    def step(batch: list, state: LoopState) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = [b for b, _ in batch]
+        paths = [p for b, sub in batch for p in data.paths[b][sub]]
+        pixels = torch.from_numpy(cache.get(paths))
+        if config.augment:
+            pixels = flip_rotate(pixels, gen, channels_first=False).contiguous()
+        emb = model.embed_cells(
+            pixels.to(device, non_blocking=True),
+            chunk=config.encoder_batch,
+            grad_checkpointing=config.grad_checkpointing,
+            autocast=autocast,
+        )
+        per_bag = list(torch.split(emb, [len(sub) for _, sub in batch]))
+        it = torch.as_tensor(idx, device=device)
+        logits, att, mask = model.forward_bags(per_bag, clin_t[it])
+        kw: dict[str, Any] = {}
+        if losses.att > 0:
+            t_att = torch.zeros_like(att)
+            for j, (b, sub) in enumerate(batch):
+                t_att[j, : len(sub)] = torch.from_numpy(data.teacher_attention[b][sub])
+            kw.update(attention=att, teacher_attention=t_att, mask=mask)
+        if losses.emb > 0:
+            t_emb = np.concatenate([data.teacher_embeddings[b][sub] for b, sub in batch])
+            kw.update(
+                projected=model.projection(emb),
+                teacher_embeddings=torch.from_numpy(t_emb).to(device),
+            )
+        return distillation_loss(
+            losses,
+            logits=logits,
+            labels=labels_t[it],
+            teacher_probs=tprobs_t[it],
+            pos_weight=pos_weight,
+            **kw,
+        )
+
+    def add_parts(state: LoopState, value: float, parts: dict[str, float] | None) -> None:
+        for k, v in (parts or {}).items():
+            sums[k] = sums.get(k, 0.0) + v
+
+    def end_epoch(state: LoopState, complete: bool) -> None:
+        if state.step_in_epoch:
+            n = state.step_in_epoch
+            rec = {"epoch": state.epoch, **{k: v / n for k, v in sums.items()}}
+            rec["seconds"] = round(time.perf_counter() - t_epoch, 3)
+            history.append(rec)
+
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("distill", total=total_steps, loss="")
-            for epoch in range(config.epochs):
-                t_epoch = time.perf_counter()
-                sums: dict[str, float] = {}
-                n_batches = 0
-                for batch in sampler.epoch(epoch):
-                    if step >= total_steps:
-                        break
-                    for g, lr in zip(opt.param_groups, base_lrs, strict=True):  # cosine decay
-                        g["lr"] = lr * (
-                            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                        )
-                    idx = [b for b, _ in batch]
-                    paths = [p for b, sub in batch for p in data.paths[b][sub]]
-                    pixels = torch.from_numpy(cache.get(paths))
-                    if config.augment:
-                        pixels = augment_pixels(pixels, gen)
-                    emb = model.embed_cells(
-                        pixels.to(device, non_blocking=True),
-                        chunk=config.encoder_batch,
-                        grad_checkpointing=config.grad_checkpointing,
-                        autocast=autocast,
-                    )
-                    sizes = [len(sub) for _, sub in batch]
-                    per_bag = list(torch.split(emb, sizes))
-                    it = torch.as_tensor(idx, device=device)
-                    logits, att, mask = model.forward_bags(per_bag, clin_t[it])
-                    kw: dict[str, Any] = {}
-                    if losses.att > 0:
-                        t_att = torch.zeros_like(att)
-                        for j, (b, sub) in enumerate(batch):
-                            t_att[j, : len(sub)] = torch.from_numpy(data.teacher_attention[b][sub])
-                        kw.update(attention=att, teacher_attention=t_att, mask=mask)
-                    if losses.emb > 0:
-                        t_emb = np.concatenate(
-                            [data.teacher_embeddings[b][sub] for b, sub in batch]
-                        )
-                        kw.update(
-                            projected=model.projection(emb),
-                            teacher_embeddings=torch.from_numpy(t_emb).to(device),
-                        )
-                    loss, parts = distillation_loss(
-                        losses,
-                        logits=logits,
-                        labels=labels_t[it],
-                        teacher_probs=tprobs_t[it],
-                        pos_weight=pos_weight,
-                        **kw,
-                    )
-                    if not torch.isfinite(loss):
-                        raise DistillError(
-                            f"loss became {float(loss)} at epoch {epoch} (lower --lr or check the data)"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in opt.param_groups for p in g["params"]], 5.0
-                    )
-                    opt.step()
-                    step += 1
-                    n_batches += 1
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.update(task, advance=1, loss=f"loss {parts['total']:.4f}")
-                if n_batches:
-                    rec = {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()}}
-                    rec["seconds"] = round(time.perf_counter() - t_epoch, 3)
-                    history.append(rec)
-                if step >= total_steps:
-                    break
+        train_loop(
+            model,
+            opt,
+            batches,
+            step,
+            epochs=config.epochs,
+            steps_per_epoch=len(sampler),
+            total_steps=total_steps,
+            scheduler=scheduler,
+            clip_grad=5.0,
+            on_step=add_parts,
+            on_epoch_end=end_epoch,
+            nonfinite=lambda value, state: DistillError(
+                f"loss became {value} at epoch {state.epoch} (lower --lr or check the data)"
+            ),
+            label="distill",
+            progress=progress,
+        )
     finally:
         cache.close()
     model.eval()
@@ -399,8 +374,6 @@ def distill(
     doc = _model_config(model, enc, data, teacher, config, losses, history, seconds, str(device))
     out_path = None
     if out is not None:
-        from cellbag.distill.model_dir import save_model_dir
-
         out_path = save_model_dir(model, out, doc)
     return DistillResult(model, out_path, history, seconds, doc, set(cache.read))
 
@@ -424,8 +397,8 @@ def _model_config(
     train_cfg = asdict(config)
     train_cfg["losses"] = asdict(losses)
     return {
-        "format": "cellbag-student",
-        "version": 1,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
         "encoder": {
             "name": spec.encoder,
             "model": enc.metadata.get("model"),
@@ -457,8 +430,3 @@ def _model_config(
         },
         "versions": {"cellbag": __version__, "torch": torch.__version__, "timm": timm.__version__},
     }
-
-
-def config_json(doc: dict[str, Any]) -> str:
-    """The model config as JSON text."""
-    return json.dumps(doc, indent=2, default=str) + "\n"

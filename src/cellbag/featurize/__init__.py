@@ -4,34 +4,26 @@ Names are imported lazily so that importing :mod:`cellbag.featurize` (for exampl
 ``cellbag.featurize.adapters``) stays cheap until an encoder is needed.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from cellbag.core.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_ENCODER": "cellbag.featurize.registry",
     "Encoder": "cellbag.featurize.registry",
-    "EncoderError": "cellbag.featurize.registry",
+    "EncoderError": "cellbag.featurize.errors",
     "Preset": "cellbag.featurize.registry",
     "create_encoder": "cellbag.featurize.registry",
     "encoder_from_metadata": "cellbag.featurize.registry",
     "get_preset": "cellbag.featurize.registry",
     "list_presets": "cellbag.featurize.registry",
     "register_encoder": "cellbag.featurize.registry",
-    "WeightsError": "cellbag.featurize.weights",
-    "FeaturizeError": "cellbag.featurize.pipeline",
+    "WeightsError": "cellbag.featurize.errors",
+    "FeaturizeError": "cellbag.featurize.errors",
+    "AdapterError": "cellbag.featurize.errors",
+    "TrainingError": "cellbag.featurize.errors",
     "FeaturizeReport": "cellbag.featurize.pipeline",
     "featurize": "cellbag.featurize.pipeline",
     "run_featurize": "cellbag.featurize.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cellbag.featurize' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

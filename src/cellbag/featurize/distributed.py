@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from cellbag.featurize.pipeline import FeaturizeError
+from cellbag.featurize.errors import FeaturizeError
 
 DEFAULT_TIMEOUT_S = 3600.0  # setup of a large store and the slowest rank's tail fit well inside
 
@@ -162,9 +162,10 @@ def rank_device(device: str = "auto") -> tuple[str, str]:
     """This rank's device (``cuda:LOCAL_RANK`` on GPUs) and its backend (nccl | gloo)."""
     import torch
 
-    from cellbag.featurize.registry import resolve_device
+    from cellbag.core.device import resolve_device
+    from cellbag.featurize.errors import EncoderError
 
-    dev = resolve_device(device)
+    dev = str(resolve_device(device, error=EncoderError).device)
     if not dev.startswith("cuda"):
         return dev, "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))

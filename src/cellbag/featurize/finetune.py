@@ -26,24 +26,18 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cellbag.core.device import Device, resolve_device
+from cellbag.core.io import save_safetensors, write_json
+from cellbag.core.pixels import flip_rotate, normalize
+from cellbag.core.training import LoopState, cosine_schedule, seed_everything, train_loop
 from cellbag.featurize import adapters as ad
+from cellbag.featurize.errors import TrainingError
 from cellbag.featurize.training import (
     CellImages,
-    Precision,
-    TrainingError,
-    augment,
     build_backbone,
     cohort_cells,
-    cosine_lr,
-    default_workers,
     make_loader,
     n_batches,
-    normalize,
-    resolve_device,
-    save_safetensors,
-    seed_everything,
-    set_lr,
-    write_json,
 )
 
 ENCODER_FILE = "encoder.safetensors"
@@ -85,7 +79,7 @@ def split_patients(
 def extract_features(
     model: nn.Module,
     dataset: CellImages,
-    precision: Precision,
+    precision: Device,
     mean: tuple,
     std: tuple,
     batch_size: int,
@@ -159,7 +153,7 @@ class Classifier(nn.Module):
 
 @torch.no_grad()
 def _predict(
-    clf: Classifier, dataset: CellImages, precision: Precision, mean, std, batch_size, workers
+    clf: Classifier, dataset: CellImages, precision: Device, mean, std, batch_size, workers
 ) -> tuple[np.ndarray, np.ndarray]:
     clf.eval()
     probs, idx = [], []
@@ -198,18 +192,18 @@ def finetune(
     (every encoder weight trains). Returns the dict written to ``metrics.json`` with
     ``probe_val_balanced_accuracy`` and ``finetuned_val_balanced_accuracy``.
     """
-    if adapter != "none" and adapter not in ad.ADAPTER_KINDS:
+    if adapter != "none" and adapter not in ad.list_adapters():
         raise TrainingError(
-            f"unknown adapter {adapter!r}; choose one of {', '.join(ad.ADAPTER_KINDS)} or none"
+            f"unknown adapter {adapter!r}; choose one of {', '.join(ad.list_adapters())} or none"
         )
     if epochs < 1:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out}: exists and is not a folder")
-    precision = resolve_device(device)
+    precision = resolve_device(device, error=TrainingError)
     bs = batch_size or (128 if precision.is_cuda else 32)
-    n_workers = default_workers(precision) if workers is None else int(workers)
+    n_workers = precision.workers() if workers is None else int(workers)
     lr = lr if lr is not None else (1e-4 if adapter == "none" else 1e-3)
     seed_everything(seed)
 
@@ -249,54 +243,57 @@ def finetune(
     trainable, total = ad.count_parameters(clf)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=cw.to(precision.device))
-    per_epoch = n_batches(len(tr_set), bs, drop_last=len(tr_set) > bs)
+    drop_last = len(tr_set) > bs
+    per_epoch = n_batches(len(tr_set), bs, drop_last=drop_last)
     total_steps = per_epoch * epochs
-    warmup = max(1, total_steps // 10)
+    scheduler = cosine_schedule(optimizer, total_steps, warmup_steps=max(1, total_steps // 10))
     history: list[dict[str, Any]] = []
-    step = 0
-    t1 = time.perf_counter()
-    from cellbag.core.progress import progress_bar
+    losses: list[float] = []
 
-    with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
-        task = bar.add_task("fine-tune", total=total_steps, loss=float("nan"))
-        for epoch in range(epochs):
-            clf.train()
-            bar.update(task, description=f"fine-tune epoch {epoch + 1}/{epochs}")
-            losses = []
-            loader = make_loader(
-                tr_set,
-                bs,
-                shuffle=True,
-                seed=seed,
-                epoch=epoch,
-                workers=n_workers,
-                drop_last=len(tr_set) > bs,
-                pin_memory=precision.is_cuda,
-            )
-            for batch in loader:
-                if batch is None:
-                    continue
-                g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-                x = normalize(augment(batch[0], g).to(precision.device), mean, std)
-                y = batch[1].to(precision.device)
-                set_lr(optimizer, cosine_lr(step, total_steps, warmup, lr))
-                with precision.context():
-                    logits = clf(x)
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
-                if not np.isfinite(value):
-                    raise TrainingError(f"fine-tuning loss became {value}; lower --lr")
-                losses.append(value)
-                step += 1
-                bar.update(task, advance=1, loss=value)
-            p_va, j_va = _predict(clf, va_set, precision, mean, std, bs, n_workers)
-            bacc = balanced_accuracy(va_set.labels[j_va], (p_va >= 0.5).astype(int))
-            history.append(
-                {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_bacc": bacc}
-            )
+    def batches(state: LoopState):
+        return make_loader(
+            tr_set,
+            bs,
+            shuffle=True,
+            seed=seed,
+            epoch=state.epoch,
+            workers=n_workers,
+            drop_last=drop_last,
+            pin_memory=precision.is_cuda,
+        )
+
+    def step(batch: Any, state: LoopState) -> tuple[torch.Tensor, None]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + state.step)
+        x = normalize(flip_rotate(batch[0], g).to(precision.device), mean, std)
+        with precision.context():
+            logits = clf(x)
+        return loss_fn(logits.float(), batch[1].to(precision.device)), None
+
+    def validate(state: LoopState, complete: bool) -> None:
+        p_va, j_va = _predict(clf, va_set, precision, mean, std, bs, n_workers)
+        bacc = balanced_accuracy(va_set.labels[j_va], (p_va >= 0.5).astype(int))
+        history.append(
+            {"epoch": state.epoch + 1, "train_loss": float(np.mean(losses)), "val_bacc": bacc}
+        )
+        losses.clear()
+
+    t1 = time.perf_counter()
+    train_loop(
+        clf,
+        optimizer,
+        batches,
+        step,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        scheduler=scheduler,
+        on_step=lambda state, value, parts: losses.append(value),
+        on_epoch_end=validate,
+        nonfinite=lambda value, state: TrainingError(
+            f"fine-tuning loss became {value}; lower --lr"
+        ),
+        label="fine-tune",
+        progress=progress,
+    )
     ft_s = time.perf_counter() - t1
     ft_bacc = history[-1]["val_bacc"]
 

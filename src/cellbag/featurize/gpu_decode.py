@@ -52,6 +52,7 @@ warnings.filterwarnings("ignore", "The image decoding and encoding capabilities 
 DECODE_MODES = ("auto", "cpu", "gpu")
 # torch's antialiased kernels use PIL's (bicubic a = -0.5): within 1 grey level of PIL
 DEVICE_RESIZE = {"bicubic": "bicubic", "bilinear": "bilinear"}
+READS_PER_TASK = 8  # files read by one thread-pool task on the GPU path
 _SOF_OK = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
 _SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker
 
@@ -251,10 +252,10 @@ class DeviceJpegLoader:
                     out.append(None)
             return out
 
-    def _decode(self, reads: list[Future[ImageBytes | Decoded]]) -> list[Decoded]:
+    def _decode(self, reads: list[Future[list[ImageBytes | Decoded]]]) -> list[Decoded]:
         import torch
 
-        items = [f.result() for f in reads]
+        items = [it for f in reads for it in f.result()]
         t0 = time.perf_counter()
         results: list[Decoded | None] = [None] * len(items)
         jpegs = [i for i, it in enumerate(items) if isinstance(it, ImageBytes)]
@@ -285,7 +286,11 @@ class DeviceJpegLoader:
     # ------------------------------------------------------------ pipeline API
     def submit(self, paths: Sequence[str]) -> Future[list[Decoded]]:
         """Start reading ``paths`` (one batch) and queue its decode after the batches before."""
-        reads = [self.pool.submit(self._read, p) for p in paths]
+        step = READS_PER_TASK  # a task per few files: less executor work under the GIL
+        reads = [
+            self.pool.submit(lambda ps: [self._read(p) for p in ps], paths[i : i + step])
+            for i in range(0, len(paths), step)
+        ]
         return self.decoder.submit(self._decode, reads)
 
     def collect(self, handle: Future[list[Decoded]]) -> list[Decoded]:

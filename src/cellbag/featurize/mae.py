@@ -18,7 +18,6 @@ Checkpoint folder ``CKPT_DIR``:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,23 +26,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from cellbag.core.device import resolve_device
+from cellbag.core.io import atomic_path, save_safetensors, write_json
+from cellbag.core.pixels import flip_rotate, normalize
+from cellbag.core.training import (
+    LoopState,
+    cosine_schedule,
+    seed_everything,
+    train_loop,
+    weight_decay_groups,
+)
+from cellbag.featurize.errors import TrainingError
 from cellbag.featurize.training import (
     CellImages,
-    TrainingError,
-    atomic_torch_save,
-    augment,
     build_backbone,
     cohort_cells,
-    cosine_lr,
-    default_workers,
     make_loader,
     n_batches,
-    normalize,
-    resolve_device,
-    save_safetensors,
-    seed_everything,
-    set_lr,
-    write_json,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,20 +51,13 @@ SUMMARY = "mae.json"
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions ``(grid_h * grid_w, dim)`` (MAE's decoder positions)."""
+    """Fixed 2-D sine-cosine positions ``(grid_h * grid_w, dim)`` (MAE's decoder positions:
+    sin and cos of the row, then of the column; timm's ``build_sincos2d_pos_embed``)."""
+    from timm.layers import build_sincos2d_pos_embed
+
     if dim % 4:
         raise TrainingError(f"MAE decoder dim {dim} must be divisible by 4")
-    gh, gw = grid
-    ys, xs = torch.meshgrid(
-        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
-    )
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
-
-    def emb(pos: torch.Tensor) -> torch.Tensor:
-        out = pos.reshape(-1, 1) * omega.reshape(1, -1)
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    return torch.cat([emb(ys), emb(xs)], dim=1).float()
+    return build_sincos2d_pos_embed(list(grid), dim, temperature=10000.0, interleave_sin_cos=True)
 
 
 def patchify(imgs: torch.Tensor, patch: int) -> torch.Tensor:
@@ -298,7 +290,7 @@ def pretrain_mae(
         raise TrainingError(f"mask ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
-    precision = resolve_device(device)
+    precision = resolve_device(device, error=TrainingError)
     bs = batch_size or (256 if precision.is_cuda else 32)
     if image_size is None:
         from cellbag.featurize.registry import get_preset
@@ -321,13 +313,13 @@ def pretrain_mae(
         raise TrainingError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
-    state = None
+    saved = None
     if ckpt_path.exists():
         try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         except Exception as e:
             raise TrainingError(f"{ckpt_path}: unreadable checkpoint ({e}); remove it") from None
-        old = state["config"]
+        old = saved["config"]
         diff = [k for k in MAEConfig.IDENTITY if old.get(k) != getattr(cfg, k)]
         if diff:
             raise TrainingError(
@@ -353,28 +345,14 @@ def pretrain_mae(
         decoder_heads=cfg.decoder_heads,
         norm_pix_loss=cfg.norm_pix_loss,
     )
-    decay, no_decay = [], []
-    for name, p in mae.named_parameters():
-        (no_decay if p.ndim < 2 or "token" in name or "pos_embed" in name else decay).append(p)
+    mae.to(precision.device)  # before loading a saved optimiser state (kept on its device)
     optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        weight_decay_groups(mae, cfg.weight_decay, no_decay=("*token*", "*pos_embed*")),
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
     history: list[dict[str, Any]] = []
     epoch_losses: list[float] = []
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    if state is not None:
-        mae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        global_step, history = state["global_step"], state["history"]
-        epoch_losses = list(state.get("epoch_losses", [])) if step_in_epoch else []
-        del state
-    mae.to(precision.device)
 
     dataset = CellImages(
         cells,
@@ -382,95 +360,93 @@ def pretrain_mae(
         backbone.interpolation,
         cache=workers in (None, 0) and not precision.is_cuda,
     )
-    n_workers = default_workers(precision) if workers is None else int(workers)
+    n_workers = precision.workers() if workers is None else int(workers)
     per_epoch = n_batches(len(dataset), cfg.batch_size, drop_last=True)
     total = per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * per_epoch))
-    summary_path = out / SUMMARY
+    scheduler = cosine_schedule(optimizer, total, int(round(cfg.warmup_epochs * per_epoch)))
+    state = LoopState()  # the scheduler keeps the base lr: load the optimiser after it
+    if saved is not None:
+        mae.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = LoopState(saved["epoch"], saved["global_step"], saved["step_in_epoch"])
+        history = saved["history"]
+        epoch_losses = list(saved.get("epoch_losses", [])) if state.step_in_epoch else []
+        del saved
+    images_seen = 0
 
-    def save_checkpoint() -> None:
-        atomic_torch_save(
-            {
-                "config": asdict(cfg),
-                "model": mae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "history": history,
-                "epoch_losses": epoch_losses,
-                "weights_source": wsource,
-            },
-            ckpt_path,
+    def checkpoint(state: LoopState) -> None:
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "model": mae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": state.epoch,
+                    "step_in_epoch": state.step_in_epoch,
+                    "global_step": state.step,
+                    "history": history,
+                    "epoch_losses": epoch_losses,
+                    "weights_source": wsource,
+                },
+                tmp,
+            )
+
+    def batches(state: LoopState):
+        if state.step_in_epoch == 0:
+            epoch_losses.clear()
+        return make_loader(
+            dataset,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=state.epoch,
+            workers=n_workers,
+            skip_batches=state.step_in_epoch,
+            drop_last=True,
+            pin_memory=precision.is_cuda,
         )
 
-    from cellbag.core.progress import progress_bar
+    def step(batch: Any, state: LoopState) -> tuple[torch.Tensor, None]:
+        nonlocal images_seen
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+        imgs = flip_rotate(batch[0], g).to(precision.device, non_blocking=True)
+        imgs = normalize(imgs, mean, std)
+        images_seen += imgs.shape[0]
+        with precision.context():
+            loss, _, _ = mae(imgs, cfg.mask_ratio, generator=g)
+        return loss, None
 
-    steps_now = 0
-    t_train, images_seen = 0.0, 0
-    stopped = False
-    with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
-        task = bar.add_task("MAE", total=total, completed=global_step, loss=float("nan"))
-        while epoch < cfg.epochs and not stopped:
-            mae.train()
-            loader = make_loader(
-                dataset,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed,
-                epoch=epoch,
-                workers=n_workers,
-                skip_batches=step_in_epoch,
-                drop_last=True,
-                pin_memory=precision.is_cuda,
-            )
-            bar.update(task, description=f"MAE epoch {epoch + 1}/{cfg.epochs}")
-            if step_in_epoch == 0:
-                epoch_losses = []
-            for batch in loader:
-                if batch is None:
-                    continue
-                t0 = time.perf_counter()
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + global_step)
-                imgs = augment(batch[0], g).to(precision.device, non_blocking=True)
-                imgs = normalize(imgs, mean, std)
-                set_lr(optimizer, cosine_lr(global_step, total, warmup, cfg.lr))
-                with precision.context():
-                    loss, _, _ = mae(imgs, cfg.mask_ratio, generator=g)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())
-                if precision.is_cuda:
-                    torch.cuda.synchronize()
-                t_train += time.perf_counter() - t0
-                images_seen += imgs.shape[0]
-                if not np.isfinite(value):
-                    raise TrainingError(
-                        f"MAE loss became {value} at step {global_step}; lower the learning rate"
-                    )
-                epoch_losses.append(value)
-                global_step += 1
-                step_in_epoch += 1
-                steps_now += 1
-                bar.update(task, advance=1, loss=value)
-                if max_steps is not None and steps_now >= max_steps:
-                    stopped = True
-                    break
-                if cfg.save_every and global_step % cfg.save_every == 0:
-                    save_checkpoint()
-            if stopped and step_in_epoch < per_epoch:
-                save_checkpoint()
-                break
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-                    "steps": global_step,
-                }
-            )
-            epoch, step_in_epoch = epoch + 1, 0
-            save_checkpoint()
+    def end_epoch(state: LoopState, complete: bool) -> None:
+        if complete:
+            loss = float(np.mean(epoch_losses)) if epoch_losses else None
+            history.append({"epoch": state.epoch + 1, "loss": loss, "steps": state.step})
+
+    state = train_loop(
+        mae,
+        optimizer,
+        batches,
+        step,
+        epochs=cfg.epochs,
+        steps_per_epoch=per_epoch,
+        max_steps=max_steps,
+        state=state,
+        scheduler=scheduler,
+        on_step=lambda state, value, parts: epoch_losses.append(value),
+        on_epoch_end=end_epoch,
+        checkpoint=checkpoint,
+        checkpoint_every=cfg.save_every,
+        nonfinite=lambda value, state: TrainingError(
+            f"MAE loss became {value} at step {state.step}; lower the learning rate"
+        ),
+        label="MAE",
+        progress=progress,
+    )
+    epoch, global_step, steps_now, t_train = (
+        state.epoch,
+        state.step,
+        state.steps_now,
+        state.seconds,
+    )
 
     sha = export_encoder(mae, out / ENCODER_FILE, cfg)
     unreadable = dict(dataset.unreadable)
@@ -492,7 +468,7 @@ def pretrain_mae(
         "images_per_s": (images_seen / t_train) if t_train else None,
         "unreadable": unreadable,
     }
-    write_json(summary_path, summary)
+    write_json(out / SUMMARY, summary)
     return summary
 
 

@@ -4,8 +4,9 @@ The work is cut into blocks of rows (see :mod:`cellbag.store.blocks`). Batches n
 span two blocks, so a block's numbers do not depend on which other blocks were done
 before, nor on which process did them: a resumed run, or one split among the ranks of
 a torchrun job (:mod:`cellbag.featurize.distributed`), equals an uninterrupted one.
-While the model runs on one batch, worker threads decode the next ones, and a writer
-thread stores the previous block.
+While the model runs on one batch, worker threads decode the next ones (beside a GPU:
+threads read the files and the GPU decodes the JPEGs, see
+:mod:`cellbag.featurize.gpu_decode`), and a writer thread stores the previous block.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.data import Cohort, read_cohort
-from cellbag.errors import CellbagError
+from cellbag.featurize.errors import FeaturizeError
 from cellbag.featurize.gpu_decode import batch_loader
 from cellbag.featurize.images import Decoded
 from cellbag.featurize.registry import DEFAULT_ENCODER, Encoder, create_encoder
@@ -32,10 +33,6 @@ from cellbag.store import STATUS_UNREADABLE, Store, StoreError, chunks_for_rank
 if TYPE_CHECKING:
     from cellbag.featurize.distributed import Detached
     from cellbag.store.sync import SyncDiff
-
-
-class FeaturizeError(CellbagError, RuntimeError):
-    """Featurization cannot start or go on (names the store and the encoder)."""
 
 
 @dataclass
@@ -285,7 +282,12 @@ def run_featurize(
         from cellbag.featurize.sync import refresh_encoders
 
         report.refreshed = refresh_encoders(
-            report.store, enc, batch_size=batch_size, workers=workers, progress=progress
+            report.store,
+            enc,
+            featurize=run_featurize,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
         )
         report.store = Store.open(report.store.path, mode="r+")
     report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]

@@ -21,16 +21,14 @@ from PIL import Image
 from torch import nn
 
 from cellbag import __version__
-from cellbag.errors import CellbagError
+from cellbag.core.device import Device, resolve_device
+from cellbag.core.pixels import hwc_to_chw, normalize
+from cellbag.featurize.errors import EncoderError
 from cellbag.featurize.images import PREPROCESSING, PREPROCESSING_VERSION, prepare
 from cellbag.featurize.weights import Weights, WeightsError, apply_weights, normalize_source
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 REQUIRES_FILE = "file"
-
-
-class EncoderError(CellbagError, ValueError):
-    """An encoder cannot be built as asked (names the encoder)."""
 
 
 @dataclass(frozen=True)
@@ -217,20 +215,12 @@ class Encoder:
         return self._normalize(torch.from_numpy(self.prepare(img))[None])[0].contiguous()
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        x = x.sub_(mean).div_(std)
-        if self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()
+        x = hwc_to_chw(pixels.to(self.device, non_blocking=True))
+        return normalize(x, self.mean, self.std, channels_last=self.channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of the encoder's precision on its device."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+        return Device(torch.device(self.device), self.precision).context()
 
     def forward_pixels(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Embeddings (float32, on CPU) of a uint8 batch ``(n, size, size, 3)``."""
@@ -247,28 +237,6 @@ class Encoder:
             batch = np.stack([self.prepare(im) for im in images[i : i + batch_size]])
             out.append(self.forward_pixels(batch).numpy())
         return np.concatenate(out)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; 'cuda' without a GPU is an error."""
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EncoderError(f"device {device!r} asked, but no CUDA GPU is available")
-    if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
-        raise EncoderError(f"unknown device {device!r} (auto, cpu or cuda)")
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> bf16 on GPU, fp32 on CPU (bf16 autocast is slow on most CPUs)."""
-    precision = (precision or "auto").lower()
-    if precision == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise EncoderError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
-    return precision
 
 
 def identity(
@@ -354,8 +322,8 @@ def create_encoder(
         source = normalize_source(weights)
     except WeightsError as e:
         raise EncoderError(f"{name}: {e}") from None
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    run = resolve_device(device, precision, error=EncoderError)
+    dev, prec = str(run.device), run.precision
     model = _build_model(model_name, size, source, seed)
     w: Weights = apply_weights(model, source, model_name, seed=seed)
     adapter_doc: dict[str, Any] | None = None

@@ -8,7 +8,8 @@ their un-marked blocks recomputed, so no encoder serves embeddings of an old ima
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cellbag.errors import CellbagError
 from cellbag.store import Store
@@ -28,7 +29,7 @@ def check_sync(
     Returns ``(None, diff)`` when the store held another cohort and ``force`` removed it
     (the caller creates a new one).
     """
-    from cellbag.featurize.pipeline import FeaturizeError
+    from cellbag.featurize.errors import FeaturizeError
 
     diff = compare(store, cohort)
     kept = diff.overlap - len(diff.changed)
@@ -85,12 +86,14 @@ def refresh_encoders(
     store: Store,
     done: Encoder,
     *,
+    featurize: Callable[..., Any],
     batch_size: int,
     workers: int | None,
     progress: bool,
 ) -> list[str]:
-    """Recompute the un-marked blocks of every other unfinished encoder of the store."""
-    from cellbag.featurize.pipeline import FeaturizeError, run_featurize
+    """Recompute the un-marked blocks of every other unfinished encoder of the store with
+    ``featurize`` (the pipeline's ``run_featurize``, passed in: this module sits below it)."""
+    from cellbag.featurize.errors import FeaturizeError
     from cellbag.featurize.registry import encoder_from_metadata
 
     refreshed = []
@@ -104,8 +107,6 @@ def refresh_encoders(
                 f"{store.path}: cannot rebuild encoder {eid} to re-embed the changed cells "
                 f"({e}); its changed blocks stay unfinished"
             ) from None
-        run_featurize(
-            None, store.path, enc, batch_size=batch_size, workers=workers, progress=progress
-        )
+        featurize(None, store.path, enc, batch_size=batch_size, workers=workers, progress=progress)
         refreshed.append(eid)
     return refreshed

@@ -1,16 +1,13 @@
-"""Shared pieces of encoder training (MAE pretraining and fine-tuning).
+"""Cells for encoder training (MAE pretraining and fine-tuning): the cohort's cells with
+their labels, an image dataset that skips unreadable images, a seeded loader, and a
+trainable timm backbone built exactly as ``cellbag featurize`` builds its encoder.
 
-Cell image datasets with unreadable-image skipping, batch augmentation that respects
-cells (flips and quarter turns), device / precision choices, the cosine schedule with
-warm-up, building a timm backbone from a weight source, and atomic file writes.
+The loop, device, pixel and file mechanics live in :mod:`cellbag.core`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,56 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cellbag.errors import CellbagError
-
-
-class TrainingError(CellbagError, ValueError):
-    """Bad input to MAE pretraining or fine-tuning (names the file, patient or model)."""
-
-
-# ----------------------------------------------------------------------------- device
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Where and how to run: device, autocast dtype (bf16 on CUDA only), default batch."""
-
-    device: torch.device
-    autocast: torch.dtype | None
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def context(self):
-        """An autocast context (bf16 on CUDA) or a no-op one."""
-        import contextlib
-
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
-
-
-def resolve_device(device: str | None = None) -> Precision:
-    """``device`` None/'auto' picks CUDA when present; bf16 autocast only on CUDA."""
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise TrainingError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {device!r} asked for but CUDA is not available")
-    bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    return Precision(dev, torch.bfloat16 if bf16 else None)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
+from cellbag.featurize.errors import TrainingError
 
 # ----------------------------------------------------------------------------- data
 
@@ -199,63 +147,7 @@ def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and quarter turn per image (cells have no orientation)."""
-    b = x.shape[0]
-    flips = torch.randint(0, 2, (b,), generator=generator).tolist()
-    turns = torch.randint(0, 4, (b,), generator=generator).tolist()
-    out = []
-    for i in range(b):
-        xi = x[i]
-        if flips[i]:
-            xi = xi.flip(-1)
-        if turns[i]:
-            xi = torch.rot90(xi, turns[i], dims=(-2, -1))
-        out.append(xi)
-    return torch.stack(out)
-
-
-def normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 ``(B,3,H,W)`` to float normalised by the model's mean/std."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x.float() / 255.0 - m) / s
-
-
-def default_workers(precision: Precision) -> int:
-    """Decoding workers: several on a GPU machine, none on CPU (the model is the bottleneck)."""
-    if not precision.is_cuda:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-# ----------------------------------------------------------------------------- schedule
-
-
-def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to ``min_lr``."""
-    if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    t = min(max(t, 0.0), 1.0)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
 # ----------------------------------------------------------------------------- backbone
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -298,37 +190,3 @@ def build_backbone(
         std=tuple(enc.std),
         interpolation=enc.interpolation,
     )
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, **metadata: Any) -> str:
-    """Atomically save tensors (contiguous, CPU) with string metadata; returns the sha256."""
-    from safetensors.torch import save
-
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    blob = save(data, metadata={k: str(v) for k, v in metadata.items()})
-    atomic_write_bytes(path, blob)
-    return hashlib.sha256(blob).hexdigest()
-
-
-def write_json(path: str | Path, doc: dict) -> None:
-    import json
-
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())

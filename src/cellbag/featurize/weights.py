@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cellbag.errors import CellbagError
+from cellbag.featurize.errors import WeightsError
 from cellbag.featurize.statedict import state_dict_mismatch
 
 PACKAGE_SOURCES = {"package:efficientnet-lite0": "tf_efficientnet_lite0"}
@@ -35,10 +35,6 @@ WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 HUB_HOST = ("huggingface.co", 443)
 _WRAPPER_KEYS = ("state_dict", "model", "teacher", "student", "module", "net", "params")
 _PREFIXES = ("module.", "backbone.", "model.", "encoder.")
-
-
-class WeightsError(CellbagError, ValueError):
-    """A weight source cannot be resolved or does not fit the model (names the file/model)."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,15 @@
 predictions, attention weights) and writes ``out/index.html`` with thumbnails beside it.
 """
 
-from cellbag.report.build import write_report
-from cellbag.report.errors import ReportError
-from cellbag.report.run import HeadRun, Run, load_run
+from cellbag.core.lazy import lazy_exports
 
-__all__ = ["HeadRun", "ReportError", "Run", "load_run", "write_report"]
+_EXPORTS = {
+    "write_report": "cellbag.report.build",
+    "ReportError": "cellbag.report.errors",
+    "HeadRun": "cellbag.report.run",
+    "Run": "cellbag.report.run",
+    "load_run": "cellbag.report.run",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cellbag.core.io import atomic_path
 from cellbag.report.errors import ReportError
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run")
@@ -93,21 +94,22 @@ def screenshot(
         )
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.{os.getpid()}.tmp.png")
     url = Path(index).resolve().as_uri()
-    p = _run(
-        [
-            exe,
-            *FLAGS,
-            "--virtual-time-budget=10000",
-            f"--window-size={width},{height}",
-            f"--screenshot={tmp}",
-            url,
-        ],
-        timeout,
-    )
-    if p.returncode != 0 or not tmp.is_file():
-        tail = (p.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        raise ReportError(f"chromium could not screenshot {index} (exit {p.returncode}: {tail[0]})")
-    os.replace(tmp, png)
+    with atomic_path(png) as tmp:
+        p = _run(
+            [
+                exe,
+                *FLAGS,
+                "--virtual-time-budget=10000",
+                f"--window-size={width},{height}",
+                f"--screenshot={tmp}",
+                url,
+            ],
+            timeout,
+        )
+        if p.returncode != 0 or not tmp.is_file():
+            tail = (p.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise ReportError(
+                f"chromium could not screenshot {index} (exit {p.returncode}: {tail[0]})"
+            )
     return png

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from cellbag.core.io import write_text
 from cellbag.report import explain, render
 from cellbag.report.errors import ReportError
 from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
@@ -299,9 +300,7 @@ def write_report(
         stats_html=render.stats_sections(run.heads, run.pairs, triage_url, calibration_url),
     )
     index = out / "index.html"
-    tmp = out / f".index.html.{os.getpid()}.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, index)
+    write_text(index, html)
     return index
 
 

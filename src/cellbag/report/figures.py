@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from cellbag.core.io import atomic_path
 from cellbag.report.run import HeadRun
 
 
@@ -50,10 +50,9 @@ def roc_figure(heads: list[HeadRun], out_png: Path) -> dict[str, float]:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, out_png)
     return aucs
 
 
@@ -62,10 +61,9 @@ def _save(fig, out_png: Path) -> None:
 
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def _figure(h: HeadRun, key: str) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cellbag.aggregate.run_folder import is_head_folder
+from cellbag.core.io import atomic_path, write_text
 from cellbag.report.errors import ReportError
 from cellbag.report.run import METRIC_NAMES, load_head
 
@@ -99,7 +100,12 @@ def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     if metric not in table.columns:
         have = [k for k in METRIC_NAMES if k in table.columns]
         raise ReportError(f"no metric {metric!r} in these runs (have: {', '.join(have)})")
-    t = table.sort_values([metric, "run", "head"], ascending=[False, True, True], kind="stable")
+    from cellbag.aggregate.metrics import LOWER_IS_BETTER
+
+    best_first = metric in LOWER_IS_BETTER  # ascending for Brier, ECE
+    t = table.sort_values(
+        [metric, "run", "head"], ascending=[best_first, True, True], kind="stable"
+    )
     return t.reset_index(drop=True)
 
 
@@ -114,6 +120,16 @@ def best_head(run_dir: str | Path) -> dict[str, Any] | None:
     except (ReportError, rf.RunFolderError):
         return None
     return t.iloc[0].to_dict()
+
+
+#: the figures the terminal table shows (the page shows them all)
+KEY_FIGURES = ("roc_auc", "balanced_accuracy", "triage_spared")
+
+
+def key_columns(table: pd.DataFrame, metric: str) -> list[str]:
+    """The ranking figure, then the key figures the runs have."""
+    keys = [metric] + [k for k in KEY_FIGURES if k != metric]
+    return [k for k in keys if k in table.columns]
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -132,9 +148,8 @@ def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAUL
     out.parent.mkdir(parents=True, exist_ok=True)
     table = rank(table, metric)
     csv = out.with_suffix(".csv")
-    tmp = csv.with_name(f".{csv.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
     keys = metric_columns(table)
     head = "".join(f'<th data-sort="num">{esc(METRIC_NAMES.get(k, k))}</th>' for k in keys)
     body = []
@@ -176,9 +191,7 @@ difference; each run's report compares its heads on the same patients.</p>
 <p class="muted">Table: <a href="{esc(csv.name)}">{esc(csv.name)}</a></p></main>
 <script>{_JS}</script></body></html>
 """
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, html)
     return out
 
 

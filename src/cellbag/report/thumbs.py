@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from cellbag.core.io import atomic_path
+
 #: stored thumbnail size; pages show them at DISPLAY_SIZE css px (sharper on dense screens)
 THUMB_SIZE = 192
 DISPLAY_SIZE = 128
@@ -89,15 +91,13 @@ class Thumbnails:
                     im = im.convert("RGB")
                     im.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
                     self.dir.mkdir(parents=True, exist_ok=True)
-                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-                    im.save(tmp, format="JPEG", quality=90)
-                    os.replace(tmp, dest)
+                    with atomic_path(dest) as tmp:
+                        im.save(tmp, format="JPEG", quality=90)
                     self.written += 1
             if not orig.is_file():
                 orig.parent.mkdir(parents=True, exist_ok=True)
-                tmp = orig.with_name(f".{orig.name}.{os.getpid()}.tmp")
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, orig)
+                with atomic_path(orig) as tmp:
+                    shutil.copyfile(path, tmp)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             reason = getattr(e, "strerror", None) or type(e).__name__
             self.missing[cell_id] = f"{path}: {reason}"

@@ -6,42 +6,28 @@ split='all')`` answers a query as a DataFrame; ``montage`` and ``html_page`` dra
 faiss is imported only when an index is built or read.
 """
 
-from cellbag.retrieval.faiss_index import (
-    EXACT_MAX,
-    KINDS,
-    CellIndex,
-    IndexParams,
-    RetrievalError,
-    StaleIndexError,
-    choose_params,
-    set_threads,
-)
-from cellbag.retrieval.query import Retriever, neighbors, open_image
-from cellbag.retrieval.render import html_page, label_name, montage
-from cellbag.retrieval.store_index import (
-    RetrievalWarning,
-    build_index,
-    index_dir,
-    load_index,
-)
+from cellbag.core.lazy import lazy_exports
 
-__all__ = [
-    "EXACT_MAX",
-    "KINDS",
-    "CellIndex",
-    "IndexParams",
-    "RetrievalError",
-    "RetrievalWarning",
-    "Retriever",
-    "StaleIndexError",
-    "build_index",
-    "choose_params",
-    "html_page",
-    "index_dir",
-    "label_name",
-    "load_index",
-    "montage",
-    "neighbors",
-    "open_image",
-    "set_threads",
-]
+_EXPORTS = {
+    "EXACT_MAX": "cellbag.retrieval.faiss_index",
+    "KINDS": "cellbag.retrieval.faiss_index",
+    "CellIndex": "cellbag.retrieval.faiss_index",
+    "IndexParams": "cellbag.retrieval.faiss_index",
+    "RetrievalError": "cellbag.retrieval.faiss_index",
+    "StaleIndexError": "cellbag.retrieval.faiss_index",
+    "choose_params": "cellbag.retrieval.faiss_index",
+    "set_threads": "cellbag.retrieval.faiss_index",
+    "Retriever": "cellbag.retrieval.query",
+    "neighbors": "cellbag.retrieval.query",
+    "open_image": "cellbag.retrieval.query",
+    "html_page": "cellbag.retrieval.render",
+    "label_name": "cellbag.retrieval.render",
+    "montage": "cellbag.retrieval.render",
+    "RetrievalWarning": "cellbag.retrieval.store_index",
+    "build_index": "cellbag.retrieval.store_index",
+    "index_dir": "cellbag.retrieval.store_index",
+    "load_index": "cellbag.retrieval.store_index",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

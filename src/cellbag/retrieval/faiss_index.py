@@ -287,6 +287,9 @@ class CellIndex:
     def kind(self) -> str:
         return self.params.kind
 
+    def __repr__(self) -> str:  # not the dataclass default: it would print every row number
+        return f"CellIndex({self.kind}, {self.n:,} cells, dim {self.dim})"
+
     # ----------------------------------------------------------------- building
     @classmethod
     def build(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from cellbag.core.io import write_bytes
 from cellbag.retrieval.faiss_index import RetrievalError
 
 LABEL_NAMES = {1: "tumoral", 0: "reactive"}
@@ -75,19 +74,8 @@ def _query_caption(query: dict[str, Any]) -> tuple[str, str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename. Not ``tempfile.mkstemp``: it creates files
-    0600, so a page the user shares would be unreadable to others; ``os.open`` with 0o666
-    gives the ordinary permissions the umask allows (0644 under umask 022)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)
 
 
 def montage(

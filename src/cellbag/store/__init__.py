@@ -5,41 +5,31 @@ them (``export_h5``); the store describes itself (:mod:`cellbag.store.schema`).
 No torch here: aggregators and retrieval read bags without image or model code.
 """
 
-from cellbag.store.blocks import block_range, chunks_for_rank, n_blocks
-from cellbag.store.errors import EncoderNotReady, LockError, StoreError
-from cellbag.store.export import LAYOUTS, export_h5
-from cellbag.store.feature_store import (
-    DEFAULT_BLOCK_ROWS,
-    DEFAULT_CHUNK_ROWS,
-    FORMAT,
-    FORMAT_VERSION,
-    STATUS_OK,
-    STATUS_UNREADABLE,
-    Store,
-)
-from cellbag.store.importer import FeatureImportError, import_features
-from cellbag.store.lock import JobLock, pid_alive
-from cellbag.store.resolve import describe_encoders
+from cellbag.core.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_BLOCK_ROWS",
-    "DEFAULT_CHUNK_ROWS",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "STATUS_OK",
-    "STATUS_UNREADABLE",
-    "LAYOUTS",
-    "EncoderNotReady",
-    "FeatureImportError",
-    "JobLock",
-    "LockError",
-    "Store",
-    "StoreError",
-    "block_range",
-    "chunks_for_rank",
-    "describe_encoders",
-    "export_h5",
-    "import_features",
-    "n_blocks",
-    "pid_alive",
-]
+_EXPORTS = {
+    "block_range": "cellbag.store.blocks",
+    "chunks_for_rank": "cellbag.store.blocks",
+    "n_blocks": "cellbag.store.blocks",
+    "EncoderNotReady": "cellbag.store.errors",
+    "LockError": "cellbag.store.errors",
+    "StoreError": "cellbag.store.errors",
+    "LAYOUTS": "cellbag.store.export",
+    "export_h5": "cellbag.store.export",
+    "DEFAULT_BLOCK_ROWS": "cellbag.store.feature_store",
+    "DEFAULT_CHUNK_ROWS": "cellbag.store.feature_store",
+    "FORMAT": "cellbag.store.feature_store",
+    "FORMAT_VERSION": "cellbag.store.feature_store",
+    "STATUS_OK": "cellbag.store.feature_store",
+    "STATUS_UNREADABLE": "cellbag.store.feature_store",
+    "Store": "cellbag.store.feature_store",
+    "FeatureImportError": "cellbag.store.importer",
+    "from_arrays": "cellbag.store.importer",
+    "import_features": "cellbag.store.importer",
+    "JobLock": "cellbag.store.lock",
+    "pid_alive": "cellbag.store.lock",
+    "describe_encoders": "cellbag.store.resolve",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

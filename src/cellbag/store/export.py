@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellbag.core.io import atomic_path
 from cellbag.store.errors import StoreError
 from cellbag.store.feature_store import STATUS_OK, Store
 
@@ -114,20 +115,16 @@ def _coords(store: Store, patient_index: int, keep: np.ndarray) -> tuple[np.ndar
 def _atomic_h5(final: Path, write: Callable[[Any], None]) -> None:
     import h5py
 
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
             write(f)
-        os.replace(tmp, final)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"{final}: cannot write HDF5 ({e})") from None
 
 
 def _atomic_csv(df: pd.DataFrame, final: Path) -> Path:
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        df.to_csv(tmp, index=False)
     return final
 
 
@@ -235,12 +232,10 @@ def _save_pt(final: Path, x: np.ndarray) -> None:
     """The features as a torch tensor (CLAM's pt_files); torch is imported only here."""
     import torch
 
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        torch.save(torch.from_numpy(x.copy()), tmp)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            torch.save(torch.from_numpy(x.copy()), tmp)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"{final}: cannot write ({e})") from None
 
 

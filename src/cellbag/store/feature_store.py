@@ -1,6 +1,6 @@
 """The feature store: one Zarr v3 group per cohort, embeddings of several encoders inside.
 
-Layout (see DESIGN.md)::
+Layout::
 
     store.zarr/                      attrs: format, format_version, created_with, created,
                                             cohort {root, layout, fingerprint, clinical_digest,
@@ -334,22 +334,6 @@ class Store:
         )
         write_schema(root)
         return cls(path, root, "r+")
-
-    @classmethod
-    def from_arrays(
-        cls,
-        path: str | os.PathLike,
-        bags: Sequence[np.ndarray],
-        labels: Any,
-        patient_ids: Sequence[str] | None = None,
-        clinical: Any = None,
-        name: str = "arrays",
-        **kw: Any,
-    ) -> Store:
-        """A new store from in-memory bags; see :func:`cellbag.store.importer.from_arrays`."""
-        from cellbag.store.importer import from_arrays
-
-        return from_arrays(path, bags, labels, patient_ids, clinical, name=name, **kw)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
@@ -738,12 +722,6 @@ class Store:
                 x = x if keep.all() else x[keep]
             out.append(np.ascontiguousarray(x))
         return out
-
-    def neighbors(self, *args: Any, **kwargs: Any) -> Any:
-        """Nearest cells; see :func:`cellbag.retrieval.neighbors`."""
-        from cellbag.retrieval import neighbors
-
-        return neighbors(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
