@@ -56,7 +56,10 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def split_patients(
     patients: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0
 ) -> tuple[list[str], list[str]]:
-    """Stratified patient split ``(train_ids, val_ids)``; each class keeps >= 1 on each side."""
+    """Stratified patient split ``(train_ids, val_ids)``; each class keeps >= 1 on each side.
+
+    Not sklearn's ``train_test_split(stratify=)``: it rounds the validation share over all
+    classes, so with a few patients per class a class can end up on one side only."""
     if not 0.0 < val_fraction < 1.0:
         raise TrainingError(f"validation fraction must be in (0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)

@@ -336,6 +336,22 @@ class Store:
         return cls(path, root, "r+")
 
     @classmethod
+    def from_arrays(
+        cls,
+        path: str | os.PathLike,
+        bags: Sequence[np.ndarray],
+        labels: Any,
+        patient_ids: Sequence[str] | None = None,
+        clinical: Any = None,
+        name: str = "arrays",
+        **kw: Any,
+    ) -> Store:
+        """A new store from in-memory bags; see :func:`cellbag.store.importer.from_arrays`."""
+        from cellbag.store.importer import from_arrays
+
+        return from_arrays(path, bags, labels, patient_ids, clinical, name=name, **kw)
+
+    @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         """Open a store from a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``)."""
         if mode not in ("r", "r+"):
