@@ -104,6 +104,8 @@ def main() -> None:
                 + f"  AUC {table.loc[0, 'roc_auc']:.3f}"
             )
 
+    if args.vit_batches < 1:
+        return  # --vit-batches 0: heads only
     import timm
 
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).eval()
