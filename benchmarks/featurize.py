@@ -228,7 +228,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     gpu = device.startswith("cuda")
     patients = args.patients or (40 if gpu else 6)
     per_patient = args.cells_per_patient or (50 if gpu else 30)
