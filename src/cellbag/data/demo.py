@@ -201,11 +201,11 @@ PRESETS: dict[str, dict] = {
         "stain": (0.0, 0.0),
     },
     "fusion": {
-        "witness_fraction": (0.03, 0.15),
+        "witness_fraction": (0.03, 0.12),
         "witness_mix": {"small_mature": 0.7, "smudge": 0.3},
         "tumoral_rest": {"normal": 0.7, "activated": 0.3},
         "reactive": {"normal": 0.55, "activated": 0.40, "small_mature": 0.05},
-        "clinical": "weak",
+        "clinical": "partial",
         "stain": (0.0, 0.0),
     },
     "rare-key": {
@@ -222,7 +222,8 @@ PRESETS: dict[str, dict] = {
 #: (tumoral, reactive) age mean/sd and log lymphocyte count mean/sd per clinical strength
 _CLINICAL = {
     "strong": (((69, 10), (np.log(18), 0.7)), ((52, 17), (np.log(6), 0.5))),
-    "weak": (((63, 14), (np.log(10), 0.7)), ((56, 14), (np.log(7), 0.7))),
+    # about as informative as the fusion preset's images (age and count each AUC ~0.75)
+    "partial": (((65, 12), (np.log(10), 0.7)), ((55, 12), (np.log(5.5), 0.7))),
     "none": (((60, 15), (np.log(8), 0.7)), ((60, 15), (np.log(8), 0.7))),
 }
 
@@ -230,6 +231,18 @@ _CLINICAL = {
 def _mix(parts: dict[str, float], scale: float = 1.0) -> np.ndarray:
     """Probabilities over CELL_TYPES from a {type: share} dict, times ``scale``."""
     return np.array([parts.get(t, 0.0) for t in CELL_TYPES]) * scale
+
+
+def _patient_mix(
+    parts: dict[str, float], rng: np.random.Generator, concentration: float | None
+) -> dict[str, float]:
+    """One patient's shares of ``parts``: the shares themselves, or a Dirichlet draw around
+    them (``concentration`` = its total; smaller = patients differ more)."""
+    if not concentration:
+        return parts
+    names = list(parts)
+    draw = rng.dirichlet([concentration * parts[t] for t in names])
+    return dict(zip(names, draw, strict=True))
 
 
 def make_demo_cohort(
@@ -278,13 +291,15 @@ def make_demo_cohort(
         split = "train" if i < n_train else "test"
         folder = out / ("trainset" if split == "train" else "testset") / pid
         folder.mkdir(parents=True, exist_ok=True)
+        conc = cfg.get("mix_concentration")
         if y == 1:
             w = rng.uniform(*witness_fraction)
-            probs = _mix(cfg["tumoral_rest"], 1 - w) + _mix(cfg["witness_mix"], w)
+            rest_mix = _patient_mix(cfg["tumoral_rest"], rng, conc)
+            probs = _mix(rest_mix, 1 - w) + _mix(cfg["witness_mix"], w)
             age = rng.normal(*age_pos)
             count = float(np.exp(rng.normal(*cnt_pos)))
         else:
-            probs = _mix(cfg["reactive"])
+            probs = _mix(_patient_mix(cfg["reactive"], rng, conc))
             age = rng.normal(*age_neg)
             count = float(np.exp(rng.normal(*cnt_neg)))
         stain = None
@@ -296,7 +311,7 @@ def make_demo_cohort(
         n_cells = max(1, int(round(cells_per_patient * rng.uniform(0.75, 1.25))))
         if y == 1 and cfg.get("exact_witnesses"):
             n_key = min(n_cells, max(1, int(round(w * n_cells))))
-            rest = _mix(cfg["tumoral_rest"])
+            rest = _mix(rest_mix)
             types = rng.choice(len(CELL_TYPES), size=n_cells, p=rest / rest.sum())
             key = _mix(cfg["witness_mix"])
             pos = rng.choice(n_cells, size=n_key, replace=False)
