@@ -102,7 +102,12 @@ def cohort(preset: str, seed: int, args: argparse.Namespace) -> tuple[Path, dict
     if not stamp.is_file() or stamp.read_text() != want:
         import shutil
 
-        shutil.rmtree(root, ignore_errors=True)
+        before = json.loads(stamp.read_text()) if stamp.is_file() else None
+        # same patients (size and seed), or a store put there by hand: keep the store,
+        # featurize re-embeds the images that changed (and refuses another cohort's store)
+        keep = before is None or (before["size"] == list(size) and before["seed"] == seed)
+        for path in [data, root / "image", root / "fused"] + ([] if keep else [root]):
+            shutil.rmtree(path, ignore_errors=True)
         make_demo_cohort(data, size[0], size[1], seed=seed, preset=preset, test_fraction=size[2])
         stamp.write_text(want)
     return root, spec
@@ -135,7 +140,7 @@ def main() -> None:
         for seed in seeds:
             t = time.perf_counter()
             root, spec = cohort(preset, seed, args)
-            rep = run_featurize(root / "data", root / "store.zarr", progress=False)
+            rep = run_featurize(root / "data", root / "store.zarr", progress=False, update=True)
             truth = root / "data" / "ground_truth.csv"
             common = dict(folds=args.folds, repeats=args.repeats, seed=seed, threads=1, quiet=True)
             run_cv(

@@ -41,32 +41,44 @@ def test_demo_is_deterministic_and_readable(tmp_path: Path) -> None:
     assert im.size == (224, 224) and im.mode == "RGB" and im.format == "JPEG"
 
 
-def test_demo_signal_is_class_dependent(tmp_path: Path) -> None:
+def _per_patient(root: Path) -> pd.DataFrame:
+    """Label, share of key cells and share of activated cells of each patient."""
+    t = pd.read_csv(root / "ground_truth.csv")
+    t["activated"] = t["cell_type"] == "activated"
+    return t.groupby("patient_id").agg(
+        label=("label", "first"), key=("is_key", "mean"), activated=("activated", "mean")
+    )
+
+
+def _clinical_auc(root: Path) -> float:
+    """ROC AUC of age + log lymphocyte count (each standardised): the clinical signal."""
+    from sklearn.metrics import roc_auc_score
+
+    from cellbag.data import ClinicalScaler
+
+    p = read_cohort(root).patients.dropna(subset=["label"])
+    x = ClinicalScaler().fit_transform(p)  # standardised age and log count, among others
+    score = x[:, 0] + x[:, 4]
+    return roc_auc_score(p["label"].astype(int), score)
+
+
+def test_default_preset_hides_a_few_key_cells_and_has_clinical_signal(tmp_path: Path) -> None:
+    """What makes the default cohort a MIL problem (the heads' figures on it are measured
+    by benchmarks/demo_presets.py: attention vs mean pooling, fused vs image-only)."""
     root = make_demo_cohort(tmp_path / "d", patients=30, cells_per_patient=20, seed=0)
+    per = _per_patient(root)
+    assert per.loc[per["label"] == 0, "key"].max() == 0
+    frac = per.loc[per["label"] == 1, "key"]
+    # every tumoral bag holds a few key cells: 5-15 % (at least one; rounding in 15-25 cells)
+    assert frac.min() > 0 and 0.05 <= frac.mean() <= 0.15 and frac.max() <= 0.2
     truth = pd.read_csv(root / "ground_truth.csv")
-    per_patient = truth.groupby("patient_id").agg(
-        label=("label", "first"), witness=("witness", "mean")
-    )
-    assert per_patient.loc[per_patient["label"] == 0, "witness"].max() == 0
-    frac = per_patient.loc[per_patient["label"] == 1, "witness"]
-    assert 0.05 < frac.mean() < 0.6  # only a fraction of a tumoral bag are witnesses
-    cohort = read_cohort(root)
-    p = cohort.patients.dropna(subset=["label"])
-    assert (
-        p.loc[p["label"] == 1, "lymph_count"].median()
-        > p.loc[p["label"] == 0, "lymph_count"].median()
-    )
-
-    # small mature (witness) lymphocytes are darker at the centre than activated ones
-    def centre(t: str) -> float:
-        rows = truth[truth["cell_type"] == t].head(5)
-        return float(
-            np.mean(
-                [np.asarray(Image.open(root / f))[100:124, 100:124].mean() for f in rows["file"]]
-            )
-        )
-
-    assert centre("small_mature") < centre("activated")
+    assert set(truth.loc[truth["is_key"] == 1, "cell_type"]) == {"cleaved"}
+    # each patient has its own mix of normal and activated cells, in both classes alike: the
+    # spread of the activated share is far above what sampling 15-25 cells alone gives (~0.11)
+    assert per["activated"].std() > 0.15
+    # clinical values carry a partial signal (measured on more patients, one cell each)
+    auc = _clinical_auc(make_demo_cohort(tmp_path / "c", patients=160, cells_per_patient=1))
+    assert 0.7 < auc < 0.92
 
 
 def test_demo_data_cli_and_inspect(tmp_path: Path) -> None:
@@ -133,6 +145,9 @@ def test_rare_key_preset(tmp_path: Path) -> None:
     assert frac.min() > 0 and 0.02 <= frac.mean() <= 0.06 and frac.max() <= 0.08
     assert set(truth.loc[truth["is_key"] == 1, "cell_type"]) == {"cleaved"}
     assert not {"small_mature", "smudge"} & set(truth["cell_type"])
+    # and each patient its own mix of normal and activated cells (what hides the key cells
+    # from the bag mean, with the stain shift below)
+    assert _per_patient(root)["activated"].std() > 0.15
     # clinical values carry no signal on this preset
     p = read_cohort(root).patients.dropna(subset=["label"])
     med = p.groupby("label")["lymph_count"].median()
@@ -169,23 +184,30 @@ def test_rare_key_preset(tmp_path: Path) -> None:
 
 
 def test_fusion_preset_splits_the_signal(tmp_path: Path) -> None:
-    from sklearn.metrics import roc_auc_score
+    """Images and clinical values each carry a partial signal: clinical values about as
+    informative as the default cohort's, few witness cells (fewer than the default cohort's
+    key cells once rounding is counted). That late fusion of the two beats each alone is
+    tested on synthetic bags of the same shape (tests/aggregate/test_fusion.py) and measured
+    on this preset's images by benchmarks/demo_presets.py."""
+    fu = make_demo_cohort(tmp_path / "f", patients=160, cells_per_patient=1, preset="fusion")
+    assert 0.7 < _clinical_auc(fu) < 0.92
+    fu = make_demo_cohort(tmp_path / "w", patients=24, cells_per_patient=20, preset="fusion")
+    per = _per_patient(fu)
+    frac = per.loc[per["label"] == 1, "key"]
+    assert 0.0 < frac.mean() < 0.12 and per.loc[per["label"] == 0, "key"].max() == 0
+    truth = pd.read_csv(fu / "ground_truth.csv")
+    assert set(truth.loc[truth["is_key"] == 1, "cell_type"]) <= {"small_mature", "smudge"}
 
-    fu = make_demo_cohort(tmp_path / "f", patients=80, cells_per_patient=3, preset="fusion")
-    de = make_demo_cohort(tmp_path / "d", patients=80, cells_per_patient=3, preset="default")
 
-    def clinical_auc(root: Path) -> float:
-        p = read_cohort(root).patients.dropna(subset=["label"])
-        return roc_auc_score(p["label"].astype(int), np.log(p["lymph_count"]))
+def test_small_mature_cells_are_darker_than_activated_ones() -> None:
+    rng = np.random.default_rng(0)
 
-    def witness_share(root: Path) -> float:
-        t = pd.read_csv(root / "ground_truth.csv")
-        return t.loc[t["label"] == 1, "witness"].mean()
+    def centre(t: str) -> float:
+        return float(
+            np.mean([np.asarray(render_cell(t, rng))[100:124, 100:124].mean() for _ in range(5)])
+        )
 
-    # clinical values carry a partial signal: weaker than the default cohort's, not none
-    assert 0.55 < clinical_auc(fu) < clinical_auc(de)
-    # and fewer witness cells in tumoral bags than the default cohort holds
-    assert witness_share(fu) < 0.15 < witness_share(de)
+    assert centre("small_mature") < centre("activated")
 
 
 def test_unknown_preset_is_one_clear_error(tmp_path: Path) -> None:

@@ -7,26 +7,28 @@ and one centred lymphocyte. The lymphocyte's morphology depends on its type:
 - ``activated``: large reactive lymphocyte, paler irregular nucleus, abundant cytoplasm;
 - ``small_mature``: small CLL-like lymphocyte, dense round dark nucleus, thin rim, coarse
   clumped chromatin (a witness of tumoral bags);
-- ``smudge``: a crushed, smeared nucleus without cytoplasm (a witness of tumoral bags).
+- ``smudge``: a crushed, smeared nucleus without cytoplasm (a witness of tumoral bags);
+- ``cleaved``: a normal lymphocyte's size and colours with a deeply lobed, clover-like
+  nucleus (a witness of tumoral bags that differs by shape only).
 
-Tumoral bags hold a patient-specific fraction (15–45%) of witness cells; reactive bags
-are richer in activated cells and hold a few small cells too, so the classes overlap.
-Clinical values correlate with the label (older, higher counts when tumoral) with noise.
-The ground truth is written to ``OUT/ground_truth.csv`` (``cell_id, ..., is_key``),
-never to the cohort's CSVs.
+Tumoral bags hold a patient-specific fraction of witness cells among cells of the kinds
+both classes hold. The ground truth is written to ``OUT/ground_truth.csv`` (``cell_id,
+..., is_key``), never to the cohort's CSVs.
 
 Presets (``make_demo_cohort(preset=...)``, ``cellbag demo-data --preset``):
 
-- ``default``: the cohort above.
-- ``fusion``: images and clinical values each carry an independent, partial signal (few
-  witness cells; overlapping ages and counts), so neither alone is enough and late
-  fusion of the two should beat both.
-- ``rare-key``: what attention-MIL exists for. Tumoral bags hold 2–6 % *key* cells that
-  differ from normal lymphocytes by nucleus shape only (a cleaved, clover-like nucleus of
-  the normal colour), every patient's crops carry their own stain shift (a colour cast
-  and contrast of the whole slide), and clinical values carry no signal. The bag mean
-  is then dominated by the stain, while the key cells stand out to a model that weighs
-  cells.
+- ``default`` (what ``make demo`` runs): what MIL exists for, with clinical data beside.
+  Tumoral bags hold 5–15 % ``cleaved`` cells; every patient has its own stain shift (a
+  colour cast and contrast of the whole slide) and its own mix of normal and activated
+  cells, which move the bag mean more than the few key cells do; age and lymphocyte
+  count carry a partial signal of their own. Attention pooling should beat mean pooling,
+  and fusion should beat images alone (``benchmarks/demo_presets.py`` measures both).
+- ``fusion``: images and clinical values each carry an independent, partial signal of
+  about the same strength (3–12 % small mature and smudge cells; overlapping ages and
+  counts), so neither alone is enough and late fusion of the two should beat both.
+- ``rare-key``: attention's hardest case. Tumoral bags hold 2–6 % ``cleaved`` key cells,
+  with the default preset's stain shift and per-patient cell mix, and clinical values
+  carry no signal.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def render_cell(
                 cyt=(168, 178, 222),
                 ecc=0.08,
                 clump=0.10,
-                lobes=True,
+                lobes=(0.45, 0.55),
             ),
         }[cell_type]
         rn = rng.uniform(*p["rn"])
@@ -159,7 +161,7 @@ def render_cell(
         _paint(img, _ellipse(cx, cy, rc, rc * rng.uniform(0.85, 1.0), theta), cyt)
         wob = [(k, rng.uniform(0, p["ecc"]), rng.uniform(0, 6.3)) for k in (2, 3)]
         if p.get("lobes"):  # three or four deep lobes: a clover-like outline
-            wob = [(int(rng.integers(3, 5)), rng.uniform(0.35, 0.45), rng.uniform(0, 6.3))]
+            wob = [(int(rng.integers(3, 5)), rng.uniform(*p["lobes"]), rng.uniform(0, 6.3))]
         off = (rc - rn) * 0.4
         ncx, ncy = cx + rng.uniform(-off, off), cy + rng.uniform(-off, off)
         nm = _ellipse(ncx, ncy, rn, rn * rng.uniform(0.85, 1.0), theta, wob)
@@ -189,16 +191,20 @@ def _format_dob(dob: pd.Timestamp, rng: np.random.Generator) -> str:
 
 
 #: cohort presets: witness cells (fraction range in tumoral bags, share of each witness
-#: type), the cell mix of reactive bags and of the rest of tumoral bags, how strongly
-#: clinical values depend on the label, and the per-patient stain shift (gain sd, offset sd)
+#: type), the cell mix of reactive bags and of the rest of tumoral bags (each patient's own
+#: mix drawn around it when ``mix_concentration`` is set: a Dirichlet of that total), how
+#: strongly clinical values depend on the label, and the per-patient stain shift (gain sd,
+#: offset sd); ``exact_witnesses``: a tumoral bag holds exactly its drawn share (at least one)
 PRESETS: dict[str, dict] = {
     "default": {
-        "witness_fraction": (0.15, 0.45),
-        "witness_mix": {"small_mature": 0.7, "smudge": 0.3},
-        "tumoral_rest": {"normal": 0.8, "activated": 0.2},
-        "reactive": {"normal": 0.52, "activated": 0.40, "small_mature": 0.08},
-        "clinical": "strong",
-        "stain": (0.0, 0.0),
+        "witness_fraction": (0.05, 0.15),
+        "witness_mix": {"cleaved": 1.0},
+        "tumoral_rest": {"normal": 0.6, "activated": 0.4},
+        "reactive": {"normal": 0.6, "activated": 0.4},
+        "mix_concentration": 5.0,
+        "clinical": "partial",
+        "stain": (0.08, 14.0),
+        "exact_witnesses": True,
     },
     "fusion": {
         "witness_fraction": (0.03, 0.12),
@@ -213,6 +219,7 @@ PRESETS: dict[str, dict] = {
         "witness_mix": {"cleaved": 1.0},
         "tumoral_rest": {"normal": 0.6, "activated": 0.4},
         "reactive": {"normal": 0.6, "activated": 0.4},
+        "mix_concentration": 5.0,
         "clinical": "none",
         "stain": (0.08, 14.0),
         # the drawn fraction is exact (rounded, at least one key cell per tumoral bag)
