@@ -2,19 +2,17 @@
 
 For each preset and cohort seed: draw the cohort, featurize it with the offline default
 encoder (a cohort whose parameters did not change is reused, store included), then
-cross-validate (5-fold x 3 repeats) every head without and with clinical data and print
-the pooled out-of-fold ROC AUC (mean over repeats ± half their range) of
-
-- each image head without clinical data, the ``clinical`` head, each head with late fusion
-  (``fusion`` and ``default``; the claim: fused >= max(image, clinical) + 0.03);
-- the instance AUC of the attention heads' cell weights against the key cells, from
-  ``cv --cell-truth`` (``rare-key`` and ``default``);
-
-and paired differences with their 95% bootstrap interval over patients, as ``cellbag cv``
-computes them (per-patient probabilities averaged over repeats; 2,000 stratified
-resamples): fused - the better of image-only and clinical-only, and every attention head
-- meanpool. With several ``--seeds`` the last lines give each difference averaged over
-the cohorts, its interval from the same resamples (one bootstrap per cohort, averaged).
+cross-validate (5-fold x 3 repeats) every head without and, for ``fusion`` and
+``default``, with clinical data; print the ROC AUC of the out-of-fold probabilities
+averaged over repeats per patient (the figure ``cellbag cv`` reports; beside it the half
+range of the per-repeat AUCs) of each image-only head, the ``clinical`` head and each fused
+head, the instance AUC of the attention heads' cell weights against the key cells (``cv
+--cell-truth``), and paired differences with their 95% bootstrap interval over patients
+(2,000 stratified resamples, as ``cellbag cv`` compares heads): fused - image,
+fused - max(image, clinical) (the claim of ``fusion``: >= +0.03), and abmil / transformer
+- meanpool on images only (the claim of ``rare-key``: >= +0.1). With several ``--seeds``
+the last lines average each difference over the cohorts, its interval from the same
+resamples (one bootstrap per cohort, averaged), with each cohort's value.
 
 ``default`` is drawn exactly as ``make demo`` draws it (40 patients of which a fifth are
 held out as the test split, ~40 cells); the other presets at ``--patients`` x ``--cells``.
@@ -35,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 ATTENTION = ("abmil", "transformer")
-#: (patients, cells per patient, test fraction) of the cohort ``make demo`` draws
-DEMO_SIZE = (40, 40, 0.2)
+#: patients and cells per patient of the cohort ``make demo`` draws (a fifth held out)
+DEMO_SIZE = "40x40"
 
 
 def oof_table(head_dir: Path) -> pd.DataFrame:
@@ -69,13 +67,15 @@ class Paired:
         self.boot: dict[str, np.ndarray] = {}
         self.point: dict[str, float] = {}
 
-    def add(self, name: str, scores: pd.Series) -> None:
+    def add(self, name: str, head_dir: Path) -> str:
+        """Add a head's run; returns its AUC and the half range of its per-repeat AUCs."""
         from cellbag.aggregate.stats import weighted_auc
 
-        s = scores.reindex(self.labels.index).to_numpy()
+        s = patient_scores(head_dir).reindex(self.labels.index).to_numpy()
         y = self.labels.to_numpy()
         self.point[name] = float(weighted_auc(s, y, np.ones((1, len(y))))[0])
         self.boot[name] = weighted_auc(s, y, self.w)
+        return f"{self.point[name]:.3f} (repeats ±{repeat_auc(head_dir)[1]:.3f})"
 
     def diff(self, a: str, b: str) -> tuple[float, np.ndarray]:
         return self.point[a] - self.point[b], self.boot[a] - self.boot[b]
@@ -93,7 +93,7 @@ def cohort(preset: str, seed: int, args: argparse.Namespace) -> tuple[Path, dict
     """The cohort's folder, drawn again only when its parameters changed."""
     from cellbag.data.demo import PRESETS, make_demo_cohort
 
-    size = DEMO_SIZE if preset == "default" else (args.patients, args.cells, 0.0)
+    size = (*args.demo_size, 0.2) if preset == "default" else (args.patients, args.cells, 0.0)
     spec = {"preset": preset, "config": PRESETS[preset], "size": size, "seed": seed}
     root = args.out / preset / f"seed{seed}"
     data = root / "data"
@@ -123,6 +123,15 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/presets"))
+    ap.add_argument(
+        "--demo-size",
+        default=DEMO_SIZE,
+        type=lambda v: tuple(int(x) for x in v.split("x")),
+        help="PATIENTSxCELLS of the default preset (as `cellbag demo` draws it)",
+    )
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse cv runs already in --out (same heads)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -143,37 +152,37 @@ def main() -> None:
             rep = run_featurize(root / "data", root / "store.zarr", progress=False, update=True)
             truth = root / "data" / "ground_truth.csv"
             common = dict(folds=args.folds, repeats=args.repeats, seed=seed, threads=1, quiet=True)
-            run_cv(
-                rep.store, rep.encoder_id, heads, root / "image", clinical=False,
-                cell_truth=truth, **common,
-            )  # fmt: skip
+            runs = [("image", False)] + ([("fused", True)] if fused_claim else [])
+            for folder, clinical in runs:
+                if not (args.reuse and (root / folder / "comparison.csv").is_file()):
+                    run_cv(
+                        rep.store, rep.encoder_id, heads, root / folder, clinical=clinical,
+                        cell_truth=truth, **common,
+                    )  # fmt: skip
             n_pat, n_cells, _ = spec["size"]
             print(f"{preset}, cohort seed {seed}: {n_pat} patients x ~{n_cells} cells", flush=True)
             labels = oof_table(root / "image" / heads[0]).groupby("patient_id")["label"].first()
             paired = Paired(labels)
-            for h in heads:
-                paired.add(h, patient_scores(root / "image" / h))
+
             if fused_claim:
-                run_cv(rep.store, rep.encoder_id, heads, root / "fused", clinical=True, **common)
-                clin = repeat_auc(root / "fused" / "clinical")
-                paired.add("clinical", patient_scores(root / "fused" / "clinical"))
-                print(f"  clinical     AUC {clin[0]:.3f} ± {clin[1]:.3f}", flush=True)
+                print(f"  clinical     AUC {paired.add('clinical', root / 'fused' / 'clinical')}")
             for h in heads:
-                img = repeat_auc(root / "image" / h)
-                line = f"  {h:<12} image {img[0]:.3f} ± {img[1]:.3f}"
+                line = f"  {h:<12} image {paired.add(h, root / 'image' / h)}"
                 if fused_claim:
-                    fu = repeat_auc(root / "fused" / h)
-                    paired.add(f"{h}+clinical", patient_scores(root / "fused" / h))
-                    line += f"  fused {fu[0]:.3f} ± {fu[1]:.3f}"
-                    best = h if paired.point[h] >= paired.point["clinical"] else "clinical"
-                    d = paired.diff(f"{h}+clinical", best)
-                    diffs.setdefault(f"{h}: fused - max(image, clinical)", []).append(d)
-                    line += "  " + show(f"fused - {'image' if best == h else 'clinical'}", *d)
+                    line += f"  fused {paired.add(h + '+clinical', root / 'fused' / h)}"
                 metrics = json.loads((root / "image" / h / "metrics.json").read_text())
                 inst = (metrics.get("cell_truth") or {}).get("instance_auc")
                 if inst is not None:
                     line += f"  instance AUC {inst:.3f}"
                 print(line, flush=True)
+                if fused_claim:
+                    d = paired.diff(f"{h}+clinical", h)
+                    diffs.setdefault(f"{h}: fused - image", []).append(d)
+                    line = "    " + show("fused - image", *d)
+                    best = h if paired.point[h] >= paired.point["clinical"] else "clinical"
+                    d = paired.diff(f"{h}+clinical", best)
+                    diffs.setdefault(f"{h}: fused - max(image, clinical)", []).append(d)
+                    print(line + "; " + show(f"fused - {best} (the better alone)", *d))
             for h in [h for h in ATTENTION if h in heads and "meanpool" in heads]:
                 d = paired.diff(h, "meanpool")
                 diffs.setdefault(f"{h} - meanpool (image only)", []).append(d)

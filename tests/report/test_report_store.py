@@ -23,11 +23,12 @@ def test_encoder_details_from_the_store(page):
     assert "generation" not in keys  # bookkeeping stays out
 
 
-def test_lookalikes_of_misclassified_patients(synthetic_run, synthetic_store, page):
-    run_dir, gt = synthetic_run
+def test_lookalikes_of_misclassified_patients(synthetic_run, synthetic_store, page, demo_cohort):
     store = Store.open(synthetic_store)
     labels = store.patients().set_index("patient_id")["label"]
     cell_patient = store.cells().set_index("cell_id")["patient_id"]
+    # every cell's truth, test patients' too (look-alikes are searched among all patients)
+    gt = pd.read_csv(demo_cohort / "ground_truth.csv", dtype={"cell_id": str})
     witness = gt.set_index("cell_id")["witness"]
     blob = page.data["heads"]["abmil"]["patients"]
     wrong = {r["patient_id"]: r for r in blob if not r["correct"]}
