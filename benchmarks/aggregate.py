@@ -75,6 +75,8 @@ def main() -> None:
             ("lgbm", {}, 3.0, "num_threads=1 (default)"),
             ("lgbm", {"num_threads": args.threads}, 3.0, f"num_threads={args.threads}"),
             ("meanpool", {}, None, ""),
+            ("svm", {}, None, ""),
+            ("ensemble", {}, None, "meanpool + svm + abmil"),
         ]
         for i, (head, params, target, note) in enumerate(runs):
             out = Path(tmp) / f"run{i}"

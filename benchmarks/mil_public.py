@@ -42,7 +42,7 @@ PUBLISHED = {
     "elephant": {"attention": 0.868, "gated": 0.857, "mi-Net": 0.858, "best": 0.872},
 }
 DATASETS = ("musk1", "musk2", "elephant")
-HEADS = ("meanpool", "maxpool", "abmil", "transformer", "lgbm")
+HEADS = ("meanpool", "maxpool", "abmil", "transformer", "lgbm", "svm", "ensemble")
 
 
 def csv_dir() -> Path:

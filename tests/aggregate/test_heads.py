@@ -5,12 +5,13 @@ from sklearn.metrics import roc_auc_score
 
 from cellbag.aggregate import AggregateError, Bags, Head, UnknownHeadError, list_heads, make_head
 
-ALL = ["meanpool", "maxpool", "abmil", "transformer", "lgbm"]
+ALL = ["meanpool", "maxpool", "abmil", "transformer", "lgbm", "svm", "ensemble"]
 QUICK = {
     "abmil": {"epochs": 5, "inner_folds": 2},
     "transformer": {"epochs": 3, "inner_folds": 2},
     "maxpool": {"epochs": 5, "inner_folds": 2},
     "lgbm": {"n_estimators": 20},
+    "ensemble": {"members": ("meanpool", "svm", "lgbm")},
 }
 
 
@@ -76,7 +77,7 @@ def test_attention_depends_on_the_other_cells(name):
     assert head.predict_proba([bag])[0, 1] != head.predict_proba([changed])[0, 1]
 
 
-@pytest.mark.parametrize("name", ["abmil", "transformer", "meanpool", "lgbm"])
+@pytest.mark.parametrize("name", ["abmil", "transformer", "meanpool", "lgbm", "svm", "ensemble"])
 def test_permutation_invariant(name):
     bags, clin, y = _data()
     head = make_head(name, **QUICK.get(name, {})).fit(Bags(bags, clin), y)

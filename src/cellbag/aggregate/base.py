@@ -200,6 +200,23 @@ class LateFusion:
         return self
 
 
+class PlattScaling(LateFusion):
+    """Margins to log-odds: the one-column case of :class:`LateFusion` (Platt, 1999),
+    fitted on out-of-fold margins of the training bags."""
+
+    def fit(self, z: np.ndarray, y: np.ndarray) -> PlattScaling:  # type: ignore[override]
+        return super().fit(z, np.zeros((len(z), 0)), y)
+
+    def decision(self, z: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        return super().decision(z, np.zeros((len(z), 0)))
+
+    def state(self, prefix: str = "platt.") -> dict[str, np.ndarray]:
+        return super().state(prefix)
+
+    def set_state(self, arrays: dict[str, np.ndarray], prefix: str = "platt.") -> PlattScaling:
+        return super().set_state(arrays, prefix)
+
+
 class Head(ClassifierMixin, BaseEstimator):
     """Base class of every aggregator. Subclasses implement ``_fit`` (image model only),
     ``_decision`` (image log-odds of class 1), ``_get_state``/``_set_state`` and, for

@@ -6,7 +6,8 @@ Every head explains itself with one method, ``cell_contributions(bags)`` (image-
 attention heads give their attention (abmil) or CLS attention (transformer), maxpool the
 softmax of its cell scores (the arg-max cell decides), meanpool its linear head applied to
 each cell (the bag's image logit is their sum), lgbm the share of the trees' gain carried
-by the cell's cluster.
+by the cell's cluster, svm and ensemble the drop of the bag's log-odds when the cell is
+left out (occlusion).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ KINDS: dict[str, dict[str, str]] = {
         "bottom": "argmax cells, towards reactive",
         "what": "the cells that hold the maximum of the pooled dimensions, scored by those "
         "dimensions' terms in the logit (cells holding no maximum score 0)",
+    },
+    "occlusion": {
+        "top": "pull most towards tumoral when present",
+        "bottom": "pull most towards reactive when present",
+        "what": "how much the bag's log-odds drops when the cell is left out (svm, ensemble): "
+        "+ the cell pushes towards tumoral, − towards reactive",
     },
     "cluster gain": {
         "top": "cells of the highest-gain clusters",

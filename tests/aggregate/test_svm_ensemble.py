@@ -1,0 +1,82 @@
+"""The kernel SVM head and the ensemble head: what they add beyond the shared head contract
+(fit/predict/save/load, clone, permutation invariance, bag sizes: tests/aggregate/test_heads.py)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cellbag.aggregate import AggregateError, Bags, Head, make_head
+
+
+def _witness_bags(n=40, dim=6, seed=0):
+    """Tumoral bags hold a few shifted 'witness' cells among normal ones."""
+    rng = np.random.default_rng(seed)
+    y = np.array([0, 1] * (n // 2))
+    bags, key = [], []
+    for i in range(n):
+        b = rng.standard_normal((12, dim)).astype(np.float32)
+        k = np.zeros(12, bool)
+        if y[i]:
+            k[:3] = True
+            b[:3, 0] += 4.0
+        bags.append(b)
+        key.append(k)
+    return bags, y, key
+
+
+@pytest.mark.parametrize(
+    "name,params", [("svm", {}), ("ensemble", {"members": ("meanpool", "svm")})]
+)
+def test_occlusion_ranks_the_witness_cells_first(name, params):
+    bags, y, key = _witness_bags()
+    head = make_head(name, clinical=False, **params).fit(bags, y)
+    assert head.contribution_kind == "occlusion"
+    contrib = head.cell_contributions(bags)
+    assert [len(c) for c in contrib] == [len(b) for b in bags]
+    pos = [i for i in range(len(bags)) if y[i]]
+    # within tumoral bags, the witness cells pull harder towards tumoral than the others
+    auc = roc_auc_score(
+        np.concatenate([key[i] for i in pos]), np.concatenate([contrib[i] for i in pos])
+    )
+    assert auc > 0.9, auc
+
+
+def test_svm_occlusion_is_the_drop_without_the_cell():
+    bags, y, _ = _witness_bags()
+    head = make_head("svm", clinical=False).fit(bags, y)
+    b = bags[1]
+    c = head.cell_contributions([b])[0]
+    full = head.decision_function([b])[0]
+    without = head.decision_function([np.delete(b, 2, axis=0)])[0]
+    assert c[2] == pytest.approx(full - without, abs=1e-6)
+
+
+def test_svm_probabilities_are_calibrated_on_held_out_margins():
+    bags, y, _ = _witness_bags(n=60)
+    head = make_head("svm", clinical=False).fit(bags, y)
+    # out-of-fold probabilities of the training bags come from the inner k-fold
+    oof = head.train_oof_proba_
+    assert oof.shape == (60,) and 0.0 < oof.min() and oof.max() < 1.0
+    assert ((oof >= 0.5) == y).mean() >= 0.8
+    in_sample = head.predict_proba(bags)[:, 1]
+    assert np.abs(in_sample - oof).max() > 0.05  # not the final model's own scores
+
+
+def test_ensemble_saves_every_member_and_reloads(tmp_path):
+    bags, y, _ = _witness_bags()
+    clin = np.random.default_rng(3).standard_normal((len(bags), 2)).astype(np.float32)
+    x = Bags(bags, clin)
+    head = make_head("ensemble", members=("meanpool", "lgbm", "svm")).fit(x, y)
+    assert len(head.members_) == 3 and head.scales_.shape == (3,)
+    head.save(tmp_path / "e")
+    names = {f.name for f in (tmp_path / "e").iterdir()}
+    assert "m1.lgbm_model.txt" in names
+    again = Head.load(tmp_path / "e")
+    np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("members", [(), ("ensemble",), ("clinical",)])
+def test_ensemble_rejects_bad_members(members):
+    bags, y, _ = _witness_bags(n=12)
+    with pytest.raises(AggregateError, match="ensemble"):
+        make_head("ensemble", clinical=False, members=members).fit(bags, y)
