@@ -76,9 +76,9 @@ def test_default_preset_hides_a_few_key_cells_and_has_clinical_signal(tmp_path: 
     # each patient has its own mix of normal and activated cells, in both classes alike: the
     # spread of the activated share is far above what sampling 15-25 cells alone gives (~0.11)
     assert per["activated"].std() > 0.15
-    # clinical values carry a partial signal (measured on more patients, one cell each)
+    # clinical values carry a strong signal (measured on more patients, one cell each)
     auc = _clinical_auc(make_demo_cohort(tmp_path / "c", patients=160, cells_per_patient=1))
-    assert 0.7 < auc < 0.92
+    assert auc > 0.9
 
 
 def test_demo_data_cli_and_inspect(tmp_path: Path) -> None:
@@ -184,13 +184,13 @@ def test_rare_key_preset(tmp_path: Path) -> None:
 
 
 def test_fusion_preset_splits_the_signal(tmp_path: Path) -> None:
-    """Images and clinical values each carry a partial signal: clinical values about as
-    informative as the default cohort's, few witness cells (fewer than the default cohort's
-    key cells once rounding is counted). That late fusion of the two beats each alone is
+    """Images and clinical values each carry a partial signal: clinical values less
+    informative than the default cohort's, few witness cells. That late fusion of the two
+    beats each alone is
     tested on synthetic bags of the same shape (tests/aggregate/test_fusion.py) and measured
     on this preset's images by benchmarks/demo_presets.py."""
     fu = make_demo_cohort(tmp_path / "f", patients=160, cells_per_patient=1, preset="fusion")
-    assert 0.7 < _clinical_auc(fu) < 0.92
+    assert 0.7 < _clinical_auc(fu) < 0.9
     fu = make_demo_cohort(tmp_path / "w", patients=24, cells_per_patient=20, preset="fusion")
     per = _per_patient(fu)
     frac = per.loc[per["label"] == 1, "key"]

@@ -21,8 +21,9 @@ Presets (``make_demo_cohort(preset=...)``, ``cellbag demo-data --preset``):
   Tumoral bags hold 5–15 % ``cleaved`` cells; every patient has its own stain shift (a
   colour cast and contrast of the whole slide) and its own mix of normal and activated
   cells, which move the bag mean more than the few key cells do; age and lymphocyte
-  count carry a partial signal of their own. Attention pooling should beat mean pooling,
-  and fusion should beat images alone (``benchmarks/demo_presets.py`` measures both).
+  count carry a strong signal of their own (older patients, higher counts when tumoral).
+  Attention pooling should beat mean pooling, and fusion should beat images alone
+  (``benchmarks/demo_presets.py`` measures both).
 - ``fusion``: images and clinical values each carry an independent, partial signal of
   about the same strength (3–12 % small mature and smudge cells; overlapping ages and
   counts), so neither alone is enough and late fusion of the two should beat both.
@@ -202,7 +203,7 @@ PRESETS: dict[str, dict] = {
         "tumoral_rest": {"normal": 0.6, "activated": 0.4},
         "reactive": {"normal": 0.6, "activated": 0.4},
         "mix_concentration": 5.0,
-        "clinical": "partial",
+        "clinical": "strong",
         "stain": (0.08, 14.0),
         "exact_witnesses": True,
     },
