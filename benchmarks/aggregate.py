@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vit-batches", type=int, default=3)
+    ap.add_argument("--heads", default="", help="only these heads (comma-separated)")
     args = ap.parse_args()
 
     import torch
@@ -78,7 +79,10 @@ def main() -> None:
             ("svm", {}, None, ""),
             ("ensemble", {}, None, "meanpool + svm + abmil"),
         ]
+        only = {h for h in args.heads.split(",") if h}
         for i, (head, params, target, note) in enumerate(runs):
+            if only and head not in only:
+                continue
             out = Path(tmp) / f"run{i}"
             t, cpu = time.perf_counter(), time.process_time()
             table = run_cv(

@@ -330,6 +330,28 @@ class Head(ClassifierMixin, BaseEstimator):
     def _cell_contributions(self, bags: list[np.ndarray]) -> list[np.ndarray]:
         raise AggregateError(f"head {self.name!r} gives no per-cell contributions")
 
+    def _occlusion(self, bags: list[np.ndarray]) -> list[np.ndarray]:
+        """Per cell, how much the bag's image log-odds drops when the cell is left out
+        (0 for a bag of one cell): the ``occlusion`` kind of contribution."""
+        out = []
+        for b in bags:
+            if len(b) == 1:
+                out.append(np.zeros(1))
+            else:
+                full = float(np.asarray(self._decision([b]), np.float64)[0])
+                out.append(full - self._loo_decisions(b))
+        return out
+
+    def _loo_decisions(self, bag: np.ndarray) -> np.ndarray:
+        """Image log-odds of ``bag`` without each of its cells, (n,); heads with a faster
+        exact form override it."""
+        n = len(bag)
+        out = np.empty(n)
+        for start in range(0, n, 64):  # 64 leave-one-out bags at a time
+            idx = range(start, min(n, start + 64))
+            out[idx.start : idx.stop] = self._decision([np.delete(bag, i, 0) for i in idx])
+        return out
+
     # -- to implement -----------------------------------------------------------------------
     def _fit(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray | None:
         """Fit the image model on labels 0/1; may return out-of-fold log-odds of the bags."""

@@ -9,7 +9,7 @@ import typer
 
 from cellbag.cli.app import app, console, next_step, shell_path
 
-DEMO_HEADS = "meanpool,abmil,transformer,lgbm"
+DEMO_HEADS = "meanpool,abmil,transformer,lgbm,svm,ensemble"
 
 
 @app.command("demo")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import nn
 
 from cellbag.aggregate.registry import register_head
@@ -19,6 +21,26 @@ class ABMIL(nn.Module):
     def forward(self, x, mask, return_weights: bool = False):
         z, a = self.pool(self.embed(x), mask)
         return self.classifier(z), a
+
+    @torch.inference_mode()
+    def leave_one_out(self, x: torch.Tensor) -> np.ndarray:
+        """Logits of the bag ``x`` (n, D) without each of its cells, (n,): the attention
+        pool's numerator and denominator less one cell's share (float64)."""
+        h = self.embed(x).double()
+        p = self.pool
+        s = p.w(torch.tanh(p.V(h.float())) * torch.sigmoid(p.U(h.float()))).squeeze(-1).double()
+        e = torch.exp(s - s.max())
+        den = e.sum() - e
+        num = (e[:, None] * h).sum(0)[None, :] - e[:, None] * h
+        pooled = num / den.clamp_min(1e-300)[:, None]
+        # a cell holding (nearly) all the attention: recompute its leave-one-out directly
+        for j in torch.nonzero(den < 1e-9 * e.sum()).flatten().tolist():
+            keep = torch.ones(len(h), dtype=torch.bool)
+            keep[j] = False
+            w = torch.softmax(s[keep], 0)
+            pooled[j] = (w[:, None] * h[keep]).sum(0)
+        out = self.classifier.out
+        return (pooled @ out.weight.double().T + out.bias.double()).squeeze(-1).numpy()
 
 
 @register_head("abmil")
@@ -52,3 +74,7 @@ class ABMILHead(TorchHead):
 
     def build_module(self, dim: int) -> nn.Module:
         return ABMIL(dim, self.hidden, self.attn_dim, self.dropout)
+
+    def _loo_decisions(self, bag: np.ndarray) -> np.ndarray:
+        x = self._tensors([bag])[0]
+        return np.mean([m.leave_one_out(x) for m in self.modules_], axis=0)

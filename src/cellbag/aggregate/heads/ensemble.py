@@ -58,19 +58,13 @@ class EnsembleHead(Head):
         return self.platt_.decision(np.mean(votes, axis=0))
 
     def _cell_contributions(self, bags):
-        out = []
-        for b in bags:
-            n = len(b)
-            if n == 1:
-                out.append(np.zeros(1))
-                continue
-            full = self._decision([b])[0]
-            drop = np.empty(n)
-            for start in range(0, n, 64):  # the bag without cell i, 64 values of i at a time
-                idx = range(start, min(n, start + 64))
-                drop[start : start + len(idx)] = self._decision([np.delete(b, i, 0) for i in idx])
-            out.append(full - drop)
-        return out
+        return self._occlusion(bags)
+
+    def _loo_decisions(self, bag):
+        votes = [
+            m._loo_decisions(bag) / s for m, s in zip(self.members_, self.scales_, strict=True)
+        ]
+        return self.platt_.decision(np.mean(votes, axis=0))
 
     def _get_state(self):
         arrays, texts, members = {}, {}, []

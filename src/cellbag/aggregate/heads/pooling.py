@@ -54,3 +54,7 @@ class MeanPoolHead(_PooledLogistic):
         # the linear head applied to each cell: the bag's image logit is their sum (+ bias)
         w = self.coef_ / self.std_
         return [((b - self.mean_) @ w) / len(b) for b in bags]
+
+    def _loo_decisions(self, bag):
+        loo = (bag.sum(axis=0, dtype=np.float64)[None, :] - bag) / (len(bag) - 1)
+        return ((loo - self.mean_) / self.std_) @ self.coef_ + self.intercept_

@@ -121,17 +121,12 @@ class KernelSVMHead(Head):
         return self._means_decision(np.stack([b.mean(axis=0) for b in bags]))
 
     def _cell_contributions(self, bags):
-        out = []
-        for b in bags:
-            n = len(b)
-            full = self._means_decision(b.mean(axis=0, keepdims=True).astype(np.float64))[0]
-            if n == 1:
-                out.append(np.zeros(1))
-                continue
-            # the mean without cell i, for every i at once
-            loo = (b.sum(axis=0, dtype=np.float64)[None, :] - b) / (n - 1)
-            out.append(full - self._means_decision(loo))
-        return out
+        return self._occlusion(bags)
+
+    def _loo_decisions(self, bag):
+        # the mean without cell i, for every i at once
+        loo = (bag.sum(axis=0, dtype=np.float64)[None, :] - bag) / (len(bag) - 1)
+        return self._means_decision(loo)
 
     def _get_state(self):
         arrays = {"mean": self.mean_, "std": self.std_, **self.machines_.state()}
