@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="cohort seeds (comma-separated)")
     ap.add_argument("--patients", type=int, default=80)
     ap.add_argument("--cells", type=int, default=40)
-    ap.add_argument("--heads", default="meanpool,abmil,transformer,lgbm")
+    ap.add_argument("--heads", default="meanpool,abmil,transformer,lgbm,svm,ensemble")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/presets"))
@@ -130,7 +130,7 @@ def main() -> None:
         help="PATIENTSxCELLS of the default preset (as `cellbag demo` draws it)",
     )
     ap.add_argument(
-        "--reuse", action="store_true", help="reuse cv runs already in --out (same heads)"
+        "--reuse", action="store_true", help="reuse the heads' cv runs already in --out"
     )
     args = ap.parse_args()
 
@@ -154,9 +154,11 @@ def main() -> None:
             common = dict(folds=args.folds, repeats=args.repeats, seed=seed, threads=1, quiet=True)
             runs = [("image", False)] + ([("fused", True)] if fused_claim else [])
             for folder, clinical in runs:
-                if not (args.reuse and (root / folder / "comparison.csv").is_file()):
+                have = {h for h in heads if (root / folder / h / "oof_predictions.csv").is_file()}
+                todo = [h for h in heads if not (args.reuse and h in have)]
+                if todo:
                     run_cv(
-                        rep.store, rep.encoder_id, heads, root / folder, clinical=clinical,
+                        rep.store, rep.encoder_id, todo, root / folder, clinical=clinical,
                         cell_truth=truth, **common,
                     )  # fmt: skip
             n_pat, n_cells, _ = spec["size"]
