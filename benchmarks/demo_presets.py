@@ -50,6 +50,15 @@ def repeat_auc(head_dir: Path) -> tuple[float, float]:
     return float(np.mean(aucs)), float((max(aucs) - min(aucs)) / 2)
 
 
+def instance_auc(head_dir: Path, truth: Path, labels: pd.Series) -> float | None:
+    """The instance AUC of a head's out-of-fold cell weights for the key cells (what
+    ``cv --cell-truth`` writes into metrics.json); None for heads without weights."""
+    from cellbag.aggregate.celltruth import head_instance_auc, read_cell_truth
+
+    res = head_instance_auc(head_dir, read_cell_truth(truth), labels.to_dict())
+    return None if res is None else res["instance_auc"]
+
+
 def patient_scores(head_dir: Path) -> pd.Series:
     """Per-patient probability averaged over repeats (what ``cellbag cv`` scores)."""
     oof = oof_table(head_dir)
@@ -172,8 +181,7 @@ def main() -> None:
                 line = f"  {h:<12} image {paired.add(h, root / 'image' / h)}"
                 if fused_claim:
                     line += f"  fused {paired.add(h + '+clinical', root / 'fused' / h)}"
-                metrics = json.loads((root / "image" / h / "metrics.json").read_text())
-                inst = (metrics.get("cell_truth") or {}).get("instance_auc")
+                inst = instance_auc(root / "image" / h, truth, labels)
                 if inst is not None:
                     line += f"  instance AUC {inst:.3f}"
                 print(line, flush=True)

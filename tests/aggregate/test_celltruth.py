@@ -70,3 +70,16 @@ def test_rare_key_claim_on_a_small_witness_store(tmp_path):
         assert auc[head] >= auc["meanpool"] + 0.1, auc.to_dict()
         m = json.loads((out / head / "metrics.json").read_text())["cell_truth"]
         assert m["instance_auc"] > 0.8, (head, m)
+
+
+def test_instance_auc_survives_adding_heads_to_the_folder(witness_run, fast):
+    """A second `cv` into the same folder re-summarises every head: the instance AUC the
+    first run measured stays in its metrics.json."""
+    store, enc, root = witness_run
+    out = root / "grown"
+    common = dict(clinical=False, folds=2, repeats=1, head_params=fast, quiet=True)
+    run_cv(store, enc, "abmil", out, cell_truth=root / "truth.csv", **common)
+    first = json.loads((out / "abmil" / "metrics.json").read_text())["cell_truth"]
+    run_cv(store, enc, "meanpool", out, **common)
+    again = json.loads((out / "abmil" / "metrics.json").read_text())
+    assert again["cell_truth"] == first

@@ -412,6 +412,12 @@ def _add_earlier_heads(out: Path, results: dict[str, dict], data: BagSet) -> Non
         info = {k: key.get(k) for k in ("clinical", "folds", "repeats", "inner_folds", "seed")}
         info["triage_sensitivity"] = cfg.get("triage_sensitivity")
         info["calibrate"] = cfg.get("calibrate")
+        try:  # the instance AUC an earlier `--cell-truth` run measured stays in metrics.json
+            truth = read_json(d / "metrics.json").get("cell_truth")
+        except (RunFolderError, FileNotFoundError):
+            truth = None
+        if truth is not None:
+            info["cell_truth"] = truth
         results[d.name] = {"oof": oof, "info": info, "seconds": cfg.get("seconds", 0.0)}
 
 
