@@ -45,9 +45,12 @@ class GatedAttentionPool(nn.Module):
         self.U = nn.Linear(width, attn_dim)
         self.w = nn.Linear(attn_dim, 1)
 
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Unnormalised attention scores w^T (tanh(V h) * sigmoid(U h)), (..., L)."""
+        return self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
+
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
-        a = masked_softmax(scores, mask)
+        a = masked_softmax(self.scores(h), mask)
         return torch.bmm(a.unsqueeze(1).to(h.dtype), h).squeeze(1), a
 
 

@@ -26,9 +26,9 @@ class ABMIL(nn.Module):
     def leave_one_out(self, x: torch.Tensor) -> np.ndarray:
         """Logits of the bag ``x`` (n, D) without each of its cells, (n,): the attention
         pool's numerator and denominator less one cell's share (float64)."""
-        h = self.embed(x).double()
-        p = self.pool
-        s = p.w(torch.tanh(p.V(h.float())) * torch.sigmoid(p.U(h.float()))).squeeze(-1).double()
+        h32 = self.embed(x)
+        s = self.pool.scores(h32).double()
+        h = h32.double()
         e = torch.exp(s - s.max())
         den = e.sum() - e
         num = (e[:, None] * h).sum(0)[None, :] - e[:, None] * h
