@@ -71,6 +71,7 @@ def main() -> None:
         runs = [
             ("abmil", {"epochs": args.epochs}, 10.0, "early stopping (default)"),
             ("abmil", {"epochs": args.epochs, "patience": args.epochs}, 10.0, "all epochs"),
+            ("abmil", {"epochs": args.epochs, "context": False}, 10.0, "no bag context"),
             ("transformer", {"epochs": args.epochs}, 20.0, "early stopping (default)"),
             ("transformer", {"epochs": args.epochs, "patience": args.epochs}, 20.0, "all epochs"),
             ("lgbm", {}, 3.0, "num_threads=1 (default)"),

@@ -82,15 +82,26 @@ def test_ensemble_rejects_bad_members(members):
         make_head("ensemble", clinical=False, members=members).fit(bags, y)
 
 
-@pytest.mark.parametrize("name", ["meanpool", "svm", "abmil"])
-def test_fast_leave_one_out_equals_refitting_nothing(name):
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("meanpool", {}),
+        ("svm", {}),
+        ("abmil", {"epochs": 5, "inner_folds": 2}),  # with the bag context (default)
+        ("abmil", {"epochs": 5, "inner_folds": 2, "context": False}),
+    ],
+)
+def test_fast_leave_one_out_equals_refitting_nothing(name, params):
     """The heads' exact leave-one-out shortcuts give the decisions of the smaller bags."""
     from cellbag.aggregate.base import Head as Base
 
     bags, y, _ = _witness_bags()
-    params = {"epochs": 5, "inner_folds": 2} if name == "abmil" else {}
     head = make_head(name, clinical=False, **params).fit(bags, y)
-    b = bags[3]
+    rng = np.random.default_rng(1)
+    # a bag of more than 64 cells: abmil's context form works 64 left-out cells at a time
+    b = np.concatenate([bags[3], bags[5] + 0.1 * rng.normal(size=bags[5].shape)] * 4)
+    b = b.astype(np.float32)
+    assert len(b) > 64
     fast = head._loo_decisions(b)
     slow = Base._loo_decisions(head, b)  # the generic form: decide on each smaller bag
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,14 @@ Bags are standardised with per-dimension statistics of the training cells and, w
 principal axes (one affine map, fitted on the training cells only, label-free), then fed
 as padded mini-batches (``mask`` marks real cells). The loss is class-weighted BCE.
 
+With ``context`` (a head parameter; abmil's default) each mapped cell ``z`` is fed as
+``[z, (z - mean of its bag) / s]``, ``s`` the per-dimension spread of cells around their
+own bag's mean over the training cells: the network sees each cell both as it is and
+relative to the other cells of its patient, so what all of a patient's cells share (a
+stain or scanner shift) can cancel while the bag mean stays available. Heads whose module
+does this itself (abmil: ``context_in_module``) get ``z`` alone and compute the mean over
+the cells they are given (in training, the drawn subset of a bag over ``max_cells_train``).
+
 With ``inner_folds`` = k >= 2 the head is an average of k models, each trained on k-1
 inner folds of the training bags and early-stopped on the remaining one: on ~80-bag
 training folds one early stop on a 16-bag validation split is a noisy choice, and the
@@ -81,6 +89,10 @@ class TorchHead(Head):
     """Base of neural heads: subclasses build an ``nn.Module`` with
     ``forward(x, mask, return_weights) -> (logits (B,), weights (B, L) or None)``."""
 
+    #: the module widens its cells with the bag context itself (``context_std_``); when
+    #: False, ``_tensors`` feeds the widened rows
+    context_in_module = False
+
     # subclasses
     def build_module(self, dim: int) -> nn.Module:
         raise NotImplementedError
@@ -105,13 +117,30 @@ class TorchHead(Head):
         self.input_weight_ = w.astype(np.float32)
         self.input_bias_ = (-self.feat_mean_.astype(np.float64) @ w).astype(np.float32)
 
+    def _fit_context(self, bags: list[np.ndarray]) -> None:
+        """Spread of the mapped training cells around their own bag's mean (``context``)."""
+        self.context_std_ = None
+        if getattr(self, "context", False):
+            w, b = self.input_weight_, self.input_bias_
+            centred = [(z := x @ w + b) - z.mean(axis=0, keepdims=True) for x in bags]
+            sd = np.concatenate(centred).std(axis=0)
+            self.context_std_ = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
+
     @property
     def in_dim_(self) -> int:
-        return int(self.input_weight_.shape[1])
+        widened = getattr(self, "context_std_", None) is not None and not self.context_in_module
+        return (2 if widened else 1) * int(self.input_weight_.shape[1])
 
     def _tensors(self, bags: list[np.ndarray]) -> list[torch.Tensor]:
         w, b = self.input_weight_, self.input_bias_
-        return [torch.from_numpy(x @ w + b) for x in bags]
+        sd = None if self.context_in_module else getattr(self, "context_std_", None)
+        out = []
+        for x in bags:
+            z = x @ w + b
+            if sd is not None:
+                z = np.concatenate([z, (z - z.mean(axis=0, keepdims=True)) / sd], axis=1)
+            out.append(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))
+        return out
 
     # -- training ---------------------------------------------------------------------------
     def _fit(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray | None:
@@ -119,6 +148,7 @@ class TorchHead(Head):
 
         torch.manual_seed(self.seed)
         self._fit_input_map(np.concatenate(bags))
+        self._fit_context(bags)
         xs = self._tensors(bags)
         k = int(min(self.inner_folds or 0, np.bincount(y).min()))
         self.modules_, self.best_epochs_, self.history_ = [], [], []
@@ -148,6 +178,7 @@ class TorchHead(Head):
         lengths = np.array([x.shape[0] for x in xs])
         keep_frac = 1.0 - float(self.instance_dropout)
         best, best_state, best_epoch, since = np.inf, None, -1, 0
+        val_batches = self._padded(xs, va) if len(va) else None
         history: list[dict] = []
         for epoch in range(self.epochs):
             module.train()
@@ -172,7 +203,8 @@ class TorchHead(Head):
                 total += float(loss.detach()) * len(idx)
             rec = {"epoch": epoch, "train_loss": total / len(perm)}
             if len(va):
-                val = float(loss_fn(self._logits([module], xs, va), yt[torch.as_tensor(va)]))
+                val_logits = self._logits([module], xs, va, padded=val_batches)
+                val = float(loss_fn(val_logits, yt[torch.as_tensor(va)]))
                 rec["val_loss"] = val
                 if val < best - 1e-4:
                     best, since, best_epoch = val, 0, epoch
@@ -198,17 +230,27 @@ class TorchHead(Head):
         return float(np.mean(self.best_epochs_))
 
     # -- inference --------------------------------------------------------------------------
+    def _padded(self, xs: list[torch.Tensor], idx: np.ndarray) -> list[tuple]:
+        """Bags ``idx`` as padded evaluation batches: (positions in idx, x, mask)."""
+        lengths = np.array([xs[i].shape[0] for i in idx])
+        return [
+            (torch.as_tensor(sub), *pad_bags([xs[i] for i in idx[sub]]))
+            for sub in eval_batches(lengths, self.max_tokens)
+        ]
+
     @torch.inference_mode()
-    def _logits(self, modules: list[nn.Module], xs: list[torch.Tensor], idx: np.ndarray):
-        """Mean logit of ``modules`` over bags ``idx`` (batched under ``max_tokens``)."""
+    def _logits(
+        self, modules: list[nn.Module], xs: list[torch.Tensor], idx: np.ndarray, padded=None
+    ):
+        """Mean logit of ``modules`` over bags ``idx`` (batched under ``max_tokens``);
+        ``padded``: those batches already made by ``_padded`` (the validation bags, scored
+        after every epoch)."""
         was = [m.training for m in modules]
         for m in modules:
             m.eval()
-        lengths = np.array([xs[i].shape[0] for i in idx])
         out = torch.zeros(len(idx))
-        for sub in eval_batches(lengths, self.max_tokens):
-            x, mask = pad_bags([xs[i] for i in idx[sub]])
-            out[torch.as_tensor(sub)] = torch.stack([m(x, mask)[0] for m in modules]).mean(0)
+        for sub, x, mask in padded if padded is not None else self._padded(xs, idx):
+            out[sub] = torch.stack([m(x, mask)[0] for m in modules]).mean(0)
         for m, w in zip(modules, was, strict=True):
             m.train(w)
         return out
@@ -240,6 +282,8 @@ class TorchHead(Head):
         arrays["feat_std"] = self.feat_std_
         arrays["input_weight"] = self.input_weight_
         arrays["input_bias"] = self.input_bias_
+        if getattr(self, "context_std_", None) is not None:
+            arrays["context_std"] = self.context_std_
         meta = {
             "n_models": len(self.modules_),
             "best_epochs": [int(e) for e in self.best_epochs_],
@@ -252,6 +296,9 @@ class TorchHead(Head):
         self.feat_std_ = arrays["feat_std"]
         self.input_weight_ = arrays["input_weight"]
         self.input_bias_ = arrays["input_bias"]
+        self.context_std_ = arrays.get("context_std")
+        if hasattr(self, "context"):  # a model saved before ``context`` existed has none
+            self.context = self.context_std_ is not None
         self.modules_ = []
         for j in range(int(meta["n_models"])):
             module = self.build_module(self.in_dim_)

@@ -26,7 +26,10 @@ class MaxPoolHead(TorchHead):
     cell score: a bag is positive when one of its cells is. Max pooling of the raw
     embedding dimensions followed by a linear model reached 0.72 accuracy on Musk1
     (10-fold); max pooling of learned cell scores is the mi-Net formulation.
-    ``cell_weights`` are the softmax of the cell scores (the arg-max cell weighs most)."""
+    ``cell_weights`` are the softmax of the cell scores (the arg-max cell weighs most).
+    ``context=True`` adds each cell relative to its bag's mean (see ``torch_head``): on
+    the rare-key demo cohorts 0.78 -> 0.82 AUC, on Musk1 -0.02 and Elephant +0.015
+    accuracy (10-fold x 2), so it stays off by default."""
 
     has_cell_weights = True
     contribution_kind = "attention"
@@ -48,6 +51,7 @@ class MaxPoolHead(TorchHead):
         instance_dropout: float = TRAIN["instance_dropout"],
         max_tokens: int = TRAIN["max_tokens"],
         pca_dim: int | None = TRAIN["pca_dim"],
+        context: bool = False,
     ) -> None:
         set_params_from(self, locals())
 
