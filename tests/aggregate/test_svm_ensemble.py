@@ -105,3 +105,31 @@ def test_fast_leave_one_out_equals_refitting_nothing(name, params):
     fast = head._loo_decisions(b)
     slow = Base._loo_decisions(head, b)  # the generic form: decide on each smaller bag
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monkeypatch):
+    """Finished folds are reused only under the same settings; an ensemble's settings
+    include its members' own, so a changed member default (a new cellbag version) is not
+    answered from stale folds."""
+    import pandas as pd
+
+    from cellbag.aggregate import run_cv
+    from cellbag.aggregate.heads.svm import KernelSVMHead
+    from cellbag.aggregate.synthetic import witness_store
+
+    store, enc, _ = witness_store(str(tmp_path / "s.zarr"), 24, 0, 10, 8, seed=0)
+    common = dict(
+        clinical=False, folds=2, repeats=1, quiet=True,
+        head_params={"ensemble": {"members": ("meanpool", "svm")}},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    run_cv(store, enc, "ensemble", out, **common)
+    first = pd.read_csv(out / "ensemble" / "oof_predictions.csv")["probability"]
+    run_cv(store, enc, "ensemble", out, **common)  # same settings: the folds are reused
+    again = pd.read_csv(out / "ensemble" / "oof_predictions.csv")["probability"]
+    np.testing.assert_array_equal(first, again)
+    defaults = KernelSVMHead.__init__.__defaults__
+    monkeypatch.setattr(KernelSVMHead.__init__, "__defaults__", (*defaults[:2], (1e-3,), 1.0))
+    run_cv(store, enc, "ensemble", out, **common)
+    changed = pd.read_csv(out / "ensemble" / "oof_predictions.csv")["probability"]
+    assert not np.allclose(first, changed)

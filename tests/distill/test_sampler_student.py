@@ -64,7 +64,8 @@ def test_format_1_head_weights_upgrade_to_the_same_function():
 
     torch.manual_seed(1)
     hidden, attn, dim, n_clin = 16, 8, 8, 2
-    head = GatedAttentionMIL(dim, n_clin, HeadConfig(hidden=hidden, attn_dim=attn)).eval()
+    cfg = HeadConfig(hidden=hidden, attn_dim=attn, context=False)  # format 1 had none
+    head = GatedAttentionMIL(dim, n_clin, cfg).eval()
     old = {f"head.{k}": v for k, v in head.state_dict().items() if k.startswith(("norm", "embed"))}
     for name, shape in (("V", (attn, hidden)), ("U", (attn, hidden)), ("w", (1, attn))):
         old[f"head.{name}.weight"] = torch.randn(shape)
@@ -144,3 +145,17 @@ def test_trainable_blocks_freezes_the_stem_and_early_blocks():
     names = [k for k, p in vit.encoder.named_parameters() if p.requires_grad]
     assert names and all(k.startswith(("blocks.11.", "norm.", "fc_norm.", "head")) for k in names)
     assert not vit.encoder.pos_embed.requires_grad
+
+
+def test_student_spec_context_round_trip_and_older_configs():
+    """New students embed each cell with its bag's context; a config saved before the
+    option existed rebuilds the plain head (same weights, same keys)."""
+    from cellbag.distill.student import StudentSpec
+
+    spec = StudentSpec(n_clinical=0)
+    assert spec.head.context and StudentSpec.from_dict(spec.to_dict()) == spec
+    old = spec.to_dict()
+    del old["head"]["context"]
+    assert StudentSpec.from_dict(old).head.context is False
+    plain = GatedAttentionMIL(8, 0, HeadConfig(hidden=16, attn_dim=8, context=False))
+    assert not any(k.startswith("context") for k in plain.state_dict())

@@ -296,6 +296,11 @@ class Head(ClassifierMixin, BaseEstimator):
         c = check_clinical(clin if self.n_clinical_ else None, len(b), self.n_clinical_)
         return b, c
 
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides what ``fit`` learns: the parameters, plus for heads made
+        of other heads their members' (``cv`` recomputes finished folds when it changes)."""
+        return self.get_params(deep=False)
+
     def _inner_oof(self, bags: list[np.ndarray], y: np.ndarray) -> np.ndarray:
         """Out-of-fold image log-odds of the training bags from an inner stratified k-fold
         of image-only twins (heads whose training already yields them return them from

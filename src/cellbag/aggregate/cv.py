@@ -292,7 +292,7 @@ def cross_validate(
             proto = make_head(name, clinical=clinical, seed=seed, **params)
             key = {
                 "head": name,
-                "params": proto.get_params(),
+                "params": proto.settings(),
                 "clinical": clinical,
                 "encoder_id": data.encoder_id,
                 "embeddings_digest": digest,

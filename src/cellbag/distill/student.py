@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, pad_bags
+from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, masked_mean, pad_bags
 from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.distill.errors import DistillError
 
@@ -26,11 +26,15 @@ DEFAULT_STUDENT = "tf_efficientnet_lite0"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Sizes of the student's attention-MIL head."""
+    """Sizes of the student's attention-MIL head; ``context``: each cell is also embedded
+    relative to the mean of its bag (as abmil's default, see
+    :mod:`cellbag.aggregate.torch_head`), so a shift shared by a patient's cells (stain,
+    scanner) can cancel. Students saved before it existed load with ``context=False``."""
 
     hidden: int = 128
     attn_dim: int = 64
     dropout: float = 0.1
+    context: bool = True
 
 
 class GatedAttentionMIL(nn.Module):
@@ -39,13 +43,15 @@ class GatedAttentionMIL(nn.Module):
 
     cells -> LayerNorm -> Linear+ReLU -> gated attention pooling -> logit = linear on the
     (dropped-out) pooled vector + linear on the clinical features. Clinical features join
-    after pooling, so attention stays image-driven.
+    after pooling, so attention stays image-driven. With ``cfg.context`` the Linear sees
+    each normalised cell ``u`` and ``u`` minus its bag's mean: ``W u + C (u - mean(u))``.
     """
 
     def __init__(self, dim: int, n_clinical: int, cfg: HeadConfig = HeadConfig()) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.embed = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.context = nn.Linear(dim, cfg.hidden, bias=False) if cfg.context else None
         self.pool = GatedAttentionPool(cfg.hidden, cfg.attn_dim)
         self.classifier = ClassifierOnPooled(cfg.hidden, n_clinical, cfg.dropout)
         self.n_clinical = n_clinical
@@ -55,7 +61,12 @@ class GatedAttentionMIL(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, L, D), ``mask`` (B, L) True for real cells, ``clinical`` (B, C) ->
         (logits (B,), attention (B, L) summing to 1 over the real cells)."""
-        h = self.embed(self.norm(x.float()))
+        u = self.norm(x.float())
+        if self.context is None:
+            h = self.embed(u)
+        else:
+            pre = self.embed[0](u) + self.context(u - masked_mean(u, mask).unsqueeze(1))
+            h = self.embed[2](torch.relu(pre))
         pooled, a = self.pool(h, mask)
         return self.classifier(pooled, clinical.float() if self.n_clinical else None), a
 
@@ -97,7 +108,7 @@ class StudentSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudentSpec:
         d = dict(d)
-        d["head"] = HeadConfig(**d.get("head", {}))
+        d["head"] = HeadConfig(**{"context": False, **d.get("head", {})})  # older: none
         return cls(**d)
 
 

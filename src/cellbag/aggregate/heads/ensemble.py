@@ -35,6 +35,11 @@ class EnsembleHead(Head):
             raise AggregateError(f"head 'ensemble': {name!r} cannot be a member")
         return make_head(name, clinical=False, seed=self.seed)
 
+    def settings(self) -> dict:
+        # a member's defaults are part of what this head learns
+        members = {name: self._member(name).settings() for name in self.members}
+        return {**self.get_params(deep=False), "member_settings": members}
+
     def _fit(self, bags, y) -> np.ndarray:
         if not self.members:
             raise AggregateError("head 'ensemble': no members given")
