@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="device of the distillation run")
     ap.add_argument("--epochs", type=int, default=None, help="default: cellbag distill's")
     ap.add_argument("--speed-cells", type=int, default=256)
+    ap.add_argument(
+        "--student-context",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the student head's bag context (default on, as `cellbag distill`'s)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="keep the files here")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args()
@@ -98,7 +105,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
     from cellbag.aggregate import run_cv
     from cellbag.data import read_cohort
     from cellbag.data.demo import make_demo_cohort
-    from cellbag.distill import DistillConfig, distill, load_student, predict_images, read_teacher
+    from cellbag.distill import (
+        DistillConfig,
+        HeadConfig,
+        distill,
+        load_student,
+        predict_images,
+        read_teacher,
+    )
     from cellbag.distill.teacher import (
         check_heldout,
         compare_heldout,
@@ -164,9 +178,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
     # ---- student: distill with the CLI's defaults, on the training patients only
     pids, _ = training_patients(cohort.patients)
     teacher = read_teacher(work / "run", store, pids)
-    cfg = DistillConfig(device=args.device, seed=args.seed)
+    cfg = DistillConfig(
+        device=args.device, seed=args.seed, head=HeadConfig(context=args.student_context)
+    )
     if args.epochs:
-        cfg = DistillConfig(device=args.device, seed=args.seed, epochs=args.epochs)
+        cfg = replace(cfg, epochs=args.epochs)
     shutil.rmtree(work / "student", ignore_errors=True)
     t, cpu = time.perf_counter(), time.process_time()
     res = distill(store, cohort, teacher, cfg, out=work / "student", progress=True)
