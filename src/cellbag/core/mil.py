@@ -24,9 +24,9 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real instances: (B, L, D) -> (B, D)."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+    """Mean over the real instances: (B, L, D) -> (B, D), as one batched product."""
+    m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, L)
+    return torch.bmm(m, x).squeeze(1) / m.sum(2).clamp_min(1.0)
 
 
 def masked_max(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from cellbag.aggregate.registry import register_head
 from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
-from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool
+from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, masked_mean
 
 
 class ABMIL(nn.Module):
@@ -48,9 +48,7 @@ class ABMIL(nn.Module):
         if self.context_std is None:
             return self.embed(x)
         w_eff, wc = self._split_weight()
-        m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, L): the bag means as one batched product
-        mean = torch.bmm(m, x).squeeze(1) / m.sum(2).clamp_min(1.0)
-        shift = self.embed[0].bias - mean @ wc.T  # (B, hidden): one shift per bag
+        shift = self.embed[0].bias - masked_mean(x, mask) @ wc.T  # (B, hidden): one per bag
         pre = (x.reshape(-1, x.shape[-1]) @ w_eff.T).view(*x.shape[:2], -1)
         return torch.relu_(pre + shift.unsqueeze(1))
 
