@@ -38,7 +38,7 @@ def test_context_rows_are_the_cell_and_the_cell_relative_to_its_bag():
     d = bags[0].shape[1]
     assert head.in_dim_ == 2 * d and head.context_std_.shape == (d,)
     x = head._tensors([bags[0]])[0].numpy()
-    z = bags[0] @ head.input_weight_ + head.input_bias_
+    z = (bags[0] - head.feat_mean_) / head.feat_std_
     np.testing.assert_allclose(x[:, :d], z, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(x[:, d:], (z - z.mean(0)) / head.context_std_, rtol=1e-4, atol=1e-4)
     # a shift of the whole bag moves the first half only

@@ -55,6 +55,32 @@ def test_fit_predict_save_load(name, tmp_path):
         assert all(abs(v.sum() - 1) < 1e-5 for v in w)
 
 
+def test_neural_input_map_is_diagonal_without_pca_and_old_folders_load(tmp_path):
+    """Without PCA the standardisation is kept as a vector, not a (d, d) matrix; a head
+    folder saved with the matrix (before) loads and decides the same."""
+    from safetensors.numpy import load_file, save_file
+
+    bags, clin, y = _data()
+    head = make_head("abmil", clinical=False, **QUICK["abmil"]).fit(bags, y)
+    assert head.input_weight_ is None and head.input_scale_.shape == (bags[0].shape[1],)
+    np.testing.assert_array_equal(
+        head._map(bags[0]), bags[0] @ np.diag(head.input_scale_) + head.input_bias_
+    )
+    head.save(tmp_path / "h")
+    arrays = load_file(tmp_path / "h" / "head.safetensors")
+    arrays["input_weight"] = np.diag(arrays.pop("input_scale"))
+    save_file(arrays, tmp_path / "h" / "head.safetensors")
+    again = Head.load(tmp_path / "h")
+    assert again.input_scale_ is None and again.input_weight_.shape == (8, 8)
+    np.testing.assert_allclose(again.decision_function(bags), head.decision_function(bags))
+    pca = make_head("abmil", clinical=False, pca_dim=3, **QUICK["abmil"]).fit(bags, y)
+    assert pca.input_weight_.shape == (8, 3) and pca.in_dim_ == 3
+    pca.save(tmp_path / "p")
+    np.testing.assert_allclose(
+        Head.load(tmp_path / "p").decision_function(bags), pca.decision_function(bags)
+    )
+
+
 @pytest.mark.parametrize("name", ["abmil", "transformer"])
 def test_same_seed_same_model(name):
     bags, clin, y = _data()

@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 QUANTILES = (0.1, 0.5, 0.9)
+#: widest features whose PCA is the exact eigendecomposition of the covariance (~1 s at
+#: 1,536-d on one core); wider ones use a seeded randomized SVD
+EXACT_PCA_MAX_DIM = 2048
 
 
 def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -66,14 +69,22 @@ class BagStats:
         cells = cells.astype(np.float64)
         self.mean_ = cells.mean(axis=0)
         centred = cells - self.mean_
-        cov = centred.T @ centred / max(len(cells) - 1, 1)
-        vals, vecs = np.linalg.eigh(cov)
         k = int(min(self.n_components, cells.shape[1], max(len(cells) - 1, 1)))
-        comps = vecs[:, ::-1][:, :k].T
+        if cells.shape[1] <= EXACT_PCA_MAX_DIM:
+            cov = centred.T @ centred / max(len(cells) - 1, 1)
+            vals, vecs = np.linalg.eigh(cov)
+            comps, top = vecs[:, ::-1][:, :k].T, vals[::-1][:k]
+        else:
+            # the exact (d, d) eigendecomposition grows as d^3: 34 s at d = 5,863 against
+            # 0.7 s for a seeded randomized SVD of the k leading components
+            from sklearn.utils.extmath import randomized_svd
+
+            _, sv, comps = randomized_svd(centred, k, n_iter=6, random_state=self.seed)
+            top = sv**2 / max(len(cells) - 1, 1)
         # a fixed sign per component (largest |loading| positive) makes the PCA reproducible
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         self.components_ = comps * np.where(signs == 0, 1.0, signs)[:, None]
-        self.explained_variance_ = vals[::-1][:k]
+        self.explained_variance_ = top
         proj = centred @ self.components_.T
         n_clusters = int(min(self.n_clusters, len(cells)))
         self.centers_ = kmeans(proj, n_clusters, rng)

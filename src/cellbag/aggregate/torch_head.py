@@ -99,44 +99,55 @@ class TorchHead(Head):
 
     # -- input map --------------------------------------------------------------------------
     def _fit_input_map(self, cells: np.ndarray) -> None:
-        """Affine map x -> x @ W + b: standardisation (+ PCA) fitted on training cells."""
+        """Affine map x -> x @ W + b: standardisation (+ PCA) fitted on training cells.
+        Without PCA, W is diagonal and kept as its diagonal (``input_scale_``): a (d, d)
+        product per cell would cost d times the elementwise scaling, which for 1,536-d
+        foundation-model features is most of a small head's training time."""
         rng = np.random.default_rng(self.seed)
         if len(cells) > 50000:
             cells = cells[np.sort(rng.choice(len(cells), 50000, replace=False))]
         self.feat_mean_, self.feat_std_ = standardizer(cells)
         d = cells.shape[1]
+        self.input_weight_ = self.input_scale_ = None
         if self.pca_dim is None or self.pca_dim >= d:
-            w = np.diag(1.0 / self.feat_std_.astype(np.float64))
-        else:
-            z = ((cells - self.feat_mean_) / self.feat_std_).astype(np.float64)
-            _, vecs = np.linalg.eigh(z.T @ z / max(len(z) - 1, 1))
-            comps = vecs[:, ::-1][:, : self.pca_dim]
-            signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
-            comps = comps * np.where(signs == 0, 1.0, signs)[None, :]
-            w = comps / self.feat_std_.astype(np.float64)[:, None]
+            scale = 1.0 / self.feat_std_.astype(np.float64)
+            self.input_scale_ = scale.astype(np.float32)
+            self.input_bias_ = (-self.feat_mean_.astype(np.float64) * scale).astype(np.float32)
+            return
+        z = ((cells - self.feat_mean_) / self.feat_std_).astype(np.float64)
+        _, vecs = np.linalg.eigh(z.T @ z / max(len(z) - 1, 1))
+        comps = vecs[:, ::-1][:, : self.pca_dim]
+        signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
+        comps = comps * np.where(signs == 0, 1.0, signs)[None, :]
+        w = comps / self.feat_std_.astype(np.float64)[:, None]
         self.input_weight_ = w.astype(np.float32)
         self.input_bias_ = (-self.feat_mean_.astype(np.float64) @ w).astype(np.float32)
+
+    def _map(self, x: np.ndarray) -> np.ndarray:
+        """The fitted input map applied to cells (n, d) -> (n, width)."""
+        if self.input_weight_ is None:
+            return x * self.input_scale_ + self.input_bias_
+        return x @ self.input_weight_ + self.input_bias_
 
     def _fit_context(self, bags: list[np.ndarray]) -> None:
         """Spread of the mapped training cells around their own bag's mean (``context``)."""
         self.context_std_ = None
         if getattr(self, "context", False):
-            w, b = self.input_weight_, self.input_bias_
-            centred = [(z := x @ w + b) - z.mean(axis=0, keepdims=True) for x in bags]
+            centred = [(z := self._map(x)) - z.mean(axis=0, keepdims=True) for x in bags]
             sd = np.concatenate(centred).std(axis=0)
             self.context_std_ = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
 
     @property
     def in_dim_(self) -> int:
         widened = getattr(self, "context_std_", None) is not None and not self.context_in_module
-        return (2 if widened else 1) * int(self.input_weight_.shape[1])
+        width = len(self.input_bias_)
+        return (2 if widened else 1) * width
 
     def _tensors(self, bags: list[np.ndarray]) -> list[torch.Tensor]:
-        w, b = self.input_weight_, self.input_bias_
         sd = None if self.context_in_module else getattr(self, "context_std_", None)
         out = []
         for x in bags:
-            z = x @ w + b
+            z = self._map(x)
             if sd is not None:
                 z = np.concatenate([z, (z - z.mean(axis=0, keepdims=True)) / sd], axis=1)
             out.append(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))
@@ -280,7 +291,10 @@ class TorchHead(Head):
         }
         arrays["feat_mean"] = self.feat_mean_
         arrays["feat_std"] = self.feat_std_
-        arrays["input_weight"] = self.input_weight_
+        if self.input_weight_ is None:
+            arrays["input_scale"] = self.input_scale_
+        else:
+            arrays["input_weight"] = self.input_weight_
         arrays["input_bias"] = self.input_bias_
         if getattr(self, "context_std_", None) is not None:
             arrays["context_std"] = self.context_std_
@@ -294,7 +308,9 @@ class TorchHead(Head):
     def _set_state(self, meta, arrays, texts):
         self.feat_mean_ = arrays["feat_mean"]
         self.feat_std_ = arrays["feat_std"]
-        self.input_weight_ = arrays["input_weight"]
+        # folders saved before the diagonal map was kept as a vector hold the full matrix
+        self.input_weight_ = arrays.get("input_weight")
+        self.input_scale_ = arrays.get("input_scale")
         self.input_bias_ = arrays["input_bias"]
         self.context_std_ = arrays.get("context_std")
         if hasattr(self, "context"):  # a model saved before ``context`` existed has none
