@@ -12,8 +12,9 @@ def _bags(d=40, seed=0):
     basis = np.linalg.qr(rng.standard_normal((d, 5)))[0].T
     scales = np.array([8.0, 6.0, 4.5, 3.0, 2.0])
     return [
-        ((rng.standard_normal((30, 5)) * scales) @ basis + rng.standard_normal((30, d)))
-        .astype(np.float32)
+        ((rng.standard_normal((30, 5)) * scales) @ basis + rng.standard_normal((30, d))).astype(
+            np.float32
+        )
         for _ in range(20)
     ]
 
