@@ -75,6 +75,44 @@ def test_ensemble_saves_every_member_and_reloads(tmp_path):
     np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-6)
 
 
+def test_stack_weights_follow_the_informative_member_and_are_never_negative():
+    from cellbag.aggregate.heads.ensemble import stack_weights
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 40)
+    signal = 2.0 * y - 1.0 + 0.8 * rng.standard_normal(80)
+    votes = np.stack([signal, rng.standard_normal(80), -signal])  # good, noise, inverted
+    votes /= votes.std(axis=1, keepdims=True)
+    w = stack_weights(votes, y, C=1.0)
+    assert w.min() >= 0 and np.isclose(w.sum(), 1.0)
+    assert w[0] > 0.8 and w[2] == 0.0, w
+    # no member helps: the equal vote
+    flat = stack_weights(np.zeros((3, 80)), y, C=1.0)
+    np.testing.assert_allclose(flat, 1 / 3)
+
+
+def test_ensemble_weighs_members_and_old_folders_vote_equally(tmp_path):
+    """The stacking weights are saved; a folder saved before them (no ``weights``) loads as
+    the equal vote it was."""
+    from safetensors.numpy import load_file, save_file
+
+    bags, y, _ = _witness_bags()
+    head = make_head("ensemble", clinical=False, members=("meanpool", "svm")).fit(bags, y)
+    assert head.weights_.shape == (2,) and head.weights_.min() >= 0
+    assert np.isclose(head.weights_.sum(), 1.0)
+    head.save(tmp_path / "e")
+    arrays = load_file(tmp_path / "e" / "head.safetensors")
+    del arrays["weights"]
+    save_file(arrays, tmp_path / "e" / "head.safetensors")
+    old = Head.load(tmp_path / "e")
+    np.testing.assert_allclose(old.weights_, 0.5)
+    votes = [
+        m.decision_function(bags) / s for m, s in zip(head.members_, head.scales_, strict=True)
+    ]
+    expected = head.platt_.decision(np.mean(votes, axis=0))
+    np.testing.assert_allclose(old.decision_function(bags), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("members", [(), ("ensemble",), ("clinical",)])
 def test_ensemble_rejects_bad_members(members):
     bags, y, _ = _witness_bags(n=12)
