@@ -78,7 +78,7 @@ def main() -> None:
             ("lgbm", {"num_threads": args.threads}, 3.0, f"num_threads={args.threads}"),
             ("meanpool", {}, None, ""),
             ("svm", {}, None, ""),
-            ("ensemble", {}, None, "meanpool + svm + abmil"),
+            ("ensemble", {}, None, "4 members, stacked"),
         ]
         only = {h for h in args.heads.split(",") if h}
         for i, (head, params, target, note) in enumerate(runs):

@@ -102,6 +102,15 @@ class LGBMHead(Head):
             num_threads=self.num_threads or default_threads(),
         )
 
+    def _loo_decisions(self, bag):
+        # what an ensemble's occlusion asks of its members: the exact leave-one-out table
+        # in one pass, one predict
+        return self.booster_.predict(
+            self.stats_.loo_transform(bag),
+            raw_score=True,
+            num_threads=self.num_threads or default_threads(),
+        )
+
     contribution_kind = "cluster gain"
 
     def _cell_contributions(self, bags):
