@@ -55,6 +55,27 @@ def test_fit_predict_save_load(name, tmp_path):
         assert all(abs(v.sum() - 1) < 1e-5 for v in w)
 
 
+def test_neural_heads_take_several_steps_per_epoch_on_small_cohorts(monkeypatch):
+    """The default batch is about an eighth of a model's training bags (4 to 32), so the
+    ~16-bag inner models of a 30-patient cohort take 4 steps per epoch, not one."""
+    from torch import optim
+
+    from cellbag.aggregate.torch_head import auto_batch_size
+
+    assert [auto_batch_size(n) for n in (3, 16, 43, 107, 256, 1000)] == [4, 4, 6, 14, 32, 32]
+    steps = []
+    real_step = optim.AdamW.step
+    monkeypatch.setattr(
+        optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1]
+    )
+    bags, _, y = _data(n=24)
+    make_head("abmil", clinical=False, epochs=1, inner_folds=2).fit(bags, y)
+    assert len(steps) == 2 * 3  # 2 inner models x 12 bags in batches of 4
+    steps.clear()
+    make_head("abmil", clinical=False, epochs=1, inner_folds=2, batch_size=32).fit(bags, y)
+    assert len(steps) == 2
+
+
 def test_neural_input_map_is_diagonal_without_pca_and_old_folders_load(tmp_path):
     """Without PCA the standardisation is kept as a vector, not a (d, d) matrix; a head
     folder saved with the matrix (before) loads and decides the same."""

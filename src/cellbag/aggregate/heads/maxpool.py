@@ -43,7 +43,7 @@ class MaxPoolHead(TorchHead):
         epochs: int = TRAIN["epochs"],
         lr: float = TRAIN["lr"],
         weight_decay: float = TRAIN["weight_decay"],
-        batch_size: int = TRAIN["batch_size"],
+        batch_size: int | None = TRAIN["batch_size"],
         patience: int = TRAIN["patience"],
         inner_folds: int = TRAIN["inner_folds"],
         val_fraction: float = TRAIN["val_fraction"],
