@@ -176,7 +176,8 @@ def markdown(res: pd.DataFrame, heads, datasets) -> str:
             cells.append(f"**{txt}**" if a == best else txt)
         p = PUBLISHED.get(d, {})
         pub = " · ".join(f"{p[k]:.3f}" for k in ("attention", "gated", "mi-Net") if k in p)
-        lines.append(f"| {d} | {' | '.join(cells)} | {pub} | {p.get('best', float('nan')):.3f} |")
+        best_pub = f"{p['best']:.3f}" if "best" in p else "—"
+        lines.append(f"| {d} | {' | '.join(cells)} | {pub or '—'} | {best_pub} |")
     return "\n".join(lines)
 
 
