@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from cellbag.aggregate.base import Head, standardizer
+from cellbag.aggregate.features import principal_axes
 from cellbag.core.mil import pad_bags
 
 #: training defaults shared by every neural head (one set for every dataset)
@@ -129,11 +130,8 @@ class TorchHead(Head):
             self.input_bias_ = (-self.feat_mean_.astype(np.float64) * scale).astype(np.float32)
             return
         z = ((cells - self.feat_mean_) / self.feat_std_).astype(np.float64)
-        _, vecs = np.linalg.eigh(z.T @ z / max(len(z) - 1, 1))
-        comps = vecs[:, ::-1][:, : self.pca_dim]
-        signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
-        comps = comps * np.where(signs == 0, 1.0, signs)[None, :]
-        w = comps / self.feat_std_.astype(np.float64)[:, None]
+        comps, _ = principal_axes(z, self.pca_dim, self.seed)
+        w = comps.T / self.feat_std_.astype(np.float64)[:, None]
         self.input_weight_ = w.astype(np.float32)
         self.input_bias_ = (-self.feat_mean_.astype(np.float64) @ w).astype(np.float32)
 

@@ -15,6 +15,7 @@ def stack_weights(votes: np.ndarray, y: np.ndarray, C: float) -> np.ndarray:
     a free intercept and weights bounded at 0 (L-BFGS-B). All-zero weights (no member
     helps) fall back to the equal vote."""
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     x = np.asarray(votes, np.float64).T  # bags x members
     n, k = x.shape
@@ -26,7 +27,7 @@ def stack_weights(votes: np.ndarray, y: np.ndarray, C: float) -> np.ndarray:
         z = x @ p[:k] + p[k]
         # log(1 + e^z) - t z, stably; its derivative is sigmoid(z) - t
         lo = np.logaddexp(0.0, z) - t * z
-        g = sw * (1.0 / (1.0 + np.exp(-z)) - t)
+        g = sw * (expit(z) - t)
         f = float(sw @ lo) + 0.5 / C * float(p[:k] @ p[:k])
         return f, np.concatenate([x.T @ g + p[:k] / C, [g.sum()]])
 
