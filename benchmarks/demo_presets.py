@@ -14,7 +14,7 @@ fused - max(image, clinical) (the claim of ``fusion``: >= +0.03), and abmil / tr
 the last lines average each difference over the cohorts, its interval from the same
 resamples (one bootstrap per cohort, averaged), with each cohort's value.
 
-``default`` is drawn exactly as ``make demo`` draws it (40 patients of which a fifth are
+``default`` is drawn exactly as ``make demo`` draws it (60 patients of which a fifth are
 held out as the test split, ~40 cells); the other presets at ``--patients`` x ``--cells``.
 
     python benchmarks/demo_presets.py [--presets fusion,rare-key,default] [--seeds 0,1,2]
@@ -34,7 +34,7 @@ import pandas as pd
 
 ATTENTION = ("abmil", "transformer")
 #: patients and cells per patient of the cohort ``make demo`` draws (a fifth held out)
-DEMO_SIZE = "40x40"
+DEMO_SIZE = "60x40"
 
 
 def oof_table(head_dir: Path) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Distillation on the demo cohort: teacher vs student, accuracy and speed, in one run.
 
-1. A demo cohort whose training split is the default demo's size (32 patients x ~40
+1. A demo cohort whose training split is the default demo's size (48 patients x ~40
    cells) plus a larger held-out split (48 patients) with known labels.
 2. Teacher: the offline default encoder (tf_efficientnet_lite0, package weights, 224 px)
    featurized into a store; `abmil` with clinical features, 5-fold x 3-repeat cv. Its
@@ -71,7 +71,7 @@ def balanced_accuracy(y_true, prob, threshold: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train-patients", type=int, default=32)
+    ap.add_argument("--train-patients", type=int, default=48)
     ap.add_argument("--heldout-patients", type=int, default=48)
     ap.add_argument("--cells-per-patient", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)

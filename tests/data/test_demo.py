@@ -63,22 +63,29 @@ def _clinical_auc(root: Path) -> float:
 
 
 def test_default_preset_hides_a_few_key_cells_and_has_clinical_signal(tmp_path: Path) -> None:
-    """What makes the default cohort a MIL problem (the heads' figures on it are measured
-    by benchmarks/demo_presets.py: attention vs mean pooling, fused vs image-only)."""
-    root = make_demo_cohort(tmp_path / "d", patients=30, cells_per_patient=20, seed=0)
+    """What makes the default cohort a MIL problem with clinical data worth fusing (the
+    heads' figures on it are measured by benchmarks/demo_presets.py: attention vs mean
+    pooling, fused vs image-only)."""
+    root = make_demo_cohort(tmp_path / "d", patients=60, cells_per_patient=20, seed=0)
     per = _per_patient(root)
     assert per.loc[per["label"] == 0, "key"].max() == 0
     frac = per.loc[per["label"] == 1, "key"]
-    # every tumoral bag holds a few key cells: 5-15 % (at least one; rounding in 15-25 cells)
-    assert frac.min() > 0 and 0.05 <= frac.mean() <= 0.15 and frac.max() <= 0.2
+    # about a fifth of tumoral smears show no key cell (7 of 36 here): images alone cannot
+    # call them, clinical values can help
+    silent = frac == 0
+    assert 0.1 <= silent.mean() <= 0.35
+    # the others hold a few: 5-15 % (at least one; rounding in 15-25 cells)
+    shown = frac[~silent]
+    assert 0.05 <= shown.mean() <= 0.15 and shown.max() <= 0.2
     truth = pd.read_csv(root / "ground_truth.csv")
     assert set(truth.loc[truth["is_key"] == 1, "cell_type"]) == {"cleaved"}
     # each patient has its own mix of normal and activated cells, in both classes alike: the
     # spread of the activated share is far above what sampling 15-25 cells alone gives (~0.11)
     assert per["activated"].std() > 0.15
-    # clinical values carry a strong signal (measured on more patients, one cell each)
+    # clinical values carry a real but partial signal (more patients, one cell each): fused
+    # can beat both images alone and clinical alone
     auc = _clinical_auc(make_demo_cohort(tmp_path / "c", patients=160, cells_per_patient=1))
-    assert auc > 0.9
+    assert 0.75 < auc < 0.92
 
 
 def test_demo_data_cli_and_inspect(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def demo_cmd(
         help="Folder for the cohort, the store, the runs and the report.",
     ),
     patients: int = typer.Option(
-        40, min=4, help="Demo patients in all (a fifth go to the test split)."
+        60, min=4, help="Demo patients in all (a fifth go to the test split)."
     ),
     cells_per_patient: int = typer.Option(40, min=1, help="Cells per patient (about)."),
     seed: int = typer.Option(0, help="Seed for the cohort and the cross-validation."),
