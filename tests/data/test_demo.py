@@ -221,3 +221,29 @@ def test_unknown_preset_is_one_clear_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["demo-data", str(tmp_path / "x"), "--preset", "nope"])
     assert r.exit_code == 2 and "unknown preset 'nope'" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_data_draws_the_make_demo_cohort_by_default() -> None:
+    """`cellbag demo-data` with no options draws the cohort `cellbag demo` (make demo) runs
+    on, the one whose figures the README quotes."""
+    import inspect
+
+    from cellbag.cli.data_cmds import demo_data_cmd
+    from cellbag.cli.demo_cmd import demo_cmd
+
+    def defaults(fn) -> dict:
+        return {
+            k: p.default.default
+            for k, p in inspect.signature(fn).parameters.items()
+            if k in ("patients", "cells_per_patient", "seed")
+        }
+
+    assert (
+        defaults(demo_data_cmd)
+        == defaults(demo_cmd)
+        == {
+            "patients": 60,
+            "cells_per_patient": 40,
+            "seed": 0,
+        }
+    )

@@ -82,7 +82,7 @@ def inspect_cmd(
 def demo_data_cmd(
     out: Path = typer.Argument(..., help="Output folder (challenge layout)."),
     patients: int = typer.Option(
-        40, "--patients", min=4, help="Patients in all (about a fifth go to the test split)."
+        60, "--patients", min=4, help="Patients in all (about a fifth go to the test split)."
     ),
     cells_per_patient: int = typer.Option(
         40, "--cells-per-patient", min=1, help="Cells per patient (bag sizes vary ±25%)."
