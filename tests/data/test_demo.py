@@ -224,8 +224,8 @@ def test_unknown_preset_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_demo_data_draws_the_make_demo_cohort_by_default() -> None:
-    """`cellbag demo-data` with no options draws the cohort `cellbag demo` (make demo) runs
-    on, the one whose figures the README quotes."""
+    """`cellbag demo-data` (and ``make_demo_cohort``) with no options draws the cohort
+    `cellbag demo` (make demo) runs on, the one whose figures the README quotes."""
     import inspect
 
     from cellbag.cli.data_cmds import demo_data_cmd
@@ -233,7 +233,7 @@ def test_demo_data_draws_the_make_demo_cohort_by_default() -> None:
 
     def defaults(fn) -> dict:
         return {
-            k: p.default.default
+            k: getattr(p.default, "default", p.default)
             for k, p in inspect.signature(fn).parameters.items()
             if k in ("patients", "cells_per_patient", "seed")
         }
@@ -241,6 +241,7 @@ def test_demo_data_draws_the_make_demo_cohort_by_default() -> None:
     assert (
         defaults(demo_data_cmd)
         == defaults(demo_cmd)
+        == defaults(make_demo_cohort)
         == {
             "patients": 60,
             "cells_per_patient": 40,

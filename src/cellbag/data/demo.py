@@ -260,7 +260,7 @@ def _patient_mix(
 
 def make_demo_cohort(
     out: str | Path,
-    patients: int = 40,
+    patients: int = 60,
     cells_per_patient: int = 40,
     seed: int = 0,
     test_fraction: float = 0.2,
