@@ -90,26 +90,22 @@ class LGBMHead(Head):
         oof = np.zeros(len(y))
         skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
         for tr, te in skf.split(x, y):
-            oof[te] = self._booster(x[tr], y[tr]).predict(
-                x[te], raw_score=True, num_threads=self.num_threads or default_threads()
-            )
+            oof[te] = self._raw(self._booster(x[tr], y[tr]), x[te])
         return oof
 
-    def _decision(self, bags) -> np.ndarray:
-        return self.booster_.predict(
-            self.stats_.transform(bags),
-            raw_score=True,
-            num_threads=self.num_threads or default_threads(),
+    def _raw(self, booster, table: np.ndarray) -> np.ndarray:
+        """The booster's log-odds of the rows of a bag-statistics table."""
+        return booster.predict(
+            table, raw_score=True, num_threads=self.num_threads or default_threads()
         )
+
+    def _decision(self, bags) -> np.ndarray:
+        return self._raw(self.booster_, self.stats_.transform(bags))
 
     def _loo_decisions(self, bag):
         # what an ensemble's occlusion asks of its members: the exact leave-one-out table
         # in one pass, one predict
-        return self.booster_.predict(
-            self.stats_.loo_transform(bag),
-            raw_score=True,
-            num_threads=self.num_threads or default_threads(),
-        )
+        return self._raw(self.booster_, self.stats_.loo_transform(bag))
 
     contribution_kind = "cluster gain"
 
