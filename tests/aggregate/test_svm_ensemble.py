@@ -167,7 +167,36 @@ def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monke
     again = pd.read_csv(out / "ensemble" / "oof_predictions.csv")["probability"]
     np.testing.assert_array_equal(first, again)
     defaults = KernelSVMHead.__init__.__defaults__
-    monkeypatch.setattr(KernelSVMHead.__init__, "__defaults__", (*defaults[:2], (1e-3,), 1.0))
+    monkeypatch.setattr(
+        KernelSVMHead.__init__, "__defaults__", (*defaults[:2], (1e-3,), *defaults[3:])
+    )
     run_cv(store, enc, "ensemble", out, **common)
     changed = pd.read_csv(out / "ensemble" / "oof_predictions.csv")["probability"]
     assert not np.allclose(first, changed)
+
+
+def test_svm_chooses_its_kernel_width_inside_the_training_fold():
+    """Bag means on a checkerboard need a narrow kernel: the in-fold choice finds it and
+    scores held-out bags far above the former fixed width; a fixed ``gamma_scale`` is
+    used as given, and ties (every width separates the bags) keep 1.0."""
+    from sklearn.metrics import roc_auc_score
+
+    from cellbag.aggregate.heads.svm import KernelSVMHead
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        c = rng.uniform(-2, 2, (n, 2))
+        y = (np.sin(2.5 * c[:, 0]) * np.sin(2.5 * c[:, 1]) > 0).astype(int)
+        return [ci + 0.05 * rng.standard_normal((6, 2)) for ci in c], y
+
+    bags, y = draw(120)
+    test_bags, test_y = draw(200)
+    auto = KernelSVMHead(clinical=False).fit(bags, y)
+    fixed = KernelSVMHead(clinical=False, gamma_scale=1.0).fit(bags, y)
+    assert auto.gamma_scale_ > 1.0 and fixed.gamma_scale_ == 1.0
+    auc_auto = roc_auc_score(test_y, auto.decision_function(test_bags))
+    auc_fixed = roc_auc_score(test_y, fixed.decision_function(test_bags))
+    assert auc_auto > auc_fixed + 0.1, (auc_auto, auc_fixed)
+    easy = [np.full((3, 2), float(v)) + 0.01 * rng.standard_normal((3, 2)) for v in (0, 5) * 10]
+    assert KernelSVMHead(clinical=False).fit(easy, np.array([0, 1] * 10)).gamma_scale_ == 1.0

@@ -75,7 +75,14 @@ class KernelSVMHead(Head):
     ``_RBFMachines``). The margin becomes a log-odds by Platt scaling fitted on the
     out-of-fold margins of an inner k-fold of the training bags, which are also what late
     fusion with clinical features uses. Per-cell contributions are by occlusion: how much
-    the bag's log-odds drops when the cell is left out of the mean."""
+    the bag's log-odds drops when the cell is left out of the mean.
+
+    ``gamma_scale=None`` (the default) chooses the kernel width inside the training fold:
+    each value of ``gamma_grid`` gets the same inner k-fold, and the one whose out-of-fold
+    margins rank the bags best (ROC AUC; ties keep the grid's first, 1.0) is refitted on
+    all training bags, its out-of-fold margins feeding the Platt scaling. A fixed width
+    suits one dataset and not the next (2.0 scored Musk1 0.921 but UCSB breast 0.820 AUC
+    against 0.847 at 1.0); the in-fold choice kept UCSB and raised Musk (README)."""
 
     contribution_kind = "occlusion"
 
@@ -84,32 +91,43 @@ class KernelSVMHead(Head):
         clinical: bool = True,
         seed: int = 0,
         Cs: tuple[float, ...] = (1.0, 10.0, 100.0),
-        gamma_scale: float = 1.0,
+        gamma_scale: float | None = None,
+        gamma_grid: tuple[float, ...] = (1.0, 0.5, 2.0, 4.0),
     ) -> None:
         super().__init__(clinical=clinical, seed=seed)
         self.Cs = Cs
         self.gamma_scale = gamma_scale
+        self.gamma_grid = gamma_grid
 
-    def _margin_fit(self, means: np.ndarray, y: np.ndarray) -> tuple:
+    def _margin_fit(self, means: np.ndarray, y: np.ndarray, gamma_scale: float) -> tuple:
         mean, std = standardizer(means)
         z = (means - mean) / std
-        machines = _RBFMachines().fit(z, y, self.Cs, self.gamma_scale / means.shape[1])
+        machines = _RBFMachines().fit(z, y, self.Cs, gamma_scale / means.shape[1])
         return mean, std, machines
 
     def _fit(self, bags, y) -> np.ndarray:
+        from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedKFold
 
         means = np.stack([b.mean(axis=0) for b in bags]).astype(np.float64)
-        self.mean_, self.std_, self.machines_ = self._margin_fit(means, y)
         k = int(min(FUSION_FOLDS, np.bincount(y).min()))
-        if k < 2:
+        grid = [self.gamma_scale] if self.gamma_scale is not None else list(self.gamma_grid)
+        if k < 2:  # no inner folds to choose on: the grid's first width
+            self.gamma_scale_ = grid[0]
+            self.mean_, self.std_, self.machines_ = self._margin_fit(means, y, grid[0])
             margin = self.machines_.decision((means - self.mean_) / self.std_)
         else:
-            margin = np.zeros(len(y))
-            skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
-            for tr, te in skf.split(means, y):
-                mean, std, machines = self._margin_fit(means[tr], y[tr])
-                margin[te] = machines.decision((means[te] - mean) / std)
+            splits = list(
+                StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed).split(means, y)
+            )
+            margins = np.zeros((len(grid), len(y)))
+            for tr, te in splits:
+                for g, gamma_scale in enumerate(grid):
+                    mean, std, machines = self._margin_fit(means[tr], y[tr], gamma_scale)
+                    margins[g, te] = machines.decision((means[te] - mean) / std)
+            best = int(np.argmax([roc_auc_score(y, m) for m in margins]))
+            self.gamma_scale_, margin = grid[best], margins[best]
+            self.mean_, self.std_, self.machines_ = self._margin_fit(means, y, self.gamma_scale_)
         self.platt_ = PlattScaling().fit(margin, y)
         return self.platt_.decision(margin)
 
