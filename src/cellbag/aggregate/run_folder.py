@@ -13,7 +13,7 @@
         chosen inside that row's training fold; probability_raw before --calibrate
     RUN_DIR/<head>/attention.csv     patient_id, cell_id, path, repeat, fold, weight
     RUN_DIR/<head>/contributions.csv the same plus kind, for heads without attention: signed
-        per-cell terms of the logit (meanpool: logit, maxpool: argmax) or the cluster gain
+        per-cell terms of the logit (meanpool), occlusion (svm, ensemble) or the cluster gain
         share (lgbm); the report's galleries (distill reads attention only)
     RUN_DIR/<head>/config.json       {"key": what defines the run, "state", ...}
     RUN_DIR/<head>/folds/r<R>_f<F>.json   finished folds (resume)

@@ -34,6 +34,15 @@ def masked_max(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~mask, float("-inf")).max(dim=1).values
 
 
+def masked_logmeanexp(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Smooth maximum over the real instances, log(mean_i exp(s_i)): (B, L) -> (B,).
+    Between the mean and the max of the scores; unlike the max it does not grow with the
+    number of instances (a bag of n equal scores pools to that score for every n), and
+    its gradient reaches every instance in proportion to softmax(s)."""
+    n = mask.sum(dim=1).clamp_min(1).to(scores.dtype)
+    return torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=1) - torch.log(n)
+
+
 class GatedAttentionPool(nn.Module):
     """Gated attention pooling (Ilse, Tomczak & Welling, ICML 2018):
     a_i = softmax_i( w^T (tanh(V h_i) * sigmoid(U h_i)) ) over the real instances,
