@@ -4,10 +4,10 @@ patients a fitted model predicts (``cellbag predict`` writes them beside its sub
 
 Every head explains itself with one method, ``cell_contributions(bags)`` (image-only):
 attention heads give their attention (abmil) or CLS attention (transformer), maxpool the
-softmax of its cell scores (each cell's share of the smooth maximum), meanpool its linear head applied to
-each cell (the bag's image logit is their sum), lgbm the share of the trees' gain carried
-by the cell's cluster, svm and ensemble the drop of the bag's log-odds when the cell is
-left out (occlusion).
+softmax of its cell scores (each cell's share of the smooth maximum), meanpool its linear
+head applied to each cell (the bag's image logit is their sum), lgbm the share of the
+trees' gain carried by the cell's cluster, svm and ensemble the drop of the bag's log-odds
+when the cell is left out (occlusion).
 """
 
 from __future__ import annotations
