@@ -168,9 +168,21 @@ def test_imported_store_fit_predict_and_retrieval_without_images(tmp_path: Path)
     res = _invoke(*fit, "--encoder", "arr")  # the encoder's name stands for its id
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "m" / "model.json").read_text())["encoder_id"].startswith("arr-")
+    assert "NEW_STORE" not in res.output  # the store has test patients: predict on them
     res = _invoke("predict", tmp_path / "m", s, "--out", tmp_path / "sub.csv")
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "sub.csv")) == 2
+    # no images to distil from: the next step offered is the report, and distill refuses
+    assert "cellbag report" in res.output and "cellbag distill" not in res.output
+    res = _invoke("distill", s, tmp_path, "--teacher", tmp_path / "m", "--out", tmp_path / "st")
+    assert res.exit_code == 2  # `fail`: one line, exit code 2
+    assert "imported features, no cell images" in res.output
+    assert not (tmp_path / "st").exists()
+    # every patient labelled (a benchmark's store): fit points predict at a new store
+    from_arrays(tmp_path / "all.zarr", bags, list(y), name="arr")
+    res = _invoke("fit", tmp_path / "all.zarr", "--head", "meanpool", "-o", tmp_path / "m2")
+    assert res.exit_code == 0, res.output
+    assert "NEW_STORE" in res.output
     res = _invoke(
         "neighbors",
         s,

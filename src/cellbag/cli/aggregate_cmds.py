@@ -228,7 +228,9 @@ def fit_cmd(
             else ""
         )
     )
-    next_step(f"cellbag predict {shell_path(out)} {shell_path(store)} --out submission.csv")
+    # a store without test patients (an imported benchmark, say): predict on new patients' store
+    target = shell_path(store) if _has_test_patients(store) else "NEW_STORE"
+    next_step(f"cellbag predict {shell_path(out)} {target} --out submission.csv")
 
 
 @app.command("predict")
@@ -267,6 +269,9 @@ def predict_cmd(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"
     )
+    if _imported(store):  # no images to distil from: the report shows the predictions
+        next_step(f"cellbag report RUN --store {shell_path(store)} --predictions {shell_path(sub)}")
+        return
     data = _cohort_root(store)
     next_step(
         f"cellbag distill {shell_path(store)} {data} --teacher {shell_path(model_dir)} "
@@ -289,6 +294,26 @@ def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN
     dest = cells_path(sub)
     with atomic_path(dest) as tmp:
         cells.to_csv(tmp, index=False)
+
+
+def _has_test_patients(store: str) -> bool:
+    """Whether a store has test-split patients (for a ``next:`` line)."""
+    try:
+        from cellbag.store import Store
+
+        return bool((Store.open(store, mode="r").patients()["split"] == "test").any())
+    except Exception:  # noqa: BLE001 - only a hint
+        return True
+
+
+def _imported(store: str) -> bool:
+    """Whether a store holds imported features (for a ``next:`` line)."""
+    try:
+        from cellbag.store import Store
+
+        return Store.open(store, mode="r").imported
+    except Exception:  # noqa: BLE001 - only a hint
+        return False
 
 
 def _cohort_root(store: str) -> str:

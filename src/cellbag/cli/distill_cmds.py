@@ -121,10 +121,15 @@ def distill_cmd(
         fail(f"{out}: a model is already there (use --force to overwrite it)")
     if threads:
         torch.set_num_threads(threads)
+    st = Store.open(store)
+    if st.imported:
+        fail(
+            f"{store}: imported features, no cell images: a student learns from images "
+            "(distil from a store made by `cellbag featurize`)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cohort = read_cohort(data)
-    st = Store.open(store)
     pids, _ = training_patients(cohort.patients)
     t = read_teacher(teacher, st, pids, encoder_id=teacher_encoder)
     losses = LossWeights(

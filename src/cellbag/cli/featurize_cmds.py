@@ -225,8 +225,7 @@ def _cohort_for(s, data: Path | None):  # noqa: ANN001, ANN202
     from cellbag.data import read_cohort
 
     root = data if data is not None else Path(s.attrs["cohort"].get("root", ""))
-    imported = str(s.attrs["cohort"].get("layout", "")).startswith("import:")  # no images
-    if data is None and (imported or not root.exists()):
+    if data is None and (s.imported or not root.exists()):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

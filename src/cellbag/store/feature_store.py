@@ -392,6 +392,13 @@ class Store:
         return dict(self._root.attrs)
 
     @property
+    def imported(self) -> bool:
+        """True for a store of features made by another tool (`cellbag store import`,
+        ``Store.from_arrays``): its cells have no images."""
+        layout = str(self.attrs.get("cohort", {}).get("layout", ""))
+        return layout.startswith("import:")
+
+    @property
     def zarr_group(self) -> zarr.Group:
         """The underlying Zarr group (read it; write through the Store's methods)."""
         return self._root
