@@ -145,6 +145,33 @@ def test_fast_leave_one_out_equals_refitting_nothing(name, params):
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5)
 
 
+def test_abmil_leave_one_out_of_a_large_bag_is_linearised_closely(monkeypatch):
+    """Beyond ``LOO_EXACT_MAX_CELLS`` abmil's leave-one-out (what an ensemble's occlusion
+    asks) is linearised in the bag-mean shift: O(n) instead of O(n^2), off by O(1/n^2)."""
+    from cellbag.aggregate.base import Head as Base
+    from cellbag.aggregate.heads import abmil
+
+    bags, y, _ = _witness_bags()
+    head = make_head("abmil", clinical=False, epochs=5, inner_folds=2).fit(bags, y)
+    rng = np.random.default_rng(2)
+    b = np.concatenate([bags[3], bags[5] + 0.1 * rng.normal(size=bags[5].shape)] * 12)
+    b = b.astype(np.float32)
+    monkeypatch.setattr(abmil, "LOO_EXACT_MAX_CELLS", 64)
+    assert len(b) > 64
+
+    def exact_form(*args, **kwargs):
+        raise AssertionError("the exact O(n^2) form ran on a large bag")
+
+    monkeypatch.setattr(abmil.ABMIL, "_leave_one_out_context", exact_form)
+    fast = head._loo_decisions(b)
+    slow = Base._loo_decisions(head, b)  # the generic form: decide on each smaller bag
+    full = float(head._decision([b])[0])
+    spread = np.std(full - slow)
+    assert spread > 0
+    assert np.abs(fast - slow).max() <= 0.05 * spread
+    assert np.argmax(full - fast) == np.argmax(full - slow)
+
+
 def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monkeypatch):
     """Finished folds are reused only under the same settings; an ensemble's settings
     include its members' own, so a changed member default (a new cellbag version) is not

@@ -12,6 +12,10 @@ from cellbag.aggregate.registry import register_head
 from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
 from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, masked_mean
 
+#: leave-one-out logits (occlusion) are exact up to this many cells in a bag, linearised in
+#: the bag-mean shift beyond it (the exact form costs O(n^2))
+LOO_EXACT_MAX_CELLS = 512
+
 
 class ABMIL(nn.Module):
     """Cells -> ReLU(W [z, (z - m) / s] + b) -> gated attention pooling -> linear, where
@@ -61,10 +65,15 @@ class ABMIL(nn.Module):
         """Logits of the bag ``x`` (n, D) without each of its cells, (n,): the attention
         pool's numerator and denominator less one cell's share (float64)."""
         if self.context_std is not None:
+            if len(x) > LOO_EXACT_MAX_CELLS:
+                return self._leave_one_out_linearised(x)
             return self._leave_one_out_context(x)
         h32 = self.embed(x)
-        s = self.pool.scores(h32).double()
-        h = h32.double()
+        return self._leave_one_out_fixed(h32.double(), self.pool.scores(h32).double())
+
+    def _leave_one_out_fixed(self, h: torch.Tensor, s: torch.Tensor) -> np.ndarray:
+        """Leave-one-out logits of cells whose embeddings ``h`` (n, hidden) and attention
+        scores ``s`` (n,) do not depend on the other cells (float64)."""
         e = torch.exp(s - s.max())
         den = e.sum() - e
         num = (e[:, None] * h).sum(0)[None, :] - e[:, None] * h
@@ -78,17 +87,23 @@ class ABMIL(nn.Module):
         out = self.classifier.out
         return (pooled @ out.weight.double().T + out.bias.double()).squeeze(-1).numpy()
 
-    def _leave_one_out_context(self, x: torch.Tensor, block: int = 64) -> np.ndarray:
-        # without cell i the bag mean moves by (m - z_i) / (n - 1), so every other cell's
-        # pre-activation moves by delta_i = (W_c / s) (z_i - m) / (n - 1): the pool is
-        # recomputed on those shifted cells, ``block`` left-out cells at a time (exact,
-        # O(n^2 hidden))
+    def _context_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-activations of the whole bag (n, hidden), and ``delta`` (n, hidden): how
+        every other cell's pre-activation moves when cell i leaves the bag. Without cell i
+        the bag mean moves by (m - z_i) / (n - 1), so the others move by
+        delta_i = (W_c / s) (z_i - m) / (n - 1) (float64)."""
         n = x.shape[0]
         w_eff, wc = (w.double() for w in self._split_weight())
         xd = x.double()
         m = xd.mean(0, keepdim=True)
-        pre = xd @ w_eff.T + self.embed[0].bias.double() - m @ wc.T  # (n, hidden)
-        delta = (xd - m) @ wc.T / (n - 1)  # (n, hidden)
+        pre = xd @ w_eff.T + self.embed[0].bias.double() - m @ wc.T
+        return pre, (xd - m) @ wc.T / (n - 1)
+
+    def _leave_one_out_context(self, x: torch.Tensor, block: int = 64) -> np.ndarray:
+        # the pool recomputed on the shifted cells, ``block`` left-out cells at a time
+        # (exact, O(n^2 hidden))
+        n = x.shape[0]
+        pre, delta = self._context_terms(x)
         pool, out = copy.deepcopy(self.pool).double(), self.classifier.out
         logits = np.empty(n)
         for start in range(0, n, block):
@@ -100,6 +115,25 @@ class ABMIL(nn.Module):
             pooled = z @ out.weight.double().T + out.bias.double()
             logits[idx.numpy()] = pooled.squeeze(-1).numpy()
         return logits
+
+    def _leave_one_out_linearised(self, x: torch.Tensor) -> np.ndarray:
+        """Leave-one-out logits of a large bag in O(n hidden): the exact leave-one-out
+        with the others' pre-activations held fixed, plus the first-order effect of their
+        shift ``delta_i``, g . delta_i, g the gradient of the bag's logit with respect to
+        a shift shared by every cell. The shift is O(1/n), so the error is O(1/n^2); on
+        bags of 2,000 cells the exact form took 10 s (three models), this one 0.1 s."""
+        with torch.inference_mode(False), torch.enable_grad():
+            pre, delta = (t.clone() for t in self._context_terms(x.clone()))
+            pool, out = copy.deepcopy(self.pool).double(), self.classifier.out
+            shift = torch.zeros(pre.shape[1], dtype=torch.float64, requires_grad=True)
+            h = torch.relu(pre + shift)
+            z, _ = pool(h[None], torch.ones(1, len(h), dtype=torch.bool))
+            logit = (z @ out.weight.double().T).sum()
+            (g,) = torch.autograd.grad(logit, shift)
+            with torch.no_grad():
+                h = torch.relu(pre)
+                direct = self._leave_one_out_fixed(h, pool.scores(h))
+                return direct + (delta @ g).numpy()
 
 
 @register_head("abmil")
