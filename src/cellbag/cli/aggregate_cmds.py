@@ -229,7 +229,8 @@ def fit_cmd(
         )
     )
     # a store without test patients (an imported benchmark, say): predict on new patients' store
-    target = shell_path(store) if _has_test_patients(store) else "NEW_STORE"
+    has_test = _store_hint(store, lambda s: bool((s.patients()["split"] == "test").any()), True)
+    target = shell_path(store) if has_test else "NEW_STORE"
     next_step(f"cellbag predict {shell_path(out)} {target} --out submission.csv")
 
 
@@ -269,10 +270,13 @@ def predict_cmd(
         f"wrote [bold]{sub}[/] ({len(pred)} patients, {n_pos} predicted tumoral at threshold "
         f"{pred['threshold'].iloc[0]:.3f}{triage}) and {proba}"
     )
-    if _imported(store):  # no images to distil from: the report shows the predictions
+    # the cohort's images, or None for imported features (the report shows the predictions)
+    data = _store_hint(
+        store, lambda s: None if s.imported else shell_path(s.attrs["cohort"]["root"]), "DATA"
+    )
+    if data is None:
         next_step(f"cellbag report RUN --store {shell_path(store)} --predictions {shell_path(sub)}")
         return
-    data = _cohort_root(store)
     next_step(
         f"cellbag distill {shell_path(store)} {data} --teacher {shell_path(model_dir)} "
         "--out student"
@@ -296,31 +300,11 @@ def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN
         cells.to_csv(tmp, index=False)
 
 
-def _has_test_patients(store: str) -> bool:
-    """Whether a store has test-split patients (for a ``next:`` line)."""
+def _store_hint(store: str, read, default):  # noqa: ANN001, ANN202
+    """``read(store)`` for a ``next:`` line, or ``default`` when the store cannot be read."""
     try:
         from cellbag.store import Store
 
-        return bool((Store.open(store, mode="r").patients()["split"] == "test").any())
+        return read(Store.open(store, mode="r"))
     except Exception:  # noqa: BLE001 - only a hint
-        return True
-
-
-def _imported(store: str) -> bool:
-    """Whether a store holds imported features (for a ``next:`` line)."""
-    try:
-        from cellbag.store import Store
-
-        return Store.open(store, mode="r").imported
-    except Exception:  # noqa: BLE001 - only a hint
-        return False
-
-
-def _cohort_root(store: str) -> str:
-    """The cohort a store was made from (for a ``next:`` line), or ``DATA``."""
-    try:
-        from cellbag.store import Store
-
-        return shell_path(Store.open(store, mode="r").attrs["cohort"]["root"])
-    except Exception:  # noqa: BLE001 - only a hint
-        return "DATA"
+        return default
