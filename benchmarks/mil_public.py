@@ -56,27 +56,35 @@ def csv_dir() -> Path:
     return Path(os.path.dirname(mil.__file__)) / "data" / "datasets" / "csv"
 
 
-def digit_bags(
+def digit_bag_indices(
     mean_size: float = 10.0, sd: float = 2.0, target: int = 9, seed: int = 0
-) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+) -> tuple[list[np.ndarray], np.ndarray]:
     """MNIST-bags (Ilse et al. 2018, section 5.3) on scikit-learn's own handwritten digits
-    (1,797 real 8 x 8 scans, 64 pixel features in [0, 1]): the shuffled images cut into
-    bags of N(``mean_size``, ``sd``) images (at least 2), a bag positive when it holds a
-    ``target``. Every image lies in one bag only, so no image is on both sides of a split
-    (about 180 bags, ~65 % positive; a few key instances decide the label)."""
+    (1,797 real 8 x 8 scans): the shuffled images cut into bags of N(``mean_size``, ``sd``)
+    images (at least 2), a bag positive when it holds a ``target``. Every image lies in one
+    bag only, so no image is on both sides of a split (about 180 bags, ~65 % positive; a
+    few key instances decide the label). Returns each bag's image indices, and the labels."""
     from sklearn.datasets import load_digits
 
-    x, t = load_digits(return_X_y=True)
+    t = load_digits().target
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    bags, y, start = [], [], 0
+    order = rng.permutation(len(t))
+    bags, start = [], 0
     while len(order) - start >= 2:
         n = min(max(2, round(rng.normal(mean_size, sd))), len(order) - start)
-        idx = order[start : start + n]
+        bags.append(order[start : start + n])
         start += n
-        bags.append((x[idx] / 16.0).astype(np.float32))
-        y.append(int((t[idx] == target).any()))
-    return bags, np.asarray(y, np.int64), [f"digits-{i}" for i in range(len(bags))]
+    return bags, np.asarray([int((t[b] == target).any()) for b in bags], np.int64)
+
+
+def digit_bags() -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """``digit_bag_indices()`` as feature bags: the 64 pixel intensities in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data
+    idx, y = digit_bag_indices()
+    bags = [(x[i] / 16.0).astype(np.float32) for i in idx]
+    return bags, y, [f"digits-{i}" for i in range(len(bags))]
 
 
 def load_dataset(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -65,3 +66,22 @@ def test_key_instance_heads_beat_mean_pooling_on_digit_bags(name):
     }
     assert auc[name].mean() >= 0.86, auc
     assert (auc[name] - auc["meanpool"]).mean() >= 0.08, auc
+
+
+def test_digit_images_cohort_reads_as_a_manifest_with_its_key_cells(tmp_path):
+    from digit_images import write_cohort
+
+    from cellbag.data.cohort import read_manifest
+
+    manifest = write_cohort(tmp_path, size=16)
+    cohort = read_manifest(manifest)
+    bags, y, _ = load_dataset("digits")
+    assert len(cohort.cells) == sum(len(b) for b in bags) == 1797
+    labels = pd.read_csv(tmp_path / "clinical.csv")
+    np.testing.assert_array_equal(labels["label"], y)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    # the key cells name the cohort's own cell ids, and a bag is positive iff it holds one
+    assert set(truth["cell_id"]) == set(cohort.cells["cell_id"])
+    key = truth.assign(patient_id=truth["cell_id"].str.split("/").str[0])
+    has_key = key.groupby("patient_id")["is_key"].max()
+    np.testing.assert_array_equal(has_key.loc[labels["patient_id"]].to_numpy(), y)
