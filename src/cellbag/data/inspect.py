@@ -57,8 +57,9 @@ def readiness(p: pd.DataFrame) -> tuple[str, list[str]]:
     none = p[clin.isna().all(axis=1)]
     if len(p) and len(none) == len(p):
         findings.append(
-            "no clinical data for any patient (age, sex, lymphocyte count): cv, fit and distill "
-            "will run image-only; for a manifest, give --clinical-csv"
+            "no clinical data for any patient (no dob, gender or lymph_count values): cv, fit "
+            "and distill will run image-only; a manifest reads them from its clinical CSV "
+            "(--clinical-csv, or clinical.csv beside it)"
         )
     elif len(none):
         findings.append(
