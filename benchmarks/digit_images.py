@@ -13,7 +13,10 @@ runs:
 
 and prints each head's out-of-fold ROC AUC with its interval, the paired difference of
 the instance-weighing heads against mean pooling, and the instance AUC of each head's
-cell weights for the 9s (is the cell a head points at the digit that decides?).
+cell weights for the 9s (is the cell a head points at the digit that decides?). Then
+``cellbag index`` and, for every cell, its 10 nearest cells of other bags
+(``neighbors --other-patients``): the share of them showing the same digit, for the 9s
+and for all digits (chance: ~0.10).
 
     python benchmarks/digit_images.py [--heads meanpool,maxpool,abmil,transformer,lgbm]
         [--folds 5] [--repeats 3] [--size 64] [--out runs/digit_images]
@@ -93,6 +96,7 @@ def main() -> None:
         "--repeats", str(args.repeats), "--no-clinical", "--cell-truth",
         str(data / "truth.csv"), "--out", str(run), "--quiet",
     )  # fmt: skip
+    cellbag("index", str(store), "--quiet")
     comp = pd.read_csv(run / "comparison.csv")
     print(
         f"\n{len(pd.read_csv(data / 'clinical.csv'))} bags of real digits, "
@@ -114,6 +118,27 @@ def main() -> None:
                 f"  {r['head_b']:<12} {-r['difference']:+.3f} "
                 f"[{-r['ci95_high']:+.3f}, {-r['ci95_low']:+.3f}]  {r['verdict']}"
             )
+    p9, p_all = retrieval_precision(store, data / "truth.csv")
+    print(f"\nnearest 10 cells of other bags showing the same digit: 9s {p9:.3f}, all {p_all:.3f}")
+
+
+def retrieval_precision(store: Path, truth: Path, k: int = 10) -> tuple[float, float]:
+    """Mean share of the ``k`` nearest cells of other bags showing the query's digit, over
+    the 9s and over every cell."""
+    from sklearn.datasets import load_digits
+
+    from cellbag.retrieval.query import Retriever
+    from cellbag.store import Store
+
+    target = load_digits().target
+    digit = {c: target[int(c.split("img")[1][:4])] for c in pd.read_csv(truth)["cell_id"]}
+    r = Retriever(Store.open(str(store)))
+    hits = {}
+    for c, d in digit.items():
+        nn = r.query(cell_id=c, k=k, other_patients=True)
+        hits[c] = float(np.mean([digit[n] == d for n in nn["cell_id"]]))
+    nines = [h for c, h in hits.items() if digit[c] == 9]
+    return float(np.mean(nines)), float(np.mean(list(hits.values())))
 
 
 if __name__ == "__main__":
