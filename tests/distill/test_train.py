@@ -91,6 +91,25 @@ def test_attention_term_is_off_for_teachers_without_attention(
         distill(store, cohort, teacher, off)
 
 
+def test_a_cohort_without_clinical_values_gives_an_image_only_student(
+    featurized, cohort, teacher_run, small_config
+):
+    # as cv does: with no clinical value for any training patient the student has no
+    # clinical branch (it would only see imputed constants)
+    store, _ = featurized
+    teacher = _teacher(store, cohort, teacher_run)
+    bare = cohort.patients.assign(gender=None, dob=pd.NaT, lymph_count=float("nan"))
+    res = distill(
+        store, dataclasses.replace(cohort, patients=bare), teacher, small_config, max_steps=1
+    )
+    assert res.config["clinical"] == {"enabled": False, "scaler": None}
+    assert res.config["head"]["n_clinical"] == 0
+    with_values = distill(store, cohort, teacher, small_config, max_steps=1)
+    assert (
+        with_values.config["clinical"]["enabled"] and with_values.config["head"]["n_clinical"] == 6
+    )
+
+
 def test_store_of_another_cohort_is_refused(featurized, cohort, teacher_run, small_config):
     store, _ = featurized
     teacher = _teacher(store, cohort, teacher_run)

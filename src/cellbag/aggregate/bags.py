@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.errors import AggregateError
-from cellbag.data.clinical import extra_clinical_columns
+from cellbag.data.clinical import extra_clinical_columns, has_clinical_values
 
 CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
 
@@ -42,11 +42,7 @@ class BagSet:
         """Whether any clinical value is present."""
         if self.clinical_matrix is not None:
             return self.clinical_matrix.shape[1] > 0
-        if self.patients is None:
-            return False
-        p = self.patients
-        cols = [c for c in CLINICAL_COLUMNS if c in p] + extra_clinical_columns(p)
-        return bool(p[cols].notna().to_numpy().any())
+        return self.patients is not None and has_clinical_values(self.patients)
 
     def subset(self, idx: np.ndarray) -> BagSet:
         """The bags at positions ``idx``."""

@@ -161,6 +161,8 @@ def distill_cmd(
         highlight=False,
     )
     res = distill(st, cohort, t, config, out=out, progress=not quiet)
+    if clinical and not res.config["clinical"]["enabled"]:
+        console.print("no clinical data for the training patients: the student is image-only")
     table = Table(title="Distillation loss per epoch")
     keys = [k for k in ("ce", "kd", "att", "emb", "total") if k in res.history[0]]
     for c in ("epoch", *keys, "seconds"):

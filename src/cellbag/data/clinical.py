@@ -27,6 +27,14 @@ def extra_clinical_columns(patients: pd.DataFrame) -> list[str]:
     ]
 
 
+def has_clinical_values(patients: pd.DataFrame) -> bool:
+    """Whether any patient has any clinical value (gender, dob, lymph_count or an extra
+    numeric column); without one, a clinical branch would only see imputed constants."""
+    cols = [c for c in ("gender", "dob", "lymph_count") if c in patients]
+    cols += extra_clinical_columns(patients)
+    return bool(cols) and bool(patients[cols].notna().to_numpy().any())
+
+
 def raw_clinical(
     patients: pd.DataFrame, reference_date: str = DEFAULT_REFERENCE_DATE
 ) -> pd.DataFrame:

@@ -21,6 +21,7 @@ import torch
 from cellbag.core.device import resolve_device
 from cellbag.core.pixels import flip_rotate
 from cellbag.core.training import LoopState, cosine_schedule, train_loop
+from cellbag.data.clinical import has_clinical_values
 from cellbag.distill.errors import DistillError
 from cellbag.distill.losses import LossWeights, distillation_loss
 from cellbag.distill.model_dir import FORMAT, FORMAT_VERSION, save_model_dir
@@ -247,6 +248,10 @@ def distill(
         losses = replace(losses, att=0.0)  # the teacher head has no per-cell weights
     if not losses.active():
         raise DistillError("every loss term is switched off; set at least one λ > 0")
+    if config.clinical and not has_clinical_values(
+        cohort.patients[cohort.patients["split"] == "train"]
+    ):
+        config = replace(config, clinical=False)  # as cv does: nothing to fuse
     data = prepare_training_set(
         store, cohort, teacher, config.clinical, need_embeddings=losses.emb > 0
     )
