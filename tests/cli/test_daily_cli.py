@@ -69,6 +69,7 @@ def test_inspect_reports_unlabeled_patients_and_missing_clinical_data(tmp_path):
     assert "No problems found" not in out
     assert "none of the 3 training patients has a label" in out
     assert "no clinical data for any patient" in out
+    assert "nan" not in out  # a variable nobody has prints dashes
     assert f"next: cellbag featurize {m} {tmp_path.parent / 'store.zarr'}" in out
 
 

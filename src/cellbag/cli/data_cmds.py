@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -62,9 +63,9 @@ def inspect_cmd(
         if isinstance(r.get("note"), str):
             t.add_row(r["variable"], "", r["note"], "", str(r["missing"]))
         else:
-            t.add_row(
-                r["variable"], *(f"{r[k]:.1f}" for k in ("min", "median", "max")), str(r["missing"])
-            )
+            # a variable no patient has prints a dash, not nan
+            vals = ("—" if math.isnan(r[k]) else f"{r[k]:.1f}" for k in ("min", "median", "max"))
+            t.add_row(r["variable"], *vals, str(r["missing"]))
     console.print(t)
     if s.balance:
         console.print(f"class balance (labelled training patients): {s.balance}", highlight=False)
