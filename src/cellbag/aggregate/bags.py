@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.errors import AggregateError
-from cellbag.data.clinical import extra_clinical_columns, has_clinical_values
-
-CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
+from cellbag.data.clinical import CLINICAL_COLUMNS, extra_clinical_columns, has_clinical_values
 
 
 @dataclass

@@ -11,6 +11,9 @@ DEFAULT_REFERENCE_DATE = "2020-01-01"
 FEATURE_NAMES = ("age", "age_missing", "gender_M", "gender_F", "log_lymph_count", "lymph_missing")
 
 
+#: the raw clinical columns of a patients table (features derive from them)
+CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
+
 #: columns of a patients table that are not further clinical features
 NON_FEATURE_COLUMNS = ("patient_id", "split", "label", "gender", "dob", "lymph_count", "n_cells")
 
@@ -30,7 +33,7 @@ def extra_clinical_columns(patients: pd.DataFrame) -> list[str]:
 def has_clinical_values(patients: pd.DataFrame) -> bool:
     """Whether any patient has any clinical value (gender, dob, lymph_count or an extra
     numeric column); without one, a clinical branch would only see imputed constants."""
-    cols = [c for c in ("gender", "dob", "lymph_count") if c in patients]
+    cols = [c for c in CLINICAL_COLUMNS if c in patients]
     cols += extra_clinical_columns(patients)
     return bool(cols) and bool(patients[cols].notna().to_numpy().any())
 

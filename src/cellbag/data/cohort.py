@@ -24,7 +24,6 @@ from cellbag.errors import CellbagError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 SPLITS = ("train", "test")
-CLINICAL_COLUMNS = ("gender", "dob", "lymph_count")
 
 
 class CohortError(CellbagError, ValueError):
