@@ -153,3 +153,26 @@ def test_bad_inputs(tmp_path):
     cnn = timm.create_model("resnet10t", pretrained=False, num_classes=0)
     with pytest.raises(TrainingError, match="needs a timm ViT"):
         MaskedAutoencoder(cnn)
+
+
+class _Payload:
+    """A pickle that would create ``marker`` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.safetensors", "checkpoint.pt"])
+def test_a_crafted_checkpoint_runs_no_code(tmp_path, name):
+    import pickle
+
+    out, marker = tmp_path / "ckpt", tmp_path / "pwned"
+    out.mkdir()
+    (out / name).write_bytes(pickle.dumps({"config": _Payload(marker)}))
+    kw = dict(model=MODEL, weights="none", epochs=1, batch_size=10_000, image_size=SIZE)
+    with pytest.raises(TrainingError, match="unreadable checkpoint|batch size"):
+        pretrain_mae(demo_cohort(), out, progress=False, device="cpu", **kw)
+    assert not marker.exists()

@@ -8,8 +8,10 @@ loss is the MSE on per-patch normalised pixels of the masked patches only.
 
 Checkpoint folder ``CKPT_DIR``:
 
-- ``checkpoint.pt``: model (encoder + decoder), optimiser, epoch / step, config; written
-  atomically every ``save_every`` steps and at each epoch end; a rerun resumes from it;
+- ``checkpoint.safetensors``: model (encoder + decoder) and optimiser tensors, with the
+  config, epoch / step, history and the optimiser's plain settings as JSON in its metadata
+  (data, never code: no pickle is read); written atomically every ``save_every`` steps
+  and at each epoch end; a rerun resumes from it;
 - ``encoder.safetensors``: the encoder alone, a timm state dict (``num_classes=0``) at the
   trained image size (metadata: model, image_size);
 - ``mae.json``: config, loss per epoch, throughput, encoder sha256.
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from cellbag.core.device import resolve_device
-from cellbag.core.io import atomic_path, save_safetensors, write_json
+from cellbag.core.io import save_safetensors, write_json
 from cellbag.core.pixels import flip_rotate, normalize
 from cellbag.core.training import (
     LoopState,
@@ -45,7 +47,7 @@ from cellbag.featurize.training import (
     n_batches,
 )
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 SUMMARY = "mae.json"
 
@@ -261,6 +263,60 @@ def export_encoder(mae: MaskedAutoencoder, path: str | Path, config: MAEConfig) 
     )
 
 
+_MODEL, _OPTIM = "model/", "optimizer/"
+
+
+def write_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """Save a training checkpoint as tensors + JSON (one safetensors file, atomically).
+
+    Model tensors go under ``model/``, the optimiser's per-parameter tensors under
+    ``optimizer/<param>/<key>``; the optimiser's plain values (param groups, non-tensor
+    state) and ``meta`` go to the file's metadata as JSON. Nothing in it is code.
+    """
+    tensors = {_MODEL + k: v for k, v in model_state.items()}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for pid, slots in optimizer_state["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{_OPTIM}{pid}/{key}"] = value
+            else:
+                plain_state.setdefault(str(pid), {})[key] = value
+    doc = dict(
+        meta, optimizer={"param_groups": optimizer_state["param_groups"], "state": plain_state}
+    )
+    save_safetensors(tensors, path, cellbag_checkpoint=json.dumps(doc))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`write_checkpoint`: its meta dict plus ``model`` and
+    ``optimizer`` state dicts; a file that is not one is a one-line ``TrainingError``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            doc = json.loads((f.metadata() or {})["cellbag_checkpoint"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        model = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+        opt = doc.pop("optimizer")
+        state: dict[int, dict[str, Any]] = {
+            int(pid): dict(slots) for pid, slots in opt["state"].items()
+        }
+        for k, v in tensors.items():
+            if k.startswith(_OPTIM):
+                pid, key = k[len(_OPTIM) :].split("/", 1)
+                state.setdefault(int(pid), {})[key] = v
+        doc["config"]  # noqa: B018 - a checkpoint without a config is not one
+    except Exception as e:  # not safetensors, no metadata, bad JSON, missing keys...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainingError(f"{path}: unreadable checkpoint ({msg}); remove it") from None
+    return dict(doc, model=model, optimizer={"state": state, "param_groups": opt["param_groups"]})
+
+
 def pretrain_mae(
     data: Any,
     out: str | Path,
@@ -315,10 +371,7 @@ def pretrain_mae(
     ckpt_path = out / CHECKPOINT
     saved = None
     if ckpt_path.exists():
-        try:
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise TrainingError(f"{ckpt_path}: unreadable checkpoint ({e}); remove it") from None
+        saved = read_checkpoint(ckpt_path)
         old = saved["config"]
         diff = [k for k in MAEConfig.IDENTITY if old.get(k) != getattr(cfg, k)]
         if diff:
@@ -375,21 +428,20 @@ def pretrain_mae(
     images_seen = 0
 
     def checkpoint(state: LoopState) -> None:
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(
-                {
-                    "config": asdict(cfg),
-                    "model": mae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": state.epoch,
-                    "step_in_epoch": state.step_in_epoch,
-                    "global_step": state.step,
-                    "history": history,
-                    "epoch_losses": epoch_losses,
-                    "weights_source": wsource,
-                },
-                tmp,
-            )
+        write_checkpoint(
+            ckpt_path,
+            mae.state_dict(),
+            optimizer.state_dict(),
+            {
+                "config": asdict(cfg),
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "global_step": state.step,
+                "history": history,
+                "epoch_losses": epoch_losses,
+                "weights_source": wsource,
+            },
+        )
 
     def batches(state: LoopState):
         if state.step_in_epoch == 0:
