@@ -34,8 +34,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cellbag.aggregate import run_cv
     from cellbag.aggregate.synthetic import witness_store
+    from cellbag.evaluate import run_cv
 
     n_cells = args.patients * args.cells
     print(

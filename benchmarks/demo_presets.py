@@ -53,7 +53,7 @@ def repeat_auc(head_dir: Path) -> tuple[float, float]:
 def instance_auc(head_dir: Path, truth: Path, labels: pd.Series) -> float | None:
     """The instance AUC of a head's out-of-fold cell weights for the key cells (what
     ``cv --cell-truth`` writes into metrics.json); None for heads without weights."""
-    from cellbag.aggregate.celltruth import head_instance_auc, read_cell_truth
+    from cellbag.evaluate.celltruth import head_instance_auc, read_cell_truth
 
     res = head_instance_auc(head_dir, read_cell_truth(truth), labels.to_dict())
     return None if res is None else res["instance_auc"]
@@ -69,7 +69,7 @@ class Paired:
     """Bootstrap AUCs of one cohort's heads on shared stratified resamples."""
 
     def __init__(self, labels: pd.Series, seed: int = 0) -> None:
-        from cellbag.aggregate.stats import resample_weights
+        from cellbag.evaluate.stats import resample_weights
 
         self.labels = labels.sort_index()
         self.w = resample_weights(self.labels.to_numpy(), seed=seed)
@@ -78,7 +78,7 @@ class Paired:
 
     def add(self, name: str, head_dir: Path) -> str:
         """Add a head's run; returns its AUC and the half range of its per-repeat AUCs."""
-        from cellbag.aggregate.stats import weighted_auc
+        from cellbag.evaluate.stats import weighted_auc
 
         s = patient_scores(head_dir).reindex(self.labels.index).to_numpy()
         y = self.labels.to_numpy()
@@ -91,7 +91,7 @@ class Paired:
 
 
 def show(label: str, point: float, boot: np.ndarray) -> str:
-    from cellbag.aggregate.stats import interval
+    from cellbag.evaluate.stats import interval
 
     lo, hi = interval(boot)
     verdict = "holds" if lo > 0 else "not shown"
@@ -145,7 +145,7 @@ def main() -> None:
 
     import torch
 
-    from cellbag.aggregate import run_cv
+    from cellbag.evaluate import run_cv
     from cellbag.featurize import run_featurize
 
     torch.set_num_threads(1)

@@ -102,7 +102,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cellbag.aggregate import run_cv
     from cellbag.data import read_cohort
     from cellbag.data.demo import make_demo_cohort
     from cellbag.distill import (
@@ -120,6 +119,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         write_validation,
     )
     from cellbag.distill.train import training_patients
+    from cellbag.evaluate import run_cv
     from cellbag.featurize import create_encoder, run_featurize
     from cellbag.featurize.images import decode_file
     from cellbag.store import Store

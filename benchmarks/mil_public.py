@@ -111,7 +111,8 @@ def fold_accuracy(oof: pd.DataFrame) -> np.ndarray:
 
 def run_memory(name: str, heads, folds: int, repeats: int, out: Path, seed: int) -> pd.DataFrame:
     """``aggregate.cross_validate`` on the bags in memory; returns the comparison table."""
-    from cellbag.aggregate import BagSet, cross_validate
+    from cellbag.aggregate import BagSet
+    from cellbag.evaluate import cross_validate
 
     bags, y, ids = load_dataset(name)
     data = BagSet.from_arrays(bags, y, ids)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from cellbag.aggregate.stats import evaluate, interval, resample_weights, weighted_auc
+from cellbag.evaluate.stats import evaluate, interval, resample_weights, weighted_auc
 
 
 def speed(n: int = 200, heads: int = 5, repeats: int = 3, rounds: int = 5) -> float:

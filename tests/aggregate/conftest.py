@@ -39,7 +39,7 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cv_run(store_path, tmp_path_factory):
-    from cellbag.aggregate import run_cv
+    from cellbag.evaluate import run_cv
 
     out = tmp_path_factory.mktemp("run") / "cv"
     table = run_cv(

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellbag.aggregate import BagSet, cross_validate, fit_model, run_cv
-from cellbag.aggregate import cv as cv_module
-from cellbag.aggregate.leaks import LabelLeakError
+from cellbag.aggregate import BagSet
 from cellbag.aggregate.synthetic import witness_cohort, witness_store
+from cellbag.evaluate import cross_validate, fit_model, run_cv
+from cellbag.evaluate import cv as cv_module
+from cellbag.evaluate.leaks import LabelLeakError
 
 
 def test_nested_threshold_never_sees_the_outer_fold(tmp_path, monkeypatch):
@@ -137,7 +138,7 @@ def test_cli_leak_refusal_is_one_line(tuned_store, tmp_path, monkeypatch, capsys
 
 
 def test_fit_calibrates_and_picks_triage_from_out_of_fold(tmp_path):
-    from cellbag.aggregate import load_model
+    from cellbag.evaluate import load_model
 
     path = tmp_path / "s.zarr"
     witness_store(str(path), n_train=30, n_test=6, cells=(5, 8), dim=8)

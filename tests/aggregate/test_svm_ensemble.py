@@ -178,9 +178,9 @@ def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monke
     answered from stale folds."""
     import pandas as pd
 
-    from cellbag.aggregate import run_cv
     from cellbag.aggregate.heads.svm import KernelSVMHead
     from cellbag.aggregate.synthetic import witness_store
+    from cellbag.evaluate import run_cv
 
     store, enc, _ = witness_store(str(tmp_path / "s.zarr"), 24, 0, 10, 8, seed=0)
     common = dict(

@@ -130,7 +130,7 @@ def test_real_cv_run_and_fitted_model_as_teachers(featurized, tmp_path):
     """The run folder and MODEL_DIR written by stage 2 itself read as teachers."""
     import warnings
 
-    from cellbag.aggregate import fit_model, run_cv
+    from cellbag.evaluate import fit_model, run_cv
 
     store, eid = featurized
     pids = _pids(store)
@@ -169,8 +169,8 @@ def test_real_cv_run_and_fitted_model_as_teachers(featurized, tmp_path):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """A real cv run (meanpool, no inner folds) on a witness store with a test split."""
-    from cellbag.aggregate import run_cv
     from cellbag.aggregate.synthetic import witness_store
+    from cellbag.evaluate import run_cv
     from cellbag.store import Store
 
     root = tmp_path_factory.mktemp("heldout")

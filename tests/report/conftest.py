@@ -22,7 +22,7 @@ ENCODER_ID = "tf_efficientnet_lite0-synthetic"
 def make_synthetic_run(cohort: Path, out: Path, seed: int = 0, repeats: int = 2, folds: int = 3):
     """Write RUN_DIR with heads `abmil` (attention) and `meanpool` (none) from the cohort's
     ground truth. Returns (run_dir, ground_truth DataFrame)."""
-    from cellbag.aggregate.run_folder import write_summary
+    from cellbag.evaluate.run_folder import write_summary
 
     rng = np.random.default_rng(seed)
     gt = pd.read_csv(cohort / "ground_truth.csv", dtype={"patient_id": str, "cell_id": str})

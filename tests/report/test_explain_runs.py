@@ -65,7 +65,7 @@ def test_lgbm_contributions_are_the_gain_of_each_cells_cluster(small_cohort):
 
 @pytest.fixture(scope="module")
 def four_head_run(witness_store, tmp_path_factory):
-    from cellbag.aggregate import run_cv
+    from cellbag.evaluate import run_cv
 
     store, witnesses = witness_store
     root = tmp_path_factory.mktemp("explain")

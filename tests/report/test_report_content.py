@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from htmlparse import read_page
 
-from cellbag.aggregate.metrics import METRICS
+from cellbag.evaluate.metrics import METRICS
 from cellbag.report import load_run, write_report
 from cellbag.report.render import SUMMARY_METRICS
 

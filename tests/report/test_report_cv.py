@@ -20,7 +20,7 @@ from cellbag.report import write_report
 
 @pytest.fixture(scope="module")
 def cv_report(witness_store, tmp_path_factory):
-    from cellbag.aggregate import run_cv
+    from cellbag.evaluate import run_cv
 
     store, _ = witness_store
     run_dir = tmp_path_factory.mktemp("report_cv") / "run"

@@ -142,7 +142,7 @@ def test_stamp_feats_and_table_import_give_identical_bags(tmp_path: Path) -> Non
 
 
 def test_from_arrays_store_runs_cv_with_its_clinical_columns(tmp_path: Path) -> None:
-    from cellbag.aggregate.cv import run_cv
+    from cellbag.evaluate.cv import run_cv
 
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 12)

@@ -1,13 +1,17 @@
-"""Stage 2: aggregators over cached bags, clinical fusion and honest cross-validation.
+"""Stage 2: aggregators over cached bags (heads, their building blocks, bag loading).
 
-    from cellbag.aggregate import Bags, make_head, run_cv
+    from cellbag.aggregate import Bags, make_head
     head = make_head("abmil", seed=0)              # a scikit-learn classifier over bags
     head.fit(Bags(bags, clinical), y)              # or head.fit(bags, y): image only
     head.predict_proba(Bags(bags, clinical))       # (n, 2); head.cell_weights(X) per cell
-    table = run_cv("store.zarr", heads="abmil,lgbm,meanpool", out="runs/cv")
 
-Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). Importing
-this package does not import torch or LightGBM; building a head does.
+Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). Their
+evaluation (cross-validation, statistics, the run folder, fitted models) is
+:mod:`cellbag.evaluate`. Importing this package does not import torch or LightGBM;
+building a head does.
+
+``run_cv`` is still importable from here while the README's Python API and older scripts
+name it so; it lives in :mod:`cellbag.evaluate` (``from cellbag.evaluate import run_cv``).
 """
 
 from cellbag.core.lazy import lazy_exports
@@ -17,21 +21,15 @@ _EXPORTS = {
     "load_bags": "cellbag.aggregate.bags",
     "Bags": "cellbag.aggregate.base",
     "Head": "cellbag.aggregate.base",
-    "cross_validate": "cellbag.aggregate.cv",
-    "fit_fold": "cellbag.aggregate.cv",
-    "run_cv": "cellbag.aggregate.cv",
     "AggregateError": "cellbag.aggregate.errors",
     "UnknownHeadError": "cellbag.aggregate.errors",
-    "binary_metrics": "cellbag.aggregate.metrics",
-    "youden_threshold": "cellbag.aggregate.metrics",
-    "FittedModel": "cellbag.aggregate.model",
-    "fit_model": "cellbag.aggregate.model",
-    "load_model": "cellbag.aggregate.model",
-    "write_submission": "cellbag.aggregate.model",
     "head_class": "cellbag.aggregate.registry",
     "list_heads": "cellbag.aggregate.registry",
     "make_head": "cellbag.aggregate.registry",
+    "parse_heads": "cellbag.aggregate.registry",
     "register_head": "cellbag.aggregate.registry",
+    # deprecated alias (README "Python API"): the run lives one floor up, in evaluate
+    "run_cv": "cellbag.evaluate.cv",
 }
 
 __all__ = sorted(_EXPORTS)

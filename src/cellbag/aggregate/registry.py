@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cellbag.aggregate.errors import UnknownHeadError
@@ -65,3 +65,18 @@ def make_head(name: str, clinical: bool = True, seed: int = 0, **params: Any):
         return cls(clinical=clinical, seed=seed, **params)
     except TypeError as e:
         raise UnknownHeadError(f"head {name!r}: {e}") from None
+
+
+def parse_heads(heads: str | Sequence[str]) -> list[str]:
+    """Head names from ``"abmil,lgbm"`` or a list: each registered, none twice."""
+    from cellbag.aggregate.errors import AggregateError
+
+    names = [h.strip() for h in heads.split(",")] if isinstance(heads, str) else list(heads)
+    names = [h for h in names if h]
+    if not names:
+        raise AggregateError("no head given (e.g. --head abmil,lgbm,meanpool)")
+    for h in names:
+        head_class(h)  # unknown names fail before any work
+    if len(set(names)) != len(names):
+        raise AggregateError(f"a head is named twice: {','.join(names)}")
+    return names

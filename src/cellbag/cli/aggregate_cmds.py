@@ -107,9 +107,10 @@ def cv_cmd(
       cellbag cv demo_out/store.zarr --head meanpool,abmil,lgbm --out runs/effnet
       cellbag cv store.zarr -e ENCODER_ID --head abmil --no-clinical --set abmil.hidden=32 -o runs/a
     """
-    from cellbag.aggregate.cv import _parse_heads, run_cv
+    from cellbag.aggregate.registry import parse_heads
+    from cellbag.evaluate.cv import run_cv
 
-    names = _parse_heads(head)
+    names = parse_heads(head)
     table = run_cv(
         store,
         encoder,
@@ -190,11 +191,11 @@ def fit_cmd(
       cellbag fit demo_out/store.zarr --head meanpool --out models/meanpool
       cellbag fit store.zarr --head abmil --ensemble 5 --threshold youden -o models/abmil
     """
-    from cellbag.aggregate.cv import _parse_heads
     from cellbag.aggregate.errors import AggregateError
-    from cellbag.aggregate.model import fit_model
+    from cellbag.aggregate.registry import parse_heads
+    from cellbag.evaluate.model import fit_model
 
-    names = _parse_heads(head)
+    names = parse_heads(head)
     if len(names) != 1:
         raise AggregateError(f"--head: `cellbag fit` trains one head, got {head!r}")
     from cellbag.core.progress import progress_bar
@@ -254,7 +255,7 @@ def predict_cmd(
       cellbag predict models/meanpool demo_out/store.zarr --out submission.csv
       cellbag predict models/abmil store.zarr --split train --threshold 0.4 -o train_pred.csv
     """
-    from cellbag.aggregate.model import load_model, write_submission
+    from cellbag.evaluate.model import load_model, write_submission
 
     model = load_model(model_dir)
     pred = model.predict_store(store, split=split, threshold=threshold)

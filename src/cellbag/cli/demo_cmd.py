@@ -42,8 +42,8 @@ def demo_cmd(
       cellbag demo
       cellbag demo --out demo_small --patients 20 --cells-per-patient 16 --folds 3 --repeats 1
     """
-    from cellbag.aggregate import run_cv
     from cellbag.data.demo import make_demo_cohort
+    from cellbag.evaluate import run_cv
     from cellbag.featurize import run_featurize
 
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The teacher: what a stage-2 cross-validation run knows, read from its folder and the store.
 
 A teacher is never run for its targets. From the run folder (``cellbag cv --out RUN_DIR``,
-read through :mod:`cellbag.aggregate.run_folder`) come its soft out-of-fold probabilities
+read through :mod:`cellbag.evaluate.run_folder`) come its soft out-of-fold probabilities
 per training patient (averaged over repeats, so targets are not over-confident) and, for
 attention heads, its out-of-fold per-cell weights (averaged over repeats and aligned with
 the store's cell order of each patient). From the store come the teacher encoder's cached
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.aggregate import run_folder as rf
 from cellbag.distill.errors import DistillError
+from cellbag.evaluate import run_folder as rf
 
 OOF_FILE = rf.OOF_FILE
 ATTENTION_FILES = rf.ATTENTION_FILES
@@ -251,7 +251,8 @@ def teacher_from_model(
     training patients are in-sample, so more confident than a cv run's out-of-fold ones."""
     import warnings
 
-    from cellbag.aggregate import AggregateError, load_model
+    from cellbag.aggregate import AggregateError
+    from cellbag.evaluate import load_model
 
     folder = Path(folder)
     try:
@@ -322,8 +323,9 @@ def fold_predictions(
     """``(n_splits, n_patients)``: each fold model of the run (refitted from its splits.json
     with the run's head, parameters and per-fold seeds, so the same models that made the
     out-of-fold predictions) applied to ``patient_ids``."""
-    from cellbag.aggregate import BagSet, fit_fold, load_bags
-    from cellbag.aggregate.cv import torch_threads
+    from cellbag.aggregate import BagSet, load_bags
+    from cellbag.core.threads import torch_threads
+    from cellbag.evaluate import fit_fold
 
     folder = resolve_head_folder(run)
     root = folder.parent
@@ -379,7 +381,7 @@ def compare_heldout(
     """Figures of several predictors on the same held-out patients, each with its 95%
     bootstrap interval, and their paired differences. ``predictions[name] = (probability,
     decision threshold)``."""
-    from cellbag.aggregate.stats import evaluate
+    from cellbag.evaluate.stats import evaluate
 
     tables = {
         name: pd.DataFrame(

@@ -79,7 +79,7 @@ def triage_figure(heads: list[HeadRun], out_png: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from cellbag.aggregate.stats import operating_curve
+    from cellbag.evaluate.stats import operating_curve
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -125,7 +125,7 @@ def calibration_figure(heads: list[HeadRun], out_png: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from cellbag.aggregate.stats import reliability
+    from cellbag.evaluate.stats import reliability
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

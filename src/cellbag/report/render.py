@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from cellbag.aggregate.metrics import TITLES
+from cellbag.evaluate.metrics import TITLES
 from cellbag.report.explain import kind_text
 from cellbag.report.run import HeadRun, Metric
 from cellbag.report.thumbs import DISPLAY_SIZE

@@ -1,6 +1,6 @@
 """A cross-validation run folder (``cellbag cv --out RUN_DIR``) as the report sees it.
 
-Files are read by :mod:`cellbag.aggregate.run_folder` (the one reader/writer of the
+Files are read by :mod:`cellbag.evaluate.run_folder` (the one reader/writer of the
 layout); this module adds what the report shows: per-patient tables, cell galleries
 (attention, or the per-cell contributions of heads without attention), confusion counts. A head folder given directly is read as a run of one head.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.aggregate import run_folder as rf
-from cellbag.aggregate.metrics import METRICS, TITLES
+from cellbag.evaluate import run_folder as rf
+from cellbag.evaluate.metrics import METRICS, TITLES
 from cellbag.report.errors import ReportError
 
 #: display names of the figures (the names of ``metrics.json``)

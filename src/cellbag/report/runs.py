@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from cellbag.aggregate.run_folder import is_head_folder
 from cellbag.core.io import atomic_path, write_text
+from cellbag.evaluate.run_folder import is_head_folder
 from cellbag.report.errors import ReportError
 from cellbag.report.run import METRIC_NAMES, load_head
 
@@ -100,7 +100,7 @@ def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     if metric not in table.columns:
         have = [k for k in METRIC_NAMES if k in table.columns]
         raise ReportError(f"no metric {metric!r} in these runs (have: {', '.join(have)})")
-    from cellbag.aggregate.metrics import LOWER_IS_BETTER
+    from cellbag.evaluate.metrics import LOWER_IS_BETTER
 
     best_first = metric in LOWER_IS_BETTER  # ascending for Brier, ECE
     t = table.sort_values(
@@ -112,7 +112,7 @@ def rank(table: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
 def best_head(run_dir: str | Path) -> dict[str, Any] | None:
     """The row of the run's best head (the one ``run_folder.best_head`` picks, as distill
     does), for a ``next:`` line; None when the folder is no run."""
-    from cellbag.aggregate import run_folder as rf
+    from cellbag.evaluate import run_folder as rf
 
     try:
         folder = rf.best_head(run_dir)

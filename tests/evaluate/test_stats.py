@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from cellbag.aggregate import stats
+from cellbag.evaluate import stats
 
 
 def test_weighted_auc_matches_sklearn_on_resamples():

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellbag.aggregate import fit_model, load_bags, load_model
+from cellbag.aggregate import load_bags
 from cellbag.errors import CellbagError
+from cellbag.evaluate import fit_model, load_model
 
 
 def test_fit_save_load_predict(store_path, tmp_path):

@@ -23,16 +23,17 @@ import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Bags, Head
-from cellbag.aggregate.cv import _versions, default_threads, torch_threads
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.run_folder import (
+from cellbag.core.threads import default_threads, torch_threads
+from cellbag.evaluate.run_folder import (
     RunFolderError,
     patient_scores,
     read_head,
+    versions,
     write_csv,
     write_json,
 )
-from cellbag.aggregate.stats import (
+from cellbag.evaluate.stats import (
     CALIBRATIONS,
     TRIAGE_SENSITIVITY,
     apply_calibrator,
@@ -326,7 +327,7 @@ def fit_model(
     is refused for such a choice (``holdout_finetuned`` leaves those patients out). ``progress(done, total)`` is called after each model fitted."""
     from sklearn.model_selection import StratifiedKFold
 
-    from cellbag.aggregate.leaks import guard
+    from cellbag.evaluate.leaks import guard
 
     st = open_store(store)
     data = load_bags(st, encoder_id, split="train")
@@ -403,7 +404,7 @@ def fit_model(
         "n_train_patients": n,
         "train_prevalence": float(np.mean(data.labels)),
         "seconds": time.perf_counter() - t0,
-        "versions": _versions(),
+        "versions": versions(),
     }
     write_json(out / "model.json", doc)
     return FittedModel(out, doc, members)

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from cellbag.aggregate import AggregateError, run_cv
+from cellbag.aggregate import AggregateError
 from cellbag.aggregate.synthetic import witness_store
+from cellbag.evaluate import run_cv
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ report and the README (the ``cellbag runs`` leaderboard reads them too):
 ====================== ==========================================================
 
 Each figure comes with ``ci95_low``/``ci95_high`` (stratified bootstrap over patients,
-:mod:`cellbag.aggregate.stats`) and the spread of its per-fold values (``fold_sd``,
+:mod:`cellbag.evaluate.stats`) and the spread of its per-fold values (``fold_sd``,
 ``fold_min``, ``fold_max``), which is not an interval.
 """
 
@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from cellbag.aggregate.stats import youden_threshold
+from cellbag.evaluate.stats import youden_threshold
 
 #: every figure, in display order
 METRICS = (

@@ -6,7 +6,7 @@ standardisation/PCA, k-means) is fitted inside the training fold. Per head,
 ``RUN_DIR/<head>/`` gets ``metrics.json``, ``oof_predictions.csv``, ``attention.csv``
 (attention heads), ``roc.png`` and ``config.json``; finished folds are kept in
 ``RUN_DIR/<head>/folds/`` so an interrupted run resumes where it stopped. The layout and
-the names of every figure: :mod:`cellbag.aggregate.run_folder`.
+the names of every figure: :mod:`cellbag.evaluate.run_folder`.
 
 Thresholds are nested: inside each outer training fold an inner ``inner_folds``-fold cv
 gives out-of-fold predictions of the training patients only, from which Youden's cut and
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +34,12 @@ import pandas as pd
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Bags, Head, standardizer
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.registry import head_class, make_head
-from cellbag.aggregate.run_folder import write_csv, write_json, write_summary
-from cellbag.aggregate.splits import check_splits, inner_splits, load_or_make_splits
-from cellbag.aggregate.stats import (
+from cellbag.aggregate.registry import make_head, parse_heads
+from cellbag.core.threads import default_threads, torch_threads
+from cellbag.evaluate.run_folder import versions, write_csv, write_json, write_summary
+from cellbag.evaluate.splits import check_splits, inner_splits, load_or_make_splits
+from cellbag.evaluate.stats import (
     CALIBRATIONS,
-    FIXED_THRESHOLD,
     RESAMPLES,
     TRIAGE_SENSITIVITY,
     apply_calibrator,
@@ -49,37 +47,8 @@ from cellbag.aggregate.stats import (
     select_thresholds,
 )
 
-THRESHOLD = FIXED_THRESHOLD
 #: inner folds of the nested threshold / calibration choice (cost: 1 + this many fits per fold)
 INNER_FOLDS = 3
-
-
-def default_threads() -> int:
-    """Torch threads for a run: one, always.
-
-    A fixed number keeps results reproducible (torch's CPU reductions split by thread, so
-    another thread count can change the last bits, and early stopping can amplify that).
-    One is also the fast choice here: the tensors are small, and on a busy 2-core machine
-    two OpenMP threads made a 5-fold abmil cv 15x slower (305 s vs 20 s). ``--threads``
-    overrides it (figures are then reproducible at that thread count)."""
-    return 1
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Set torch's intra-op threads for the duration (the neural heads import torch anyway)."""
-    import torch
-
-    if n is None:
-        yield
-        return
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ one fold
@@ -165,30 +134,6 @@ def _data_digest(data: BagSet) -> str:
     return h.hexdigest()[:16]
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("cellbag", "numpy", "scikit-learn", "torch", "lightgbm"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _parse_heads(heads: str | Sequence[str]) -> list[str]:
-    names = [h.strip() for h in heads.split(",")] if isinstance(heads, str) else list(heads)
-    names = [h for h in names if h]
-    if not names:
-        raise AggregateError("no head given (e.g. --head abmil,lgbm,meanpool)")
-    for h in names:
-        head_class(h)  # unknown names fail before any work
-    if len(set(names)) != len(names):
-        raise AggregateError(f"a head is named twice: {','.join(names)}")
-    return names
-
-
 def _inner_predictions(
     data: BagSet,
     name: str,
@@ -246,12 +191,12 @@ def cross_validate(
 
     from cellbag.core.progress import progress_bar
 
-    names = _parse_heads(heads)
+    names = parse_heads(heads)
     _check_options(inner_folds, triage_sensitivity, calibrate)
     head_params = head_params or {}
     truth = None
     if cell_truth is not None:
-        from cellbag.aggregate.celltruth import read_cell_truth
+        from cellbag.evaluate.celltruth import read_cell_truth
 
         truth = read_cell_truth(cell_truth)  # a bad file stops before any work
     if data.labels is None:
@@ -376,7 +321,7 @@ def cross_validate(
                 "predictions of its training patients only (inner folds)",
             }
             if truth is not None:
-                from cellbag.aggregate.celltruth import head_instance_auc
+                from cellbag.evaluate.celltruth import head_instance_auc
 
                 labels = dict(zip(data.patient_ids, data.labels.tolist(), strict=True))
                 res_truth = head_instance_auc(head_dir, truth, labels)
@@ -386,7 +331,7 @@ def cross_validate(
     _add_earlier_heads(out, results, data)
     table = write_summary(out, results, seed, resamples)
     if not quiet:
-        from cellbag.aggregate.report import comparison_table, paired_lines
+        from cellbag.evaluate.display import comparison_table, paired_lines
 
         console.print(comparison_table(table, title=f"cross-validation · {out}"))
         for line in paired_lines(out):
@@ -397,7 +342,7 @@ def cross_validate(
 def _add_earlier_heads(out: Path, results: dict[str, dict], data: BagSet) -> None:
     """Heads an earlier run left in ``out`` (same splits, same patients) join the summary,
     so comparison.csv and each head's ``vs_best`` cover every head of the folder."""
-    from cellbag.aggregate.run_folder import RunFolderError, read_json, read_oof
+    from cellbag.evaluate.run_folder import RunFolderError, read_json, read_oof
 
     patients = set(data.patient_ids)
     for d in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in results):
@@ -450,8 +395,8 @@ def write_head_outputs(
 ) -> pd.DataFrame:
     """oof_predictions.csv (with each fold's nested thresholds), attention.csv, roc.png and
     config.json of one head; returns the out-of-fold table (metrics.json comes from
-    :func:`cellbag.aggregate.run_folder.write_summary`, which compares the heads)."""
-    from cellbag.aggregate.report import roc_plot
+    :func:`cellbag.evaluate.run_folder.write_summary`, which compares the heads)."""
+    from cellbag.evaluate.display import roc_plot
 
     index = {p: i for i, p in enumerate(data.patient_ids)}
     oof_rows, att = [], []
@@ -514,7 +459,7 @@ def write_head_outputs(
         "n_patients": len(data.patient_ids),
         "skipped_patients": data.skipped,
         "seconds": seconds,
-        "versions": _versions(),
+        "versions": versions(),
         **(extra_config or {}),
     }
     write_json(head_dir / "config.json", config)
@@ -546,7 +491,7 @@ def run_cv(
     ``store`` is a path/URL or an open ``Store``; ``encoder_id`` may be omitted when the
     store holds one encoder. An encoder fine-tuned on some of these patients' labels is
     refused (``holdout_finetuned`` leaves those patients out instead)."""
-    from cellbag.aggregate.leaks import guard
+    from cellbag.evaluate.leaks import guard
 
     _check_options(inner_folds, triage_sensitivity, calibrate)  # before any reading
     st = open_store(store)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellbag.aggregate.metrics import SHORT, TITLES
 from cellbag.core.io import atomic_path
+from cellbag.evaluate.metrics import SHORT, TITLES
 
 #: columns of the terminal table (each value with its 95% bootstrap interval)
 TABLE_METRICS = ("roc_auc", "balanced_accuracy", "triage_sensitivity", "triage_spared")
@@ -85,7 +85,7 @@ def comparison_table(table: pd.DataFrame, title: str = "cross-validation"):
 def paired_lines(run_dir: Path) -> list[str]:
     """One line per paired comparison whose interval excludes 0 ("A beats B"), or one line
     saying that none does."""
-    from cellbag.aggregate.run_folder import read_comparison
+    from cellbag.evaluate.run_folder import read_comparison
 
     _, pairs = read_comparison(Path(run_dir))
     if pairs is None or pairs.empty:

@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cellbag.aggregate.errors import AggregateError
+from cellbag.evaluate.errors import LabelLeakError
 
-
-class LabelLeakError(AggregateError):
-    """Scoring would use patients whose labels trained the encoder."""
+__all__ = ["LabelLeakError", "guard", "label_patients"]
 
 
 def label_patients(encoder_info: Mapping[str, Any] | None) -> set[str]:

@@ -31,7 +31,7 @@
     vs_best     {roc_auc | balanced_accuracy: {difference, ci95_low, ci95_high, p_value}}
     per_fold    [{repeat, fold, n_test, youden_threshold, triage_threshold, <figure>...}]
 
-Figure names are listed in :mod:`cellbag.aggregate.metrics`. ``comparison.csv``: ``head,
+Figure names are listed in :mod:`cellbag.evaluate.metrics`. ``comparison.csv``: ``head,
 clinical, n_patients``, then per figure ``<figure>, <figure>_ci95_low, <figure>_ci95_high,
 <figure>_fold_sd``, then ``<m>_vs_best, <m>_vs_best_ci95_low, <m>_vs_best_ci95_high,
 <m>_vs_best_p`` for ``m`` in roc_auc, balanced_accuracy, then ``seconds``.
@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.metrics import METRICS, PAIRED
-from cellbag.aggregate.stats import LEVEL, RESAMPLES, evaluate
 from cellbag.core import io
+from cellbag.evaluate.errors import RunFolderError
+from cellbag.evaluate.metrics import METRICS, PAIRED
+from cellbag.evaluate.stats import LEVEL, RESAMPLES, evaluate
 
 METRICS_FORMAT = "cellbag-cv-metrics"
 METRICS_VERSION = 2
@@ -72,11 +72,21 @@ INTERVAL_METHOD = (
 )
 
 
-class RunFolderError(AggregateError):
-    """A cv run folder is missing, incomplete or unreadable (the message names the file)."""
-
-
 # ----------------------------------------------------------------------------- writing
+def versions() -> dict[str, str]:
+    """Versions of python and of the packages that change a run's numbers."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cellbag", "numpy", "scikit-learn", "torch", "lightgbm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
 def write_json(path: Path, doc: Any) -> None:
     """Write ``doc`` as JSON to ``path`` through a temporary file and a rename."""
     io.write_json(path, doc, indent=1)

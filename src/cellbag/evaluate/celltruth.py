@@ -46,7 +46,7 @@ def instance_auc(attention: pd.DataFrame, truth: pd.DataFrame, labels: dict[str,
 
 def head_instance_auc(head_dir: Path, truth: pd.DataFrame, labels: dict[str, int]) -> dict | None:
     """:func:`instance_auc` of a head's out-of-fold attention (None: the head has none)."""
-    from cellbag.aggregate.run_folder import read_attention
+    from cellbag.evaluate.run_folder import read_attention
 
     att = read_attention(head_dir)
     return None if att is None else instance_auc(att, truth, labels)

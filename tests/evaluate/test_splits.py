@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cellbag.aggregate.errors import AggregateError
-from cellbag.aggregate.splits import load_or_make_splits, make_splits
+from cellbag.evaluate.splits import load_or_make_splits, make_splits
 
 IDS = [f"P{i}" for i in range(30)]
 Y = np.array([0] * 18 + [1] * 12)

@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellbag.aggregate import BagSet, fit_fold, load_bags, run_cv
-from cellbag.aggregate.metrics import METRICS
+from cellbag.aggregate import BagSet, load_bags
 from cellbag.data import ClinicalScaler
 from cellbag.errors import CellbagError
+from cellbag.evaluate import fit_fold, run_cv
+from cellbag.evaluate.metrics import METRICS
 from cellbag.store import Store
 
 
@@ -178,7 +179,7 @@ def test_missing_or_unfinished_encoder_names_the_command(store_path, tmp_path):
 
 
 def test_cross_validate_on_arrays_without_store(tmp_path, witness):
-    from cellbag.aggregate import cross_validate
+    from cellbag.evaluate import cross_validate
 
     data = BagSet.from_arrays(witness.bags[:40], witness.y[:40], clinical=witness.clinical[:40])
     table = cross_validate(data, ["maxpool"], tmp_path, folds=2, repeats=1, quiet=True)

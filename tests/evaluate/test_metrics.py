@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cellbag.aggregate.metrics import binary_metrics, youden_threshold
+from cellbag.evaluate.metrics import binary_metrics, youden_threshold
 
 
 @pytest.mark.parametrize("p", [0.1, 0.9])
