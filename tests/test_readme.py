@@ -24,7 +24,7 @@ def python_blocks(section: str) -> list[str]:
 @pytest.fixture
 def demo_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in for `make demo`'s store: 28 patients (24 labelled), clinical columns."""
-    from cellbag.store import Store
+    from cellbag.store import from_arrays
 
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 14)
@@ -39,7 +39,7 @@ def demo_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     pids = [f"P{i}" for i in range(len(y))]
     monkeypatch.chdir(tmp_path)
-    Store.from_arrays("demo_out/store.zarr", bags, labels, pids, clinical=clinical, name="demo")
+    from_arrays("demo_out/store.zarr", bags, labels, pids, clinical=clinical, name="demo")
     return tmp_path
 
 
