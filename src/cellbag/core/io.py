@@ -7,11 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cellbag.errors import CellbagError
 
 
 @contextmanager
@@ -69,3 +72,65 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ names that become files
+
+#: the longest id (UTF-8 bytes) that may become a file name (most file systems allow 255)
+MAX_NAME_BYTES = 200
+
+
+class UnsafeName(CellbagError, ValueError):
+    """A name (a patient id) that cannot safely become a file name inside its folder."""
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` may not become a file name in a folder (None when it may): empty, a
+    path separator, ``..``, a leading dot, a control character, over 200 UTF-8 bytes."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not text"
+    if not name.strip():
+        return "is empty"
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        return "holds a path separator"
+    if ".." in name:
+        return "holds '..'"
+    if name.startswith("."):
+        return "starts with a dot"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"holds the control character U+{ord(bad):04X}"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def shown_name(name: object, limit: int = 60) -> str:
+    """``name`` for a one-line message: quoted, control characters escaped, shortened."""
+    text = repr(name if isinstance(name, str) else str(name))
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def safe_child(
+    folder: str | os.PathLike,
+    name: str,
+    suffix: str = "",
+    *,
+    error: type[Exception] = UnsafeName,
+    what: str = "patient",
+) -> Path:
+    """``folder / (name + suffix)`` for a file named after an id, refusing (``error``, one
+    line naming the id) a name that is not a plain file name or whose resolved path leaves
+    ``folder`` (a symbolic link pointing out of it included). Every writer of an id-named
+    file uses it."""
+    folder = Path(folder)
+    why = name_problem(name) or name_problem(name + suffix)
+    child = folder / f"{name}{suffix}"
+    if why is None:
+        root = folder.resolve()
+        resolved = child.resolve()
+        if resolved.parent != root:
+            why = f"resolves to {resolved}, outside {root}"
+    if why is not None:
+        raise error(f"{folder}: {what} {shown_name(name)} cannot name a file here: it {why}")
+    return child

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellbag.core.io import name_problem, shown_name
 from cellbag.errors import CellbagError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
@@ -28,6 +29,21 @@ SPLITS = ("train", "test")
 
 class CohortError(CellbagError, ValueError):
     """Bad input that stops reading: the message names the file and the patient."""
+
+
+def check_patient_id(
+    patient_id: object, where: str | os.PathLike, error: type[Exception] = CohortError
+) -> str:
+    """``patient_id`` if it can name a file (export, report): no path separator, no ``..``,
+    no leading dot, no control character, at most 200 bytes; else ``error`` in one line
+    naming ``where`` and the id. The one check at every door (CSVs, manifest, import, store)."""
+    why = name_problem(patient_id)
+    if why is not None:
+        raise error(
+            f"{os.fspath(where)}: patient {shown_name(patient_id)}: an ID must be a plain "
+            f"file name, and this one {why}"
+        )
+    return str(patient_id)
 
 
 @dataclass(frozen=True)
@@ -274,6 +290,7 @@ def _clinical_rows(df: pd.DataFrame, file: Path, split: str) -> list[dict]:
         raise CohortError(f"{file}: patient {dup[0]}: duplicated ID")
     rows = []
     for (_, r), pid in zip(df.iterrows(), ids, strict=True):
+        check_patient_id(pid, file)
         kw = {"file": str(file), "patient_id": pid}
         rows.append(
             {
@@ -429,8 +446,6 @@ def read_challenge(root: str | Path) -> Cohort:
             if pid in seen:
                 raise CohortError(f"{csv}: patient {pid}: duplicated ID (also in {seen[pid]})")
             seen[pid] = str(csv)
-            if pid in ("", ".", "..") or "/" in pid or "\\" in pid or "\x00" in pid:
-                raise CohortError(f"{csv}: patient {pid!r}: an ID must be a plain folder name")
             pdir = folder / pid
             try:
                 is_dir = pdir.is_dir()
@@ -495,7 +510,7 @@ def read_manifest(manifest: str | Path, clinical: str | Path | None = None) -> C
     cells: list[dict] = []
     splits: dict[str, str] = {}
     for _, r in df.iterrows():
-        pid = str(r["patient_id"]).strip()
+        pid = check_patient_id(str(r["patient_id"]).strip(), manifest)
         split = str(r.get("split", "") or "train").strip().lower() or "train"
         if split not in SPLITS:
             raise CohortError(f"{manifest}: patient {pid}: unknown split {split!r} (train or test)")

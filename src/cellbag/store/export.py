@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.core.io import atomic_path
+from cellbag.core.io import atomic_path, safe_child
 from cellbag.store.errors import StoreError
 from cellbag.store.feature_store import STATUS_OK, Store
 
@@ -155,6 +155,10 @@ def export_h5(
     store.require_complete(encoder_id)
     out = Path(out_dir)
     h5_dir = out / "h5_files" if layout == "clam" else out
+    patients = store.patients()
+    # every file name is checked before anything is written: an id never names a file outside OUT
+    finals = [safe_child(h5_dir, p, ".h5", error=StoreError) for p in patients["patient_id"]]
+    pts = [safe_child(out / "pt_files", p, ".pt", error=StoreError) for p in patients["patient_id"]]
     try:
         h5_dir.mkdir(parents=True, exist_ok=True)
         if layout == "clam":
@@ -162,7 +166,6 @@ def export_h5(
     except OSError as e:
         raise StoreError(f"{out}: cannot create output folder ({e})") from None
     attrs = encoder_attrs(store, encoder_id, with_paths)
-    patients = store.patients()
     bags = store.bags(encoder_id, only_ok=only_ok)
     cells = store.cells()
     written = []
@@ -181,10 +184,10 @@ def export_h5(
         write = partial(
             _write_patient, bag=bag, layout=layout, with_paths=with_paths, folder=h5_dir
         )
-        final = h5_dir / f"{pid}.h5"
+        final = finals[i]
         _atomic_h5(final, write)
         if layout == "clam":
-            _save_pt(out / "pt_files" / f"{pid}.pt", x)
+            _save_pt(pts[i], x)
         written.append(final)
         if on_patient is not None:
             on_patient(pid)

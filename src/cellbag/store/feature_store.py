@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag import __version__
+from cellbag.data.cohort import check_patient_id
 from cellbag.store.blocks import block_range, n_blocks
 from cellbag.store.errors import EncoderNotReady, StoreError
 from cellbag.store.fastread import LocalRowReader
@@ -267,6 +268,8 @@ class Store:
                 f"{path}: block_rows ({block_rows}) must be a positive multiple of "
                 f"chunk_rows ({chunk_rows})"
             )
+        for pid in cohort.patients["patient_id"]:
+            check_patient_id(pid, path, StoreError)
         offsets = cohort.offsets()
         if offsets[-1] != cohort.n_cells:
             raise StoreError(f"{path}: cohort {cohort.root} has cells of unknown patients")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cellbag.data.cohort import check_patient_id
 from cellbag.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -527,6 +528,8 @@ def import_features(
     else:
         bags, table_labels = table_bags(src)
         layout = "table"
+    for bag in bags:  # ids become file names (export-h5): refuse unsafe ones at the door
+        check_patient_id(bag.patient_id, bag.file, FeatureImportError)
     where = str(src)
     lab = table_labels
     if labels is not None:
@@ -571,6 +574,8 @@ def from_arrays(
     pids = [str(p) for p in patient_ids] if patient_ids is not None else [f"P{i}" for i in range(n)]
     if len(pids) != n:
         raise FeatureImportError(f"{path}: {len(pids)} patient ids for {n} bags")
+    for pid in pids:
+        check_patient_id(pid, path, FeatureImportError)
     dup = pd.Series(pids).duplicated()
     if dup.any():
         raise FeatureImportError(
