@@ -169,7 +169,10 @@ def test_abmil_leave_one_out_of_a_large_bag_is_linearised_closely(monkeypatch):
     spread = np.std(full - slow)
     assert spread > 0
     assert np.abs(fast - slow).max() <= 0.05 * spread
-    assert np.argmax(full - fast) == np.argmax(full - slow)
+    # The cell the fast form ranks first weighs as much as the top cell of the exact form
+    # (a value, not an index: the bag repeats its cells, so several cells tie).
+    top = np.max(full - slow)
+    assert (full - slow)[np.argmax(full - fast)] >= top - 0.05 * spread
 
 
 def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monkeypatch):
@@ -184,7 +187,7 @@ def test_cv_recomputes_an_ensemble_when_a_member_default_changes(tmp_path, monke
 
     store, enc, _ = witness_store(str(tmp_path / "s.zarr"), 24, 0, 10, 8, seed=0)
     common = dict(
-        clinical=False, folds=2, repeats=1, quiet=True,
+        clinical=False, folds=2, repeats=1, quiet=True, jobs=1,  # the patch is in this process
         head_params={"ensemble": {"members": ("meanpool", "svm")}},
     )  # fmt: skip
     out = tmp_path / "run"
