@@ -4,6 +4,7 @@ spellings as hidden, announced aliases, a closing `next:` line, ordinary file pe
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pandas as pd
@@ -120,3 +121,21 @@ def test_an_index_prints_as_one_short_line():
     vecs = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
     index = CellIndex.build(lambda: iter([vecs]), 500, 8)
     assert repr(index) == "CellIndex(flat, 500 cells, dim 8)"
+
+
+@pytest.mark.parametrize("verb", [(), ("store",), *VERBS], ids=lambda v: " ".join(v) or "-")
+def test_help_reads_at_80_columns(verb):
+    r = runner.invoke(app, [*verb, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    wide = [line for line in r.output.splitlines() if len(line) > 80]
+    assert not wide, wide
+    cmd = typer.main.get_command(app)
+    for name in verb:
+        cmd = cmd.commands[name]
+    for p in cmd.params:
+        if getattr(p, "hidden", False):
+            continue
+        for opt in (*p.opts, *p.secondary_opts):
+            if opt.startswith("--"):
+                assert re.search(rf"(^|[\s,/]){re.escape(opt)}(\s|,|$)", r.output, re.M), opt
+    assert "…" not in r.output

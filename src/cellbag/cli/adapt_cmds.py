@@ -81,7 +81,8 @@ def pretrain_mae_cmd(
     \b
     Examples:
       cellbag pretrain-mae demo_out/data --out mae --epochs 2 --image-size 64
-      cellbag pretrain-mae DATA -e vit_small_patch16_224 -w hub --device cuda -o mae
+      cellbag pretrain-mae DATA -e vit_small_patch16_224 -w hub --device cuda \\
+          -o mae
     """
     from cellbag.featurize.mae import pretrain_mae
 
@@ -181,8 +182,10 @@ def finetune_cmd(
 
     \b
     Examples:
-      cellbag finetune demo_out/data --out ft --adapter lora --option rank=8 --epochs 2
-      cellbag finetune DATA -e vit_small_patch16_224 -w mae/encoder.safetensors -a bottleneck -o ft
+      cellbag finetune demo_out/data --out ft --adapter lora --option rank=8 \\
+          --epochs 2
+      cellbag finetune DATA -e vit_small_patch16_224 -w mae/encoder.safetensors \\
+          -a bottleneck -o ft
     """
     from cellbag.featurize.finetune import finetune
 

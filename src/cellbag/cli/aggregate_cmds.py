@@ -47,6 +47,14 @@ def _head_params(sets: list[str] | None, heads: list[str]) -> dict[str, dict]:
     return out
 
 
+def best_line(table) -> str:  # noqa: ANN001
+    """The run's best head by the one rule `cv`, `runs` and the report share."""
+    from cellbag.evaluate.stats import BEST_RULE, best_of
+
+    best = best_of(dict(zip(table["head"], table["roc_auc"], strict=True)))
+    return f"best head: {best} ({BEST_RULE}; a rank is no verdict: read the paired comparison)"
+
+
 @app.command("cv")
 def cv_cmd(
     store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
@@ -105,7 +113,8 @@ def cv_cmd(
     \b
     Examples:
       cellbag cv demo_out/store.zarr --head meanpool,abmil,lgbm --out runs/effnet
-      cellbag cv store.zarr -e ENCODER_ID --head abmil --no-clinical --set abmil.hidden=32 -o runs/a
+      cellbag cv store.zarr -e ENCODER_ID --head abmil --no-clinical \\
+          --set abmil.hidden=32 -o runs/a
     """
     from cellbag.aggregate.registry import parse_heads
     from cellbag.evaluate.cv import run_cv
@@ -132,6 +141,7 @@ def cv_cmd(
     )
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
+        console.print(best_line(table), highlight=False)
         if cell_truth is not None:
             for h in table["head"]:
                 m = json.loads((out / h / "metrics.json").read_text()).get("cell_truth") or {}
@@ -189,7 +199,8 @@ def fit_cmd(
     \b
     Examples:
       cellbag fit demo_out/store.zarr --head meanpool --out models/meanpool
-      cellbag fit store.zarr --head abmil --ensemble 5 --threshold youden -o models/abmil
+      cellbag fit store.zarr --head abmil --ensemble 5 --threshold youden \\
+          -o models/abmil
     """
     from cellbag.aggregate.errors import AggregateError
     from cellbag.aggregate.registry import parse_heads
@@ -253,7 +264,8 @@ def predict_cmd(
     \b
     Examples:
       cellbag predict models/meanpool demo_out/store.zarr --out submission.csv
-      cellbag predict models/abmil store.zarr --split train --threshold 0.4 -o train_pred.csv
+      cellbag predict models/abmil store.zarr --split train --threshold 0.4 \\
+          -o train_pred.csv
     """
     from cellbag.evaluate.model import load_model, write_submission
 
@@ -275,13 +287,29 @@ def predict_cmd(
     data = _store_hint(
         store, lambda s: None if s.imported else shell_path(s.attrs["cohort"]["root"]), "DATA"
     )
+    report = (
+        f"cellbag report {_cv_run_of(model_dir)} --store {shell_path(store)} "
+        f"--predictions {shell_path(sub)}"
+    )
     if data is None:
-        next_step(f"cellbag report RUN --store {shell_path(store)} --predictions {shell_path(sub)}")
+        next_step(report)
         return
     next_step(
+        report,
         f"cellbag distill {shell_path(store)} {data} --teacher {shell_path(model_dir)} "
-        "--out student"
+        "--out student",
     )
+
+
+def _cv_run_of(model_dir: Path) -> str:
+    """The cv run a model took its threshold from (its config.yaml), for a ``next:`` line."""
+    try:
+        import yaml
+
+        run = yaml.safe_load((Path(model_dir) / "config.yaml").read_text()).get("cv_run")
+    except Exception:  # noqa: BLE001 - only a hint
+        run = None
+    return shell_path(run) if run else "RUN"
 
 
 def _write_cells(model, store: str, split: str, sub: Path) -> None:  # noqa: ANN001

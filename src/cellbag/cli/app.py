@@ -14,14 +14,37 @@ from cellbag import __version__
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 T = TypeVar("T")
 
+
+class HelpGroup(typer.core.TyperGroup):
+    """Click's plain help, with each command's first sentence wrapped, never cut off."""
+
+    def format_commands(self, ctx, formatter) -> None:  # noqa: ANN001
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="cellbag",
+    cls=HelpGroup,
     help="Multi-instance learning on bags of blood-cell images: featurize once, aggregate fast.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: option names are never cut and it reads well at 80 columns
+    rich_markup_mode=None,
 )
-store_app = typer.Typer(help="Inspect and export a feature store.", no_args_is_help=True)
+store_app = typer.Typer(
+    cls=HelpGroup,
+    help="Inspect and export a feature store.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(store_app, name="store")
 
 console = Console()

@@ -31,7 +31,8 @@ def inspect_cmd(
     \b
     Examples:
       cellbag inspect demo_out/data
-      cellbag inspect cohort/manifest.csv --clinical-csv cohort/clinical.csv --check-images
+      cellbag inspect cohort/manifest.csv --clinical-csv cohort/clinical.csv \\
+          --check-images
     """
     from cellbag.data import read_cohort
     from cellbag.data.inspect import check_images as _check
@@ -105,7 +106,8 @@ def demo_data_cmd(
     \b
     Examples:
       cellbag demo-data demo_data
-      cellbag demo-data demo_data --patients 60 --cells-per-patient 80 --preview sheet.png
+      cellbag demo-data demo_data --patients 60 --cells-per-patient 80 \\
+          --preview sheet.png
       cellbag demo-data rare_key --preset rare-key --patients 80
     """
     from cellbag.data.demo import PRESETS, contact_sheet, make_demo_cohort

@@ -40,7 +40,8 @@ def demo_cmd(
     \b
     Examples:
       cellbag demo
-      cellbag demo --out demo_small --patients 20 --cells-per-patient 16 --folds 3 --repeats 1
+      cellbag demo --out demo_small --patients 20 --cells-per-patient 16 \\
+          --folds 3 --repeats 1
     """
     from cellbag.data.demo import make_demo_cohort
     from cellbag.evaluate import run_cv

@@ -105,8 +105,10 @@ def distill_cmd(
 
     \b
     Examples:
-      cellbag distill demo_out/store.zarr demo_out/data --teacher runs/effnet --out student
-      cellbag distill store.zarr DATA --teacher runs/vit/abmil -e vit_tiny_patch16_224 --adapter lora -o s
+      cellbag distill demo_out/store.zarr demo_out/data --teacher runs/effnet \\
+          --out student
+      cellbag distill store.zarr DATA --teacher runs/vit/abmil \\
+          -e vit_tiny_patch16_224 --adapter lora -o s
     """
     import torch
 
@@ -208,7 +210,8 @@ def predict_images_cmd(
     \b
     Examples:
       cellbag predict-images student demo_out/data --out submission.csv
-      cellbag predict-images student new/manifest.csv --clinical-csv new/clinical.csv --split all
+      cellbag predict-images student new/manifest.csv \\
+          --clinical-csv new/clinical.csv --split all
     """
     import torch
 

@@ -90,8 +90,10 @@ def featurize_cmd(
     \b
     Examples:
       cellbag featurize demo_out/data demo_out/store.zarr
-      cellbag featurize cohort/manifest.csv store.zarr --encoder vit_small_patch16_224 --device cuda
-      cellbag featurize DATA store.zarr -e vit_small_patch16_224 -w mae/encoder.safetensors
+      cellbag featurize cohort/manifest.csv store.zarr \\
+          --encoder vit_small_patch16_224 --device cuda
+      cellbag featurize DATA store.zarr -e vit_small_patch16_224 \\
+          -w mae/encoder.safetensors
     """
     from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
     from cellbag.featurize.pipeline import run_featurize

@@ -47,7 +47,8 @@ def report_cmd(
 
     \b
     Examples:
-      cellbag report runs/effnet --store demo_out/store.zarr --out runs/effnet/report
+      cellbag report runs/effnet --store demo_out/store.zarr \\
+          --out runs/effnet/report
       cellbag report runs/effnet --predictions submission.csv --cells 12
     """
     from cellbag.report import write_report
@@ -79,14 +80,16 @@ def _after_report(run_dir: Path, store: str | None) -> str:
 
 
 def _fit_line(best: dict | None, store: str | None) -> str:
-    """`cellbag fit` for a leaderboard row (the best head of a run, or of all runs)."""
+    """`cellbag fit` for a leaderboard row (the best head of a run, or of all runs): its
+    thresholds (Youden's, and the triage point) from that run's out-of-fold predictions."""
     head = best["head"] if best else "HEAD"
     store = store or (best or {}).get("store") or "STORE"
     enc = f" --encoder {best['encoder_id']}" if best and best.get("encoder_id") else ""
     clin = " --no-clinical" if best and best.get("clinical") is False else ""
+    run = shell_path(best["run"]) if best and best.get("run") else "RUN"
     return (
         f"cellbag fit {shell_path(store)}{enc} --head {head}{clin} "
-        f"--out {shell_path(Path('models') / head)}"
+        f"--cv-run {run} --threshold youden --out {shell_path(Path('models') / head)}"
     )
 
 
@@ -114,10 +117,12 @@ def runs_cmd(
     \b
     Examples:
       cellbag runs demo_out/runs
-      cellbag runs runs/effnet runs/dinov2 --out leaderboard.html --metric balanced_accuracy
+      cellbag runs runs/effnet runs/dinov2 --out leaderboard.html \\
+          --metric balanced_accuracy
     """
     from rich.table import Table
 
+    from cellbag.evaluate.stats import BEST_RULE
     from cellbag.report.run import METRIC_NAMES
     from cellbag.report.runs import collect, key_columns, rank, write_leaderboard
 
@@ -141,7 +146,8 @@ def runs_cmd(
         )
     console.print(t)
     console.print(
-        "A rank is no verdict: overlapping intervals mean no demonstrated difference.",
+        f"Within a run the best head is {BEST_RULE}, as cv and the report say. A rank is no "
+        "verdict: overlapping intervals mean no demonstrated difference.",
         style="dim",
     )
     console.print(

@@ -134,8 +134,10 @@ def neighbors_cmd(
 
     \b
     Examples:
-      cellbag neighbors demo_out/store.zarr --cell P1/000003.jpg --neighbors 20 --other-patients
-      cellbag neighbors store.zarr --image new_cell.jpg -k 12 --html look_alikes.html
+      cellbag neighbors demo_out/store.zarr --cell P1/000003.jpg --neighbors 20 \\
+          --other-patients
+      cellbag neighbors store.zarr --image new_cell.jpg -k 12 \\
+          --html look_alikes.html
     """
     from cellbag.retrieval import Retriever, html_page, label_name, montage
 

@@ -32,7 +32,8 @@ def store_import_cmd(
 
     \b
     Examples:
-      cellbag store import clam_features/ store.zarr --labels labels.csv --name uni
+      cellbag store import clam_features/ store.zarr --labels labels.csv \\
+          --name uni
       cellbag store import instances.parquet store.zarr --labels labels.csv
     """
     from cellbag.store.importer import import_features
@@ -83,7 +84,8 @@ def store_export_cmd(
     \b
     Examples:
       cellbag store export-h5 demo_out/store.zarr h5/
-      cellbag store export-h5 store.zarr clam/ --layout clam -e tf_efficientnet_lite0
+      cellbag store export-h5 store.zarr clam/ --layout clam \\
+          -e tf_efficientnet_lite0
     """
     from cellbag.store import Store, export_h5
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from cellbag.core.io import atomic_path
 from cellbag.evaluate.metrics import SHORT, TITLES
+from cellbag.evaluate.stats import BEST_RULE, best_of
 
 #: columns of the terminal table (each value with its 95% bootstrap interval)
 TABLE_METRICS = ("roc_auc", "balanced_accuracy", "triage_sensitivity", "triage_spared")
@@ -53,7 +54,7 @@ def comparison_table(table: pd.DataFrame, title: str = "cross-validation"):
         title=title,
         caption="value, then its 95% bootstrap interval over patients; bal.acc at threshold "
         "0.5; tri.sens/spared at the triage threshold chosen in each training fold; "
-        "ΔAUC: paired difference to the best head; cl: clinical features",
+        f"ΔAUC: paired difference to the best head, {BEST_RULE}; cl: clinical features",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -66,8 +67,8 @@ def comparison_table(table: pd.DataFrame, title: str = "cross-validation"):
     t.add_column("s", justify="right", no_wrap=True)
     best = None
     if len(table) and "roc_auc" in table:
-        auc = pd.to_numeric(table["roc_auc"], errors="coerce").fillna(-1.0)
-        best = table.loc[auc.idxmax(), "head"]
+        auc = pd.to_numeric(table["roc_auc"], errors="coerce")
+        best = best_of(dict(zip(table["head"], auc, strict=True)))
     for _, row in table.iterrows():
         cells = [_cell(row, k) for k in TABLE_METRICS]
         if row["head"] == best:

@@ -52,7 +52,7 @@ import pandas as pd
 from cellbag.core import io
 from cellbag.evaluate.errors import RunFolderError
 from cellbag.evaluate.metrics import METRICS, PAIRED
-from cellbag.evaluate.stats import LEVEL, RESAMPLES, evaluate
+from cellbag.evaluate.stats import LEVEL, RESAMPLES, best_of, evaluate
 
 METRICS_FORMAT = "cellbag-cv-metrics"
 METRICS_VERSION = 2
@@ -374,13 +374,13 @@ def figure(folder: Path, key: str = "roc_auc") -> float:
 
 
 def best_head(run_dir: str | Path) -> Path:
-    """``RUN_DIR/<head>`` as given, or the head of ``RUN_DIR`` with the highest ROC AUC (ties:
-    the first by name); the choice the run's ``best`` field records."""
+    """``RUN_DIR/<head>`` as given, or the best head of ``RUN_DIR`` by
+    :data:`~cellbag.evaluate.stats.BEST_RULE`; the choice the run's ``best`` field records."""
     folders = head_folders(run_dir)
     if len(folders) == 1:
         return folders[0]
-    scores = [figure(p) for p in folders]
-    return folders[max(range(len(folders)), key=lambda i: (np.nan_to_num(scores[i], nan=-1.0), -i))]
+    by_name = {p.name: p for p in folders}
+    return by_name[best_of({name: figure(p) for name, p in by_name.items()})]
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -31,6 +31,13 @@ RESAMPLES = 2000
 CALIBRATION_BINS = 10
 #: default target sensitivity of the triage operating point
 TRIAGE_SENSITIVITY = 0.95
+#: how a run's best head is chosen: one rule for `cv`, `runs`, the report, fit's hint, distill
+BEST_RULE = "the highest ROC AUC of the pooled out-of-fold predictions (ties: the first by name)"
+
+
+def best_of(auc: Mapping[str, float]) -> str:
+    """The best head of ``{head: ROC AUC}`` by :data:`BEST_RULE` (a missing figure ranks last)."""
+    return min(auc, key=lambda h: (-float(np.nan_to_num(auc[h], nan=-np.inf)), str(h)))
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -326,7 +333,7 @@ def evaluate(
     "per_fold": [...], "reliability": [...], "n_patients", "n_tumoral", "n_reactive",
     "best", "vs_best": {figure: paired_difference(...)}}`` and one ``pairs`` row per
     ordered pair (A before B in ``oofs`` order) and figure. Every head is resampled with
-    the same patient counts (paired); the best head is the highest ROC AUC."""
+    the same patient counts (paired); the best head follows :data:`BEST_RULE`."""
     tables = {h: patient_table(o) for h, o in oofs.items()}
     names = list(tables)
     if not names:
@@ -367,7 +374,7 @@ def evaluate(
             "n_reactive": int((y == 0).sum()),
         }
     auc = {h: points[h]["roc_auc"] for h in names}
-    best = max(names, key=lambda h: (np.nan_to_num(auc[h], nan=-1.0), -names.index(h)))
+    best = best_of(auc)
     pairs = []
     for h in names:
         out[h]["best"] = best

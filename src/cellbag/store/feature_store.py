@@ -199,6 +199,27 @@ class CorruptStore(StoreError):
     """Stored embeddings are missing, fail their checksum or hold non-finite values."""
 
 
+def _refuse_cohort(path: str) -> None:
+    """A cohort (challenge folder or manifest) given where a store is expected: say so."""
+    if _is_url(path):
+        return
+    p = Path(path)
+    try:
+        manifest = p.is_file() and "image_path" in p.open(errors="replace").readline().lower()
+    except OSError:
+        manifest = False
+    if manifest or (p.is_dir() and ((p / "trainset").is_dir() or (p / "manifest.csv").is_file())):
+        raise StoreError(f"{path} is a cohort, not a store: cellbag featurize {path} STORE first")
+
+
+def _open_error(path: str, e: BaseException) -> StoreError:
+    if not _is_url(path) and not Path(path).exists():
+        return StoreError(
+            f"{path}: no feature store here (create it with `cellbag featurize DATA {path}`)"
+        )
+    return StoreError(f"{path}: not a readable Zarr store ({type(e).__name__}: {e})")
+
+
 def _strings(arr: zarr.Array) -> np.ndarray:
     return np.asarray(arr[:], dtype=object)
 
@@ -362,15 +383,11 @@ class Store:
         path = _norm_path(path)
         try:
             root = _open_group(path, mode=mode)
-        except (FileNotFoundError, KeyError, ValueError, OSError, TypeError) as e:
-            if not _is_url(path) and not Path(path).exists():
-                raise StoreError(
-                    f"{path}: no feature store here (create it with `cellbag featurize DATA {path}`)"
-                ) from None
-            raise StoreError(
-                f"{path}: not a readable Zarr store ({type(e).__name__}: {e})"
-            ) from None
-        except Exception as e:  # zarr raises its own (GroupNotFoundError, NodeTypeValidationError)
+        except Exception as e:
+            _refuse_cohort(path)
+            if isinstance(e, FileNotFoundError | KeyError | ValueError | OSError | TypeError):
+                raise _open_error(path, e) from None
+            # zarr raises its own (GroupNotFoundError, NodeTypeValidationError)
             raise StoreError(f"{path}: no feature store here ({type(e).__name__})") from None
         fmt = root.attrs.get("format")
         if fmt != FORMAT:
