@@ -147,9 +147,13 @@ def test_remove_store_refuses_anything_else(tmp_path: Path, store: Store) -> Non
         remove_store(mine)
     assert (mine / "x.txt").exists()
     (Path(store.path) / "README.txt").write_text("my notes")  # a user file inside the store
-    remove_store(store.path)
-    assert not Store.exists(store.path)
+    with pytest.raises(StoreError, match="holds 'README.txt', which cellbag did not write"):
+        remove_store(store.path)
+    assert Store.exists(store.path)
     assert (Path(store.path) / "README.txt").read_text() == "my notes"
+    (Path(store.path) / "README.txt").unlink()
+    remove_store(store.path)
+    assert not Path(store.path).exists()
 
 
 # ------------------------------------------------------------------ locks

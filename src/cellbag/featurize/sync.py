@@ -36,7 +36,8 @@ def check_sync(
     same_root = str(store.attrs["cohort"].get("root")) == str(cohort.root)
     if kept == 0 or (kept * 2 < store.n_cells and not same_root):
         if force:
-            remove_store(store.path)  # a cellbag store: the only thing --force replaces
+            # checked before deleting: only a store's own entries go, and the new one fits
+            remove_store(store.path, replacing_with=cohort)
             return None, diff
         a = store.attrs["cohort"]
         raise FeaturizeError(

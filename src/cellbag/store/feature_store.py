@@ -101,6 +101,12 @@ def _check_target(path: str, cohort: Cohort) -> None:
                 f"entries, e.g. {entries[0]!r}); refusing to write into it, choose a new or "
                 "empty folder"
             )
+    _check_placement(path, cohort)
+
+
+def _check_placement(path: str, cohort: Cohort) -> None:
+    """Refuse a store path inside the cohort's folders, or around them."""
+    target = Path(path)
     folders = {Path(p).parent for p in cohort.cells["path"] if p}  # '': imported, no image
     if cohort.sources:
         folders.add(Path(cohort.root))
@@ -170,11 +176,36 @@ def _remove_entries(path: str, names: Sequence[str]) -> None:
             entry.unlink()
 
 
-def remove_store(path: str | os.PathLike) -> None:
-    """Delete a local cellbag store's own entries (never any other file in its folder)."""
+def foreign_entries(path: str | os.PathLike) -> list[str]:
+    """The entries of a local store folder that are not the store's own layout (sorted)."""
+    own = {*STORE_ENTRIES, CREATE_LOCK}
+    return sorted(e for e in os.listdir(path) if e not in own)
+
+
+def check_replaceable(path: str | os.PathLike, cohort: Cohort | None = None) -> None:
+    """Raise unless ``--force`` may replace the store at ``path``: a cellbag store whose
+    folder holds nothing else (the first foreign entry is named), and, given the ``cohort``
+    that replaces it, a place where its new store may be created. Called before anything
+    is deleted."""
     path = _norm_path(path)
     if _is_url(path) or not Store.exists(path):
         raise StoreError(f"{path}: not a cellbag store; refusing to delete anything here")
+    foreign = foreign_entries(path)
+    if foreign:
+        raise StoreError(
+            f"{path}: holds {foreign[0]!r}, which cellbag did not write ({len(foreign)} such "
+            "entries); refusing to replace or rebuild this store: move them out of it first"
+        )
+    if cohort is not None:
+        _check_placement(path, cohort)
+
+
+def remove_store(path: str | os.PathLike, replacing_with: Cohort | None = None) -> None:
+    """Delete a local cellbag store's own entries; a folder holding anything else is
+    refused, naming the first foreign entry, before anything is deleted (see
+    :func:`check_replaceable`, which ``replacing_with`` is passed to)."""
+    path = _norm_path(path)
+    check_replaceable(path, replacing_with)
     _remove_entries(path, (*STORE_ENTRIES, CREATE_LOCK))
     try:
         os.rmdir(path)

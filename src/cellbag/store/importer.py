@@ -371,7 +371,7 @@ def _safe_name(name: str) -> str:
 
 def _prepare_target(path: str, force: bool) -> str | None:
     """Refuse to overwrite what the user owns; return a temporary sibling to build in."""
-    from cellbag.store.feature_store import Store, _is_url, _norm_path
+    from cellbag.store.feature_store import Store, _is_url, _norm_path, check_replaceable
 
     path = _norm_path(path)
     if _is_url(path):
@@ -391,6 +391,7 @@ def _prepare_target(path: str, force: bool) -> str | None:
                 raise FeatureImportError(
                     f"{path}: a store already exists here (--force replaces it)"
                 )
+            check_replaceable(path)  # --force replaces a store, never the user's files
     p.parent.mkdir(parents=True, exist_ok=True)
     return str(p.parent / f".{p.name}.import-{os.getpid()}")
 
@@ -409,7 +410,12 @@ def write_store(
 ) -> Store:
     """Check every bag, then write a new store holding them as one encoder (see module doc)."""
     from cellbag.data import Cohort
-    from cellbag.store.feature_store import DEFAULT_BLOCK_ROWS, DEFAULT_CHUNK_ROWS, Store
+    from cellbag.store.feature_store import (
+        DEFAULT_BLOCK_ROWS,
+        DEFAULT_CHUNK_ROWS,
+        Store,
+        remove_store,
+    )
 
     by_pid = {b.patient_id: b for b in bags}
     order = [by_pid[p] for p in patients["patient_id"]]
@@ -480,8 +486,10 @@ def write_store(
         raise
     if tmp:
         final = Path(str(path)).expanduser().resolve()
-        if final.exists():
-            shutil.rmtree(final)  # an empty folder, or a store the user asked to replace
+        if Store.exists(final):
+            remove_store(final)  # the store the user asked to replace (its own entries only)
+        elif final.exists():
+            os.rmdir(final)  # an empty folder (a non-empty one was refused above)
         os.replace(tmp, final)
         store = Store.open(final, mode="r")
     return store

@@ -31,6 +31,7 @@ from cellbag.store.feature_store import (
     STATUS_PENDING,
     STORE_ENTRIES,
     Store,
+    check_replaceable,
     remove_store,
 )
 
@@ -258,6 +259,7 @@ def _rebuild(store: Store, cohort: Cohort, diff: SyncDiff) -> Store:
     """A new store for ``cohort`` beside ``store``, unchanged blocks copied, then swapped in."""
     if "://" in store.path:
         raise StoreError(f"{store.path}: cells were added or removed; update a local store only")
+    check_replaceable(store.path)  # the folder is swapped whole: a user's file would move
     tmp = store.path + UPDATE_SUFFIX
     _clear_leftover(tmp)
     new = Store.create(tmp, cohort, chunk_rows=store.chunk_rows, block_rows=store.block_rows)
