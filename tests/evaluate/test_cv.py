@@ -112,6 +112,7 @@ def test_same_seed_identical_metrics_and_resume(cv_run, store_path, tmp_path, fa
 def test_no_test_label_is_read(store_path, tmp_path, monkeypatch, fast):
     kw = dict(heads="meanpool,lgbm", folds=3, repeats=1, seed=0, head_params=fast, quiet=True)
     kw["inner_folds"] = 2
+    kw["jobs"] = 1  # the poisoned reader is this process's
     ref = run_cv(str(store_path), out=tmp_path / "a", **kw)
     real = Store.patients
 

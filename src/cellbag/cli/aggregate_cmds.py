@@ -55,40 +55,61 @@ def best_line(table) -> str:  # noqa: ANN001
     return f"best head: {best} ({BEST_RULE}; a rank is no verdict: read the paired comparison)"
 
 
+JOBS_HELP = "Worker processes for the independent fits (default: every core); same numbers."
+CONFIG_HELP = "A run's config.yaml to replay; flags given beside it override its settings."
+
+
 @app.command("cv")
 def cv_cmd(
-    store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
+    store: str = typer.Argument(
+        None, help="Feature store (folder or fsspec URL); from --config when omitted."
+    ),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
     encoder: str = typer.Option(
         None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
-    head: str = typer.Option("abmil", "--head", help=HEAD_HELP),
+    head: str = typer.Option(None, "--head", help=HEAD_HELP + " [default: abmil]"),
     clinical: bool = typer.Option(
-        True, "--clinical/--no-clinical", help="Fuse clinical features (when the store has them)."
+        None,
+        "--clinical/--no-clinical",
+        help="Fuse clinical features (when the store has them). [default: clinical]",
+        show_default=False,
     ),
-    folds: int = typer.Option(5, "--folds", min=2, help="Folds per repeat."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats of the k-fold split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the splits and of every head."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (splits.json, <head>/...)."),
+    folds: int = typer.Option(None, "--folds", min=2, help="Folds per repeat. [default: 5]"),
+    repeats: int = typer.Option(
+        None, "--repeats", min=1, help="Repeats of the k-fold split. [default: 3]"
+    ),
+    seed: int = typer.Option(
+        None, "--seed", help="Seed of the splits and of every head. [default: 0]"
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (splits.json, <head>/...)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        help="Run the fits on Dask: tcp://HOST:8786 (a running scheduler) or local:N "
+        "(N local worker processes); needs the `cluster` extra.",
+    ),
     threads: int = typer.Option(
         None,
         "--threads",
         min=1,
-        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
+        help="Torch threads per fit (default 1: reproducible, and fastest for these tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
     triage_sensitivity: float = typer.Option(
-        0.95,
+        None,
         "--triage-sensitivity",
         help="Target sensitivity of the triage operating point (its threshold is chosen "
-        "inside each training fold).",
+        "inside each training fold). [default: 0.95]",
     ),
     inner_folds: int = typer.Option(
-        3,
+        None,
         "--inner-folds",
         min=0,
         help="Inner folds for the nested thresholds and calibration (0: none; each adds a "
-        "head fit per outer fold).",
+        "head fit per outer fold). [default: 3]",
     ),
     calibrate: str = typer.Option(
         None,
@@ -96,7 +117,7 @@ def cv_cmd(
         help="Calibrate probabilities inside the training fold: sigmoid | isotonic.",
     ),
     holdout_finetuned: bool = typer.Option(
-        False,
+        None,
         "--holdout-finetuned",
         help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
@@ -108,69 +129,93 @@ def cv_cmd(
     ),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
-    split; every figure with its 95% bootstrap interval over patients.
+    split; every figure with its 95% bootstrap interval over patients. The run folder gets
+    config.yaml: `cellbag cv --config RUN/config.yaml` reruns it.
 
     \b
     Examples:
       cellbag cv demo_out/store.zarr --head meanpool,abmil,lgbm --out runs/effnet
       cellbag cv store.zarr -e ENCODER_ID --head abmil --no-clinical \\
           --set abmil.hidden=32 -o runs/a
+      cellbag cv --config runs/effnet/config.yaml --out runs/again --jobs 4
     """
     from cellbag.aggregate.registry import parse_heads
-    from cellbag.evaluate.cv import run_cv
+    from cellbag.evaluate.config import CVConfig, override, read_config
+    from cellbag.evaluate.cv import run_config
 
-    names = parse_heads(head)
-    table = run_cv(
-        store,
-        encoder,
+    base = read_config(config, CVConfig) if config is not None else CVConfig(heads=["abmil"])
+    names = parse_heads(head) if head is not None else parse_heads(base.heads)
+    params = base.head_params
+    if sets:
+        params = {
+            h: {**base.head_params.get(h, {}), **v} for h, v in _head_params(sets, names).items()
+        }
+    cfg = override(
+        base,
+        store=store,
+        out=None if out is None else str(out),
+        encoder=encoder,
         heads=names,
-        out=out,
         clinical=clinical,
         folds=folds,
         repeats=repeats,
         seed=seed,
-        head_params=_head_params(sets, names),
-        threads=threads,
-        console=console,
-        quiet=quiet,
         inner_folds=inner_folds,
         triage_sensitivity=triage_sensitivity,
         calibrate=calibrate,
+        head_params=params,
         holdout_finetuned=holdout_finetuned,
-        cell_truth=cell_truth,
+        cell_truth=None if cell_truth is None else str(cell_truth),
+        threads=threads,
+        jobs=jobs,
+        cluster=cluster,
     )
+    if cfg.store is None:
+        raise typer.BadParameter("give STORE, or --config RUN/config.yaml", param_hint="STORE")
+    if cfg.out is None:
+        raise typer.BadParameter("give the run folder", param_hint="--out")
+    out = Path(cfg.out)
+    table = run_config(cfg, console=console, quiet=quiet)
     if not quiet:
         console.print(f"results in [bold]{out}[/] ({len(table)} head(s), comparison.csv)")
         console.print(best_line(table), highlight=False)
-        if cell_truth is not None:
+        if cfg.cell_truth is not None:
             for h in table["head"]:
                 m = json.loads((out / h / "metrics.json").read_text()).get("cell_truth") or {}
                 if m.get("instance_auc") is not None:
                     console.print(f"instance AUC of {h}'s cell weights: {m['instance_auc']:.3f}")
     next_step(
-        f"cellbag report {shell_path(out)} --store {shell_path(store)} "
+        f"cellbag report {shell_path(out)} --store {shell_path(cfg.store)} "
         f"--out {shell_path(out / 'report')}"
     )
 
 
 @app.command("fit")
 def fit_cmd(
-    store: str = typer.Argument(..., help="Feature store (folder or fsspec URL)."),
+    store: str = typer.Argument(
+        None, help="Feature store (folder or fsspec URL); from --config when omitted."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="A model's config.yaml to replay; flags override it."
+    ),
     encoder: str = typer.Option(
         None, "--encoder", "-e", help="Encoder id or name (default: the store's only encoder)."
     ),
-    head: str = typer.Option(..., "--head", help=f"One head: {HEADS}."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    clinical: bool = typer.Option(True, "--clinical/--no-clinical", help="Fuse clinical features."),
-    seed: int = typer.Option(0, "--seed", help="Seed."),
+    head: str = typer.Option(None, "--head", help=f"One head: {HEADS}."),
+    out: Path = typer.Option(None, "--out", "-o", help="Model folder to write."),
+    clinical: bool = typer.Option(
+        None, "--clinical/--no-clinical", help="Fuse clinical features. [default: clinical]"
+    ),
+    seed: int = typer.Option(None, "--seed", help="Seed. [default: 0]"),
     ensemble: int = typer.Option(
-        0, "--ensemble", min=0, help="Train a K-fold ensemble (K >= 2) instead of one model."
+        None, "--ensemble", min=0, help="Train a K-fold ensemble (K >= 2) instead of one model."
     ),
     threshold: str = typer.Option(
-        "0.5",
+        None,
         "--threshold",
         help="Decision threshold: a probability, 'youden', or 'triage[:SENS]' (target "
-        "sensitivity, default 0.95); chosen from out-of-fold predictions of the training patients.",
+        "sensitivity, default 0.95); chosen from out-of-fold predictions of the training "
+        "patients. [default: 0.5]",
     ),
     cv_run: Path = typer.Option(
         None,
@@ -181,16 +226,17 @@ def fit_cmd(
         None, "--calibrate", help="Calibrate on out-of-fold predictions: sigmoid | isotonic."
     ),
     holdout_finetuned: bool = typer.Option(
-        False,
+        None,
         "--holdout-finetuned",
         help="Leave out the patients whose labels fine-tuned the encoder (else refused).",
     ),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
     threads: int = typer.Option(
         None,
         "--threads",
         min=1,
-        help="Torch threads (default 1: reproducible, and fastest for these small tensors).",
+        help="Torch threads per fit (default 1: reproducible, and fastest for these tensors).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -204,34 +250,50 @@ def fit_cmd(
     """
     from cellbag.aggregate.errors import AggregateError
     from cellbag.aggregate.registry import parse_heads
-    from cellbag.evaluate.model import fit_model
-
-    names = parse_heads(head)
-    if len(names) != 1:
-        raise AggregateError(f"--head: `cellbag fit` trains one head, got {head!r}")
     from cellbag.core.progress import progress_bar
+    from cellbag.evaluate.config import FitConfig, override, read_config
+    from cellbag.evaluate.model import fit_config
 
+    base = read_config(config, FitConfig) if config is not None else FitConfig()
+    if head is not None:
+        names = parse_heads(head)
+        if len(names) != 1:
+            raise AggregateError(f"--head: `cellbag fit` trains one head, got {head!r}")
+        head = names[0]
+    head = head or base.head
+    if head is None:
+        raise typer.BadParameter("name the head to train", param_hint="--head")
+    params = {**base.params, **_head_params(sets, [head])[head]} if sets else base.params
+    cfg = override(
+        base,
+        store=store,
+        out=None if out is None else str(out),
+        head=head,
+        encoder=encoder,
+        clinical=clinical,
+        seed=seed,
+        ensemble=ensemble,
+        threshold=threshold,
+        cv_run=None if cv_run is None else str(cv_run),
+        calibrate=calibrate,
+        params=params,
+        holdout_finetuned=holdout_finetuned,
+        threads=threads,
+        jobs=jobs,
+    )
+    if cfg.store is None:
+        raise typer.BadParameter("give STORE, or --config MODEL/config.yaml", param_hint="STORE")
+    if cfg.out is None:
+        raise typer.BadParameter("give the model folder", param_hint="--out")
+    out, store = Path(cfg.out), cfg.store
     with progress_bar("models", enabled=not quiet, console=console) as bar:
-        task = bar.add_task(f"fit {names[0]}", total=None)
-        model = fit_model(
-            store,
-            names[0],
-            out,
-            encoder_id=encoder,
-            clinical=clinical,
-            seed=seed,
-            ensemble=ensemble,
-            threshold=threshold,
-            cv_run=cv_run,
-            params=_head_params(sets, names)[names[0]],
-            threads=threads,
-            calibrate=calibrate,
-            holdout_finetuned=holdout_finetuned,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        task = bar.add_task(f"fit {head}", total=None)
+        model = fit_config(
+            cfg, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
     t = model.doc["threshold"]
     console.print(
-        f"saved [bold]{out}[/]: {names[0]} on {model.doc['n_train_patients']} patients, "
+        f"saved [bold]{out}[/]: {head} on {model.doc['n_train_patients']} patients, "
         f"{len(model.members)} member(s), threshold {t['value']:.3f} ({t['method']})"
         + (
             f", triage threshold {model.triage_threshold:.3f} (sensitivity "

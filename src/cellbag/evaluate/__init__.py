@@ -11,9 +11,11 @@ It sits above the heads (:mod:`cellbag.aggregate`) and below the pages that show
 from cellbag.core.lazy import lazy_exports
 
 _EXPORTS = {
+    "CVConfig": "cellbag.evaluate.config",
+    "FitConfig": "cellbag.evaluate.config",
     "cross_validate": "cellbag.evaluate.cv",
     "run_cv": "cellbag.evaluate.cv",
-    "fit_fold": "cellbag.evaluate.cv",
+    "fit_fold": "cellbag.evaluate.fitting",
     "EvaluateError": "cellbag.evaluate.errors",
     "LabelLeakError": "cellbag.evaluate.errors",
     "RunFolderError": "cellbag.evaluate.errors",

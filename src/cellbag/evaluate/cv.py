@@ -15,16 +15,21 @@ are then applied to the outer test fold. With 3 inner folds a run fits 4 heads p
 fold instead of 1 (``--inner-folds 0`` skips them, and the Youden/triage figures); a head
 whose own training already predicts each training patient from inner models that did not
 see it (``train_oof_proba_``) gives those predictions instead, without refitting.
+
+The run is a grid of independent fits (heads x repeats x folds, each with its inner folds):
+they run in ``jobs`` worker processes or on a Dask ``cluster``
+(:mod:`cellbag.evaluate.parallel`), each with its fold's own seed and one thread, and
+every output is computed from the fold records in split order, so the numbers are the same
+for any number of workers. Modules: the fold cache (:mod:`~cellbag.evaluate.fold_cache`),
+fitting (:mod:`~cellbag.evaluate.fitting`), outputs (:mod:`~cellbag.evaluate.outputs`);
+settings: :class:`~cellbag.evaluate.config.CVConfig`, written as ``RUN_DIR/config.yaml``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import shutil
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,139 +37,55 @@ import numpy as np
 import pandas as pd
 
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
-from cellbag.aggregate.base import Bags, Head, standardizer
-from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.registry import make_head, parse_heads
-from cellbag.core.threads import default_threads, torch_threads
-from cellbag.evaluate.run_folder import versions, write_csv, write_json, write_summary
-from cellbag.evaluate.splits import check_splits, inner_splits, load_or_make_splits
-from cellbag.evaluate.stats import (
-    CALIBRATIONS,
-    RESAMPLES,
-    TRIAGE_SENSITIVITY,
-    apply_calibrator,
-    fit_calibrator,
-    select_thresholds,
-)
+from cellbag.evaluate.config import INNER_FOLDS, CVConfig, write_config
+from cellbag.evaluate.errors import EvaluateError
+from cellbag.evaluate.fitting import FoldTask, fit_fold, run_fold
+from cellbag.evaluate.fold_cache import FoldCache, fold_key
+from cellbag.evaluate.outputs import add_earlier_heads, write_head_outputs
+from cellbag.evaluate.parallel import StoreBags, run_grid
+from cellbag.evaluate.run_folder import write_summary
+from cellbag.evaluate.splits import check_splits, load_or_make_splits
+from cellbag.evaluate.stats import CALIBRATIONS, RESAMPLES, TRIAGE_SENSITIVITY
 
-#: inner folds of the nested threshold / calibration choice (cost: 1 + this many fits per fold)
-INNER_FOLDS = 3
-
-
-# ------------------------------------------------------------------------------ one fold
-@dataclass
-class FoldResult:
-    head: Head
-    proba: np.ndarray
-    weights: list[np.ndarray] | None
-    clinical_state: dict | None
-    seconds: float
-
-
-def clinical_fold(
-    data: BagSet, train: np.ndarray, test: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Clinical features of train and test rows, scaled with statistics of the train rows."""
-    if data.patients is not None:
-        from cellbag.data import ClinicalScaler
-
-        scaler = ClinicalScaler().fit(data.patients.iloc[train])
-        return (
-            scaler.transform(data.patients.iloc[train]),
-            scaler.transform(data.patients.iloc[test]),
-            scaler.to_dict(),
-        )
-    if data.clinical_matrix is not None:
-        m = data.clinical_matrix
-        mean, std = standardizer(m[train])
-        state = {"mean": mean.tolist(), "std": std.tolist()}
-        return (m[train] - mean) / std, (m[test] - mean) / std, state
-    raise AggregateError(f"{data.source}: no clinical data; use --no-clinical")
-
-
-def fold_bags(data: BagSet, train: np.ndarray, test: np.ndarray, clinical: bool):
-    """(train X, test X, clinical scaler state): ``Bags`` of the two row sets, with their
-    clinical features scaled by statistics of the train rows when ``clinical``."""
-    c_tr = c_te = state = None
-    if clinical:
-        c_tr, c_te, state = clinical_fold(data, train, test)
-    x_tr = Bags([data.bags[i] for i in train], c_tr)
-    x_te = Bags([data.bags[i] for i in test], c_te)
-    return x_tr, x_te, state
-
-
-def fit_fold(
-    data: BagSet,
-    head_name: str,
-    train: np.ndarray,
-    test: np.ndarray,
-    clinical: bool = True,
-    seed: int = 0,
-    params: dict | None = None,
-) -> FoldResult:
-    """Fit a head on the ``train`` rows and predict the ``test`` rows (all fitting inside)."""
-    if data.labels is None:
-        raise AggregateError(f"{data.source}: these bags carry no labels (not the training split)")
-    t0 = time.perf_counter()
-    x_tr, x_te, state = fold_bags(data, train, test, clinical)
-    head = make_head(head_name, clinical=clinical, seed=seed, **(params or {}))
-    head.fit(x_tr, data.labels[train])
-    proba = head.predict_proba(x_te)[:, 1]
-    weights = _cell_scores(head, x_te)
-    return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
-
-
-def _cell_scores(head: Head, x: Bags) -> list[np.ndarray] | None:
-    """Attention weights, or the head's per-cell contributions (the report's galleries)."""
-    try:
-        return head.cell_contributions(x)
-    except (AggregateError, AttributeError, NotImplementedError):
-        return None
-
-
-# ------------------------------------------------------------------------------ the run
-def _data_digest(data: BagSet) -> str:
-    if data.digest:
-        return data.digest
-    h = hashlib.sha256()
-    for b in data.bags:
-        h.update(np.ascontiguousarray(b).tobytes())
-    if data.clinical_matrix is not None:
-        h.update(np.ascontiguousarray(data.clinical_matrix).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _inner_predictions(
-    data: BagSet,
-    name: str,
-    train: np.ndarray,
-    clinical: bool,
-    seed: int,
-    params: dict,
-    inner_folds: int,
-) -> dict:
-    """Out-of-fold predictions of the outer training patients from an inner cv on them
-    alone (the outer test patients are never seen): ``{patients, probability}``."""
-    proba = np.full(len(train), np.nan)
-    for k, (itr, ite) in enumerate(inner_splits(data.labels[train], inner_folds, seed)):
-        res = fit_fold(data, name, train[itr], train[ite], clinical, seed + 100 * (k + 1), params)
-        proba[ite] = res.proba
-    return {"patients": [data.patient_ids[i] for i in train], "probability": proba.tolist()}
+__all__ = ["CVConfig", "INNER_FOLDS", "cross_validate", "fit_fold", "run_cv", "run_config"]
 
 
 def _check_options(inner_folds: int, triage_sensitivity: float, calibrate: str | None) -> None:
     if inner_folds == 1 or inner_folds < 0:
-        raise AggregateError(f"--inner-folds must be 0 (off) or >= 2, got {inner_folds}")
+        raise EvaluateError(f"--inner-folds must be 0 (off) or >= 2, got {inner_folds}")
     if not 0.0 < triage_sensitivity <= 1.0:
-        raise AggregateError(f"--triage-sensitivity must be in (0, 1], got {triage_sensitivity}")
+        raise EvaluateError(f"--triage-sensitivity must be in (0, 1], got {triage_sensitivity}")
     if calibrate is not None and calibrate not in CALIBRATIONS:
-        raise AggregateError(
+        raise EvaluateError(
             f"--calibrate must be one of {', '.join(CALIBRATIONS)}, not {calibrate!r}"
         )
     if calibrate is not None and inner_folds == 0:
-        raise AggregateError(
-            "--calibrate needs inner folds (it is fitted inside the training fold)"
+        raise EvaluateError("--calibrate needs inner folds (it is fitted inside the training fold)")
+
+
+def _before_any_fit(data: BagSet, cfg: CVConfig) -> None:
+    """Checks that must pass before the first fit of a run (each raises one line): the
+    labelled split here; the store's stale-image check and each head's preconditions on
+    these bags belong here too."""
+    if data.labels is None:
+        raise EvaluateError(f"{data.source}: cross-validation needs the labelled training split")
+
+
+def _plan(data: BagSet, cfg: CVConfig, console: Any) -> tuple[list[str], bool]:
+    """The heads to run (the clinical baseline added) and whether clinical features are used."""
+    names = parse_heads(cfg.heads)
+    clinical = cfg.clinical
+    if clinical and not data.has_clinical:
+        clinical = False
+        console.print(
+            "[yellow]note:[/] no clinical data in this store: running image-only (--no-clinical)"
         )
+    if clinical and "clinical" not in names:
+        names.append("clinical")  # the clinical-only baseline, beside every fused head
+    if not clinical and "clinical" in names:
+        raise EvaluateError("head 'clinical' needs clinical data; drop it or --no-clinical")
+    return names, clinical
 
 
 def cross_validate(
@@ -185,151 +106,156 @@ def cross_validate(
     calibrate: str | None = None,
     resamples: int = RESAMPLES,
     cell_truth: str | Path | None = None,
+    jobs: int | None = 1,
+    cluster: str | None = None,
 ) -> pd.DataFrame:
-    """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`."""
+    """Cross-validate heads on in-memory bags (the training split); see :func:`run_cv`.
+    In-memory bags travel to worker processes with the tasks; ``jobs`` defaults to 1 here."""
+    cfg = CVConfig(
+        out=str(out),
+        heads=heads,
+        clinical=clinical,
+        folds=folds,
+        repeats=repeats,
+        seed=seed,
+        inner_folds=inner_folds,
+        triage_sensitivity=triage_sensitivity,
+        calibrate=calibrate,
+        resamples=resamples,
+        head_params=head_params or {},
+        cell_truth=None if cell_truth is None else str(cell_truth),
+        threads=threads,
+        jobs=jobs,
+        cluster=cluster,
+    )
+    return evaluate_bags(data, cfg, console=console, quiet=quiet, extra_config=extra_config)
+
+
+def evaluate_bags(
+    data: BagSet,
+    cfg: CVConfig,
+    source: BagSet | StoreBags | None = None,
+    console: Any = None,
+    quiet: bool = False,
+    extra_config: dict | None = None,
+) -> pd.DataFrame:
+    """The run of ``cfg`` on ``data`` (``source``: how workers get the same bags)."""
     from rich.console import Console
 
     from cellbag.core.progress import progress_bar
 
-    names = parse_heads(heads)
-    _check_options(inner_folds, triage_sensitivity, calibrate)
-    head_params = head_params or {}
+    console = console or Console(quiet=quiet)
+    _check_options(cfg.inner_folds, cfg.triage_sensitivity, cfg.calibrate)
+    names, clinical = _plan(data, cfg, console)
     truth = None
-    if cell_truth is not None:
+    if cfg.cell_truth is not None:
         from cellbag.evaluate.celltruth import read_cell_truth
 
-        truth = read_cell_truth(cell_truth)  # a bad file stops before any work
-    if data.labels is None:
-        raise AggregateError(f"{data.source}: cross-validation needs the labelled training split")
-    if clinical and not data.has_clinical:
-        clinical = False
-        note = "no clinical data in this store: running image-only (--no-clinical)"
-    else:
-        note = None
-    if clinical and "clinical" not in names:
-        names.append("clinical")  # the clinical-only baseline, beside every fused head
-    if not clinical and "clinical" in names:
-        raise AggregateError("head 'clinical' needs clinical data; drop it or --no-clinical")
-    out = Path(out)
+        truth = read_cell_truth(cfg.cell_truth)  # a bad file stops before any work
+    _before_any_fit(data, cfg)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    console = console or Console(quiet=quiet)
-    if note:
-        console.print(f"[yellow]note:[/] {note}")
+    write_config(cfg, out)
     if data.skipped:
         console.print(
             f"[yellow]note:[/] skipped patients without usable cells: {', '.join(data.skipped)}"
         )
     splits = load_or_make_splits(
-        out / "splits.json", data.patient_ids, data.labels, folds, repeats, seed
+        out / "splits.json", data.patient_ids, data.labels, cfg.folds, cfg.repeats, cfg.seed
     )
     check_splits(splits)
     index = {p: i for i, p in enumerate(data.patient_ids)}
-    digest = _data_digest(data)
-    threads = threads or default_threads()
 
+    # the fold cache: what is done already, and the grid of fits still to run
+    caches: dict[str, FoldCache] = {}
+    records: dict[str, list[dict | None]] = {}
+    todo: list[tuple[str, int, FoldTask]] = []
+    for name in names:
+        params = dict(cfg.head_params.get(name, {}))
+        settings = make_head(name, clinical=clinical, seed=cfg.seed, **params).settings()
+        cache = caches[name] = FoldCache(out / name, fold_key(name, settings, cfg, clinical, data))
+        note = cache.open()
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
+        records[name] = []
+        for k, s in enumerate(splits):
+            r, f = s["repeat"], s["fold"]
+            rec = cache.get(r, f)
+            records[name].append(rec)
+            if rec is None:
+                task = FoldTask(
+                    head=name,
+                    repeat=r,
+                    fold=f,
+                    train=np.asarray([index[p] for p in s["train"]]),
+                    test=np.asarray([index[p] for p in s["test"]]),
+                    seed=cfg.seed + 1000 * r + f,
+                    clinical=clinical,
+                    inner_folds=cfg.inner_folds,
+                    params=params,
+                )
+                todo.append((name, k, task))
+
+    # fitting: every missing fold, on the workers; each kept as soon as it is done
+    total = len(names) * len(splits)
+    with progress_bar("fits", enabled=not quiet, console=console) as progress:
+        bar = progress.add_task(f"cv {','.join(names)}", total=total, completed=total - len(todo))
+
+        def done(i: int, rec: dict) -> None:
+            name, k, _ = todo[i]
+            caches[name].put(rec)
+            records[name][k] = rec
+            progress.advance(bar)
+
+        run_grid(
+            run_fold,
+            source if source is not None else data,
+            [t for _, _, t in todo],
+            jobs=cfg.jobs,
+            cluster=cfg.cluster,
+            threads=cfg.threads,
+            on_done=done,
+        )
+
+    # outputs: from the records in split order
     results: dict[str, dict] = {}
-    with (
-        torch_threads(threads),
-        progress_bar("folds", enabled=not quiet, console=console) as progress,
-    ):
-        for name in names:
-            params = dict(head_params.get(name, {}))
-            proto = make_head(name, clinical=clinical, seed=seed, **params)
-            key = {
-                "head": name,
-                "params": proto.settings(),
-                "clinical": clinical,
-                "encoder_id": data.encoder_id,
-                "embeddings_digest": digest,
-                "splits": (out / "splits.json").name,
-                "folds": folds,
-                "repeats": repeats,
-                "inner_folds": inner_folds,
-                "seed": seed,
-            }
-            head_dir = out / name
-            fold_dir = head_dir / "folds"
-            old = head_dir / "config.json"
-            if old.is_file():
-                try:
-                    same = json.loads(old.read_text()).get("key") == json.loads(json.dumps(key))
-                except ValueError:
-                    same = False
-                if not same and fold_dir.exists():
-                    console.print(
-                        f"[yellow]note:[/] {head_dir}: settings changed, recomputing its folds"
-                    )
-                    shutil.rmtree(fold_dir)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            write_json(head_dir / "config.json", {"key": key, "state": "running"})
-            task = progress.add_task(f"cv {name}", total=len(splits))
-            t_head = time.perf_counter()
-            records = []
-            for s in splits:
-                r, f = s["repeat"], s["fold"]
-                path = fold_dir / f"r{r}_f{f}.json"
-                if path.is_file():
-                    rec = json.loads(path.read_text())
-                else:
-                    tr = np.asarray([index[p] for p in s["train"]])
-                    te = np.asarray([index[p] for p in s["test"]])
-                    fold_seed = seed + 1000 * r + f
-                    res = fit_fold(data, name, tr, te, clinical, fold_seed, params)
-                    rec = {
-                        "repeat": r,
-                        "fold": f,
-                        "patients": s["test"],
-                        "probability": res.proba.tolist(),
-                        "cell_weights": None
-                        if res.weights is None
-                        else [w.tolist() for w in res.weights],
-                        "cell_kind": getattr(res.head, "contribution_kind", "attention"),
-                        "seconds": res.seconds,
-                        "best_epoch": getattr(res.head, "best_epoch_", None),
-                    }
-                    own = getattr(res.head, "train_oof_proba_", None)
-                    if inner_folds and own is not None:
-                        # the head's training already held each training patient out once
-                        # (its inner k-fold models): those predictions, without refitting
-                        rec["inner"] = {
-                            "patients": [data.patient_ids[i] for i in tr],
-                            "probability": own.tolist(),
-                        }
-                    elif inner_folds:
-                        rec["inner"] = _inner_predictions(
-                            data, name, tr, clinical, fold_seed, params, inner_folds
-                        )
-                    write_json(path, rec)
-                records.append(rec)
-                progress.advance(task)
-            seconds = time.perf_counter() - t_head
-            progress.remove_task(task)
-            extra = dict(extra_config or {}, triage_sensitivity=triage_sensitivity)
-            extra["calibrate"] = calibrate
-            oof = write_head_outputs(
-                data, head_dir, name, records, key, seconds, extra, triage_sensitivity, calibrate
-            )
-            info = {
-                "clinical": clinical,
-                "folds": folds,
-                "repeats": repeats,
-                "inner_folds": inner_folds,
-                "seed": seed,
-                "triage_sensitivity": triage_sensitivity if inner_folds else None,
-                "calibrate": calibrate,
-                "threshold_method": "nested: chosen in each training fold from out-of-fold "
-                "predictions of its training patients only (inner folds)",
-            }
-            if truth is not None:
-                from cellbag.evaluate.celltruth import head_instance_auc
+    extra = dict(extra_config or {}, triage_sensitivity=cfg.triage_sensitivity)
+    extra["calibrate"] = cfg.calibrate
+    for name in names:
+        recs = records[name]
+        seconds = float(sum(r.get("seconds", 0.0) + r.get("inner_seconds", 0.0) for r in recs))
+        oof = write_head_outputs(
+            data,
+            out / name,
+            name,
+            recs,
+            caches[name].key,
+            seconds,
+            extra,
+            cfg.triage_sensitivity,
+            cfg.calibrate,
+        )
+        info = {
+            "clinical": clinical,
+            "folds": cfg.folds,
+            "repeats": cfg.repeats,
+            "inner_folds": cfg.inner_folds,
+            "seed": cfg.seed,
+            "triage_sensitivity": cfg.triage_sensitivity if cfg.inner_folds else None,
+            "calibrate": cfg.calibrate,
+            "threshold_method": "nested: chosen in each training fold from out-of-fold "
+            "predictions of its training patients only (inner folds)",
+        }
+        if truth is not None:
+            from cellbag.evaluate.celltruth import head_instance_auc
 
-                labels = dict(zip(data.patient_ids, data.labels.tolist(), strict=True))
-                res_truth = head_instance_auc(head_dir, truth, labels)
-                if res_truth is not None:
-                    info["cell_truth"] = res_truth  # -> metrics.json
-            results[name] = {"oof": oof, "info": info, "seconds": seconds}
-    _add_earlier_heads(out, results, data)
-    table = write_summary(out, results, seed, resamples)
+            labels = dict(zip(data.patient_ids, data.labels.tolist(), strict=True))
+            res_truth = head_instance_auc(out / name, truth, labels)
+            if res_truth is not None:
+                info["cell_truth"] = res_truth  # -> metrics.json
+        results[name] = {"oof": oof, "info": info, "seconds": seconds}
+    add_earlier_heads(out, results, data)
+    table = write_summary(out, results, cfg.seed, cfg.resamples)
     if not quiet:
         from cellbag.evaluate.display import comparison_table, paired_lines
 
@@ -339,131 +265,25 @@ def cross_validate(
     return table
 
 
-def _add_earlier_heads(out: Path, results: dict[str, dict], data: BagSet) -> None:
-    """Heads an earlier run left in ``out`` (same splits, same patients) join the summary,
-    so comparison.csv and each head's ``vs_best`` cover every head of the folder."""
-    from cellbag.evaluate.run_folder import RunFolderError, read_json, read_oof
+def run_config(cfg: CVConfig, console: Any = None, quiet: bool = False) -> pd.DataFrame:
+    """Run a :class:`CVConfig` (what ``cellbag cv`` and ``cellbag cv --config`` call)."""
+    from cellbag.evaluate.leaks import guard
 
-    patients = set(data.patient_ids)
-    for d in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in results):
-        try:
-            cfg = read_json(d / "config.json")
-            oof = read_oof(d / "oof_predictions.csv")
-        except (RunFolderError, FileNotFoundError):
-            continue
-        key = cfg.get("key") or {}
-        if cfg.get("state") != "done" or set(oof["patient_id"]) != patients:
-            continue
-        info = {k: key.get(k) for k in ("clinical", "folds", "repeats", "inner_folds", "seed")}
-        info["triage_sensitivity"] = cfg.get("triage_sensitivity")
-        info["calibrate"] = cfg.get("calibrate")
-        try:  # the instance AUC an earlier `--cell-truth` run measured stays in metrics.json
-            truth = read_json(d / "metrics.json").get("cell_truth")
-        except (RunFolderError, FileNotFoundError):
-            truth = None
-        if truth is not None:
-            info["cell_truth"] = truth
-        results[d.name] = {"oof": oof, "info": info, "seconds": cfg.get("seconds", 0.0)}
-
-
-def fold_thresholds(
-    data: BagSet, rec: dict, triage_sensitivity: float, calibrate: str | None
-) -> tuple[dict | None, dict[str, float]]:
-    """The calibrator and the ``{youden, triage}`` cuts of one outer fold, from its inner
-    out-of-fold predictions only (none without them)."""
-    inner = rec.get("inner")
-    if not inner:
-        return None, {}
-    index = {p: i for i, p in enumerate(data.patient_ids)}
-    ids = inner["patients"]
-    y = data.labels[np.asarray([index[p] for p in ids])]
-    p = np.asarray(inner["probability"], dtype=np.float64)
-    cal = fit_calibrator(calibrate, y, p) if calibrate else None
-    return cal, select_thresholds(ids, y, apply_calibrator(cal, p), triage_sensitivity)
-
-
-def write_head_outputs(
-    data: BagSet,
-    head_dir: Path,
-    name: str,
-    records: list[dict],
-    key: dict,
-    seconds: float,
-    extra_config: dict | None = None,
-    triage_sensitivity: float = TRIAGE_SENSITIVITY,
-    calibrate: str | None = None,
-) -> pd.DataFrame:
-    """oof_predictions.csv (with each fold's nested thresholds), attention.csv, roc.png and
-    config.json of one head; returns the out-of-fold table (metrics.json comes from
-    :func:`cellbag.evaluate.run_folder.write_summary`, which compares the heads)."""
-    from cellbag.evaluate.display import roc_plot
-
-    index = {p: i for i, p in enumerate(data.patient_ids)}
-    oof_rows, att = [], []
-    kind = "attention"
-    for rec in records:
-        idx = np.asarray([index[p] for p in rec["patients"]])
-        y = data.labels[idx]
-        raw = np.asarray(rec["probability"], dtype=np.float64)
-        cal, thr = fold_thresholds(data, rec, triage_sensitivity, calibrate)
-        p = apply_calibrator(cal, raw)
-        for pid, prob, praw, lab in zip(rec["patients"], p, raw, y, strict=True):
-            row = {
-                "patient_id": pid,
-                "repeat": rec["repeat"],
-                "fold": rec["fold"],
-                "probability": float(prob),
-                "label": int(lab),
-            }
-            if thr:
-                row["youden_threshold"] = thr["youden"]
-                row["triage_threshold"] = thr["triage"]
-            if cal is not None:
-                row["probability_raw"] = float(praw)
-            oof_rows.append(row)
-        if rec.get("cell_weights") is not None:
-            kind = rec.get("cell_kind", "attention")
-            for pid, i, w in zip(rec["patients"], idx, rec["cell_weights"], strict=True):
-                ids = (
-                    data.cell_ids[i] if data.cell_ids is not None else np.arange(len(w)).astype(str)
-                )
-                paths = data.cell_paths[i] if data.cell_paths is not None else np.full(len(w), "")
-                att.append(
-                    pd.DataFrame(
-                        {
-                            "patient_id": pid,
-                            "cell_id": ids,
-                            "path": paths,
-                            "repeat": rec["repeat"],
-                            "fold": rec["fold"],
-                            "weight": np.asarray(w, dtype=np.float64),
-                        }
-                    )
-                )
-    oof = pd.DataFrame(oof_rows)
-    oof = oof.sort_values(["repeat", "fold", "patient_id"], kind="stable").reset_index(drop=True)
-    write_csv(head_dir / "oof_predictions.csv", oof)
-    if att and kind == "attention":
-        write_csv(head_dir / "attention.csv", pd.concat(att, ignore_index=True))
-    elif att:  # signed or gain contributions: not attention (distill must not read them)
-        write_csv(
-            head_dir / "contributions.csv", pd.concat(att, ignore_index=True).assign(kind=kind)
-        )
-    roc_plot(
-        oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
-    )
-    config = {
-        "key": key,
-        "state": "done",
-        "source": data.source,
-        "n_patients": len(data.patient_ids),
-        "skipped_patients": data.skipped,
-        "seconds": seconds,
-        "versions": versions(),
-        **(extra_config or {}),
-    }
-    write_json(head_dir / "config.json", config)
-    return oof
+    if cfg.store is None or cfg.out is None:
+        raise EvaluateError("a cv run needs a store and a run folder (--out)")
+    _check_options(cfg.inner_folds, cfg.triage_sensitivity, cfg.calibrate)  # before any reading
+    st = open_store(cfg.store)
+    data = load_bags(st, cfg.encoder, split="train")
+    info = {}
+    try:
+        info = st.encoder_info(data.encoder_id)
+    except Exception:  # pragma: no cover - informative only
+        pass
+    data = guard(data, info, cfg.holdout_finetuned, "cellbag cv")
+    extra = {"store": str(st.path), "encoder_info": json.loads(json.dumps(info, default=str))}
+    source = StoreBags(str(st.path), data.encoder_id, "train", tuple(data.patient_ids), data.digest)
+    cfg = dataclasses.replace(cfg, store=str(st.path))
+    return evaluate_bags(data, cfg, source, console=console, quiet=quiet, extra_config=extra)
 
 
 def run_cv(
@@ -484,40 +304,38 @@ def run_cv(
     calibrate: str | None = None,
     holdout_finetuned: bool = False,
     cell_truth: str | Path | None = None,
+    jobs: int | None = None,
+    cluster: str | None = None,
 ) -> pd.DataFrame:
     """Cross-validate heads on a store's training split; returns the comparison table (one
     row per head: each figure with its 95% bootstrap interval and fold sd, the paired
     difference to the best head, seconds) and prints it (rich) unless ``quiet``.
-    ``store`` is a path/URL or an open ``Store``; ``encoder_id`` may be omitted when the
-    store holds one encoder. An encoder fine-tuned on some of these patients' labels is
-    refused (``holdout_finetuned`` leaves those patients out instead)."""
-    from cellbag.evaluate.leaks import guard
-
-    _check_options(inner_folds, triage_sensitivity, calibrate)  # before any reading
-    st = open_store(store)
-    data = load_bags(st, encoder_id, split="train")
-    info = {}
-    try:
-        info = st.encoder_info(data.encoder_id)
-    except Exception:  # pragma: no cover - informative only
-        pass
-    data = guard(data, info, holdout_finetuned, "cellbag cv")
-    extra = {"store": str(st.path), "encoder_info": json.loads(json.dumps(info, default=str))}
-    return cross_validate(
-        data,
-        heads,
-        out,
+    ``store`` is a path/URL, an open ``Store`` or a :class:`CVConfig` (then it holds every
+    setting); ``encoder_id`` may be omitted when the store holds one encoder. An encoder
+    fine-tuned on some of these patients' labels is refused (``holdout_finetuned`` leaves
+    those patients out instead). ``jobs``: worker processes (default: every core);
+    ``cluster``: ``tcp://HOST:PORT`` or ``local:N`` (Dask); the numbers are the same."""
+    if isinstance(store, CVConfig):
+        return run_config(store, console=console, quiet=quiet)
+    cfg = CVConfig(
+        store=None if not isinstance(store, str | Path) else str(store),
+        out=str(out),
+        encoder=encoder_id,
+        heads=heads,
         clinical=clinical,
         folds=folds,
         repeats=repeats,
         seed=seed,
-        head_params=head_params,
-        threads=threads,
-        console=console,
-        quiet=quiet,
-        extra_config=extra,
         inner_folds=inner_folds,
         triage_sensitivity=triage_sensitivity,
         calibrate=calibrate,
-        cell_truth=cell_truth,
+        head_params=head_params or {},
+        holdout_finetuned=holdout_finetuned,
+        cell_truth=None if cell_truth is None else str(cell_truth),
+        threads=threads,
+        jobs=jobs,
+        cluster=cluster,
     )
+    if cfg.store is None:  # an open Store
+        cfg.store = str(store.path)
+    return run_config(cfg, console=console, quiet=quiet)

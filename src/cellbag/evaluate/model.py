@@ -12,6 +12,7 @@ chooses them inside each training fold.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -245,27 +246,47 @@ def _oof_from_run(
     )
 
 
-def _inner_oof(
-    data: BagSet,
-    head: str,
-    clinical: bool,
-    seed: int,
-    params: dict,
-    folds: int = 5,
-    tick: Any = None,
-) -> np.ndarray:
-    """Out-of-fold predictions of every training patient from an inner ``folds``-fold cv."""
+@dataclass(frozen=True)
+class MemberFit:
+    """One fit of a model: a member on ``train`` rows (kept when ``keep``), predicting the
+    ``predict`` rows (out-of-fold probabilities), with its own seed."""
+
+    head: str
+    train: np.ndarray
+    predict: np.ndarray | None
+    clinical: bool
+    seed: int
+    params: dict
+    keep: bool
+
+
+def _run_member(data: BagSet, task: MemberFit) -> tuple[Member | None, np.ndarray | None]:
+    m = _fit_member(data, task.train, task.head, task.clinical, task.seed, task.params)
+    proba = None
+    if task.predict is not None:
+        pat = data.patients.iloc[task.predict] if task.clinical else None
+        proba = _member_proba(m, [data.bags[i] for i in task.predict], pat)
+    return (m if task.keep else None), proba
+
+
+def _fold_fits(
+    data: BagSet, head: str, clinical: bool, seed: int, params: dict, folds: int, keep: bool
+) -> list[MemberFit]:
+    """One fit per stratified fold (``random_state=seed``; member seeds ``seed + k``)."""
     from sklearn.model_selection import StratifiedKFold
 
-    n = len(data)
-    oof = np.full(n, np.nan)
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
-    for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
-        m = _fit_member(data, tr, head, clinical, seed + 100 + k, params)
-        pat = data.patients.iloc[te] if clinical else None
-        oof[te] = _member_proba(m, [data.bags[i] for i in te], pat)
-        if tick:
-            tick()
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [
+        MemberFit(head, tr, te, clinical, seed + k, params, keep)
+        for k, (tr, te) in enumerate(skf.split(np.zeros(len(data)), data.labels))
+    ]
+
+
+def _oof(data: BagSet, tasks: list[MemberFit], results: list) -> np.ndarray:
+    """Out-of-fold probabilities of every training patient from per-fold fits."""
+    oof = np.full(len(data), np.nan)
+    for task, (_, proba) in zip(tasks, results, strict=True):
+        oof[task.predict] = proba
     return oof
 
 
@@ -303,8 +324,8 @@ def _choose_threshold(
 
 def fit_model(
     store: Any,
-    head: str,
-    out: str | Path,
+    head: str | None = None,
+    out: str | Path | None = None,
     encoder_id: str | None = None,
     clinical: bool = True,
     seed: int = 0,
@@ -316,65 +337,104 @@ def fit_model(
     calibrate: str | None = None,
     holdout_finetuned: bool = False,
     progress: Any = None,
+    jobs: int | None = None,
 ) -> FittedModel:
     """Train ``head`` on every training patient (or an ``ensemble``-fold ensemble whose
-    members each leave one fold out) and write MODEL_DIR.
+    members each leave one fold out) and write MODEL_DIR (with its ``config.yaml``).
 
     ``threshold``: a number, ``youden`` or ``triage[:SENSITIVITY]`` (default target 0.95);
     ``calibrate``: ``sigmoid`` or ``isotonic``. Both are chosen from out-of-fold
     predictions of the training patients: ``cv_run``'s for this head when given, else the
     ensemble's, else an inner 5-fold cv's. An encoder fine-tuned on these patients' labels
-    is refused for such a choice (``holdout_finetuned`` leaves those patients out). ``progress(done, total)`` is called after each model fitted."""
-    from sklearn.model_selection import StratifiedKFold
+    is refused for such a choice (``holdout_finetuned`` leaves those patients out).
+    ``jobs``: worker processes for the independent fits (members, inner folds; default:
+    every core), the same model for any number. ``store`` may be a :class:`FitConfig`
+    holding every setting. ``progress(done, total)`` is called after each model fitted."""
+    from cellbag.evaluate.config import FitConfig
 
+    if isinstance(store, FitConfig):
+        cfg = store
+    else:
+        cfg = FitConfig(
+            store=store if isinstance(store, str | Path) else str(store.path),
+            out=out,
+            head=head,
+            encoder=encoder_id,
+            clinical=clinical,
+            seed=seed,
+            ensemble=ensemble,
+            threshold=threshold,
+            cv_run=cv_run,
+            calibrate=calibrate,
+            params=params or {},
+            holdout_finetuned=holdout_finetuned,
+            threads=threads,
+            jobs=jobs,
+        )
+    return fit_config(cfg, progress=progress)
+
+
+def fit_config(cfg: Any, progress: Any = None) -> FittedModel:
+    """Fit the model a :class:`~cellbag.evaluate.config.FitConfig` describes."""
+    from cellbag.evaluate.config import write_config
     from cellbag.evaluate.leaks import guard
+    from cellbag.evaluate.parallel import StoreBags, run_grid
 
-    st = open_store(store)
-    data = load_bags(st, encoder_id, split="train")
-    if parse_threshold(threshold)[0] != "fixed" or calibrate:
-        data = guard(data, st.encoder_info(data.encoder_id), holdout_finetuned, "cellbag fit")
-    if clinical and not data.has_clinical:
-        clinical = False
-    params = dict(params or {})
-    out = Path(out)
+    if cfg.store is None or cfg.out is None or not cfg.head:
+        raise AggregateError("a fit needs a store, a head and a model folder (--out)")
+    head, seed, params, ensemble = cfg.head, cfg.seed, dict(cfg.params), cfg.ensemble
+    method = parse_threshold(cfg.threshold)[0]
+    st = open_store(cfg.store)
+    data = load_bags(st, cfg.encoder, split="train")
+    if method != "fixed" or cfg.calibrate:
+        data = guard(data, st.encoder_info(data.encoder_id), cfg.holdout_finetuned, "cellbag fit")
+    clinical = cfg.clinical and data.has_clinical
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    n = len(data)
-    all_idx = np.arange(n)
+    write_config(cfg, out)
     t0 = time.perf_counter()
-    members: list[Member] = []
-    oof = None
-    chosen = parse_threshold(threshold)[0] != "fixed" or calibrate
-    inner = chosen and cv_run is None and not (ensemble and ensemble >= 2)
-    n_fits = (ensemble if ensemble and ensemble >= 2 else 1) + (5 if inner else 0)
-    fits = iter(range(1, n_fits + 1))
-    tick = (lambda: progress(next(fits), n_fits)) if progress else (lambda: None)
-    with torch_threads(threads or default_threads()):
-        if ensemble and ensemble >= 2:
-            oof = np.full(n, np.nan)
-            skf = StratifiedKFold(n_splits=ensemble, shuffle=True, random_state=seed)
-            for k, (tr, te) in enumerate(skf.split(np.zeros(n), data.labels)):
-                m = _fit_member(data, tr, head, clinical, seed + k, params)
-                pat = data.patients.iloc[te] if clinical else None
-                oof[te] = _member_proba(m, [data.bags[i] for i in te], pat)
-                members.append(m)
-                tick()
-        else:
-            members.append(_fit_member(data, all_idx, head, clinical, seed, params))
-            tick()
+    chosen = method != "fixed" or cfg.calibrate
+    is_ensemble = bool(ensemble and ensemble >= 2)
+    if is_ensemble:
+        model_fits = _fold_fits(data, head, clinical, seed, params, ensemble, keep=True)
+    else:
+        all_idx = np.arange(len(data))
+        model_fits = [MemberFit(head, all_idx, None, clinical, seed, params, keep=True)]
+    inner_fits = []
+    if chosen and cfg.cv_run is None and not is_ensemble:  # an inner 5-fold cv's predictions
+        inner_fits = _fold_fits(data, head, clinical, seed + 1, params, 5, keep=False)
+        # member seeds of the inner cv: seed + 100 + k
+        inner_fits = [dataclasses.replace(f, seed=seed + 100 + k) for k, f in enumerate(inner_fits)]
+    fits = model_fits + inner_fits
+    count = iter(range(1, len(fits) + 1))
+    source = StoreBags(str(st.path), data.encoder_id, "train", tuple(data.patient_ids), data.digest)
+    results = run_grid(
+        _run_member,
+        source,
+        fits,
+        jobs=cfg.jobs,
+        threads=cfg.threads or default_threads(),
+        on_done=(lambda i, r: progress(next(count), len(fits))) if progress else None,
+    )
+    members = [m for m, _ in results[: len(model_fits)]]
 
-        def oof_source() -> tuple[np.ndarray, np.ndarray, str]:
-            if cv_run is not None:
-                p, where = _oof_from_run(Path(cv_run), head, clinical, data)
-                return data.labels, p, f"cv run {where}"
-            if oof is not None:
-                return data.labels, oof, f"the {ensemble}-fold ensemble"
+    def oof_source() -> tuple[np.ndarray, np.ndarray, str]:
+        if cfg.cv_run is not None:
+            p, where = _oof_from_run(Path(cfg.cv_run), head, clinical, data)
+            return data.labels, p, f"cv run {where}"
+        if is_ensemble:
             return (
                 data.labels,
-                _inner_oof(data, head, clinical, seed, params, tick=tick),
-                "inner 5-fold cv on the training patients",
+                _oof(data, model_fits, results[: len(model_fits)]),
+                f"the {ensemble}-fold ensemble",
             )
+        return (
+            data.labels,
+            _oof(data, inner_fits, results[len(model_fits) :]),
+            "inner 5-fold cv on the training patients",
+        )
 
-        thr_doc, calibration = _choose_threshold(threshold, calibrate, oof_source)
+    thr_doc, calibration = _choose_threshold(cfg.threshold, cfg.calibrate, oof_source)
     names = []
     for k, m in enumerate(members):
         name = f"member{k}"
@@ -401,7 +461,7 @@ def fit_model(
         "ensemble": int(ensemble or 0),
         "threshold": thr_doc,
         "calibration": calibration,
-        "n_train_patients": n,
+        "n_train_patients": len(data),
         "train_prevalence": float(np.mean(data.labels)),
         "seconds": time.perf_counter() - t0,
         "versions": versions(),
