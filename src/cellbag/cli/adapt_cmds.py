@@ -138,8 +138,8 @@ def finetune_cmd(
         None,
         "--weights",
         "-w",
-        help="none | hub | package:efficientnet-lite0 | a .safetensors/.pth file "
-        "(e.g. a pretrain-mae encoder). Default: the preset's.",
+        help="none | hub | package:efficientnet-lite0 (or -lite1, -lite2) | a .safetensors/.pth "
+        "file (e.g. a pretrain-mae encoder). Default: the preset's.",
     ),
     adapter: str = typer.Option(
         "lora",

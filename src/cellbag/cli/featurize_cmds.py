@@ -37,10 +37,13 @@ def featurize_cmd(
         None,
         "--weights",
         "-w",
-        help="none | hub | package:efficientnet-lite0 | a .safetensors/.pth file. Default: the preset's.",
+        help="none | hub | package:efficientnet-lite0 (or -lite1, -lite2) | a .safetensors/.pth "
+        "file. Default: the preset's.",
     ),
     image_size: int = typer.Option(
-        None, "--image-size", help="Input size in pixels (default: the preset's, 224)."
+        None,
+        "--image-size",
+        help="Input size in pixels (default: the preset's, e.g. 224; lite1 240, lite2 260).",
     ),
     adapter: Path = typer.Option(
         None, "--adapter", help="Adapter folder saved by `cellbag finetune`."
