@@ -128,3 +128,9 @@ def test_a_config_with_an_unknown_setting_is_refused(tmp_path):
     (tmp_path / "config.yaml").write_text("cellbag: CVConfig\nheads: [meanpool]\nfodls: 4\n")
     with pytest.raises(EvaluateError, match="unknown setting.*fodls"):
         read_config(tmp_path, CVConfig)
+
+
+def test_a_dask_cluster_gives_the_same_figures(tiny_store, one_job, tmp_path):
+    pytest.importorskip("distributed")
+    _run(tiny_store, tmp_path / "run", cluster="local:2")
+    assert figures(tmp_path / "run") == figures(one_job)
