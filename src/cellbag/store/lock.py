@@ -92,10 +92,33 @@ class JobLock:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return True
-        if self.fs.exists(self.fs_path):  # object stores: best effort
+        if self.conditional_create:  # the server refuses a second create (If-None-Match: *)
+            try:
+                self.fs.pipe_file(self.fs_path, data, mode="create")
+            except FileExistsError:
+                return False
+            except OSError as e:  # 409: another conditional create of this key in flight
+                if "ConditionalRequestConflict" in str(e):
+                    return False
+                raise
+            return True
+        if self.fs.exists(self.fs_path):  # other filesystems: check, then write (best effort)
             return False
         self.fs.pipe_file(self.fs_path, data)
         return True
+
+    @property
+    def conditional_create(self) -> bool:
+        """Whether the filesystem creates the lock object only if absent, atomically on the
+        server: s3fs (``If-None-Match: *``, an s3fs whose ``pipe_file`` takes ``mode``).
+        Elsewhere (gcsfs, adlfs, older s3fs) the lock is check-then-write: two jobs started
+        at the same moment may both take it (docs/object-storage.md)."""
+        import inspect
+
+        if type(self.fs).__name__ != "S3FileSystem":
+            return False
+        pipe = getattr(self.fs, "_pipe_file", None)
+        return pipe is not None and "mode" in inspect.signature(pipe).parameters
 
     def read(self) -> dict[str, Any] | None:
         """The current lock's content, or None when there is no lock."""
