@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from cellbag.core.io import write_text
+from cellbag.data.clinical import has_clinical_values, raw_clinical
 from cellbag.report import explain, render
 from cellbag.report.errors import ReportError
 from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
@@ -74,7 +75,11 @@ def _cell_view(thumbs: Thumbnails, row: Any, attrs: dict[str, str], caption: str
 def _weight_view(thumbs: Thumbnails, row: Any, kind: str | None = "attention") -> render.CellView:
     short, title = explain.caption(kind, float(row.weight), int(row.n_cells))
     return _cell_view(
-        thumbs, row, {"weight": render.dv(float(row.weight))}, short, f"{row.cell_id} · {title}"
+        thumbs,
+        row,
+        {"weight": render.data_value(float(row.weight))},
+        short,
+        f"{row.cell_id} · {title}",
     )
 
 
@@ -100,7 +105,7 @@ def _hit_view(thumbs: Thumbnails, row: Any) -> render.CellView:
         thumbs,
         row,
         {"patient": str(row.patient_id), "label": "" if y is None else str(y)},
-        f"{render.esc(row.patient_id)} · y={lab}{score}",
+        f"{row.patient_id} · y={lab}{score}",
         f"{row.cell_id} · patient {row.patient_id} · label {render.label_text(y)}"
         f" ({row.split or 'split ?'}){kind}{score}",
     )
@@ -117,10 +122,12 @@ def _head_view(
     n_neighbors: int,
     head_config: dict[str, str],
     progress: Callable[[str], None],
+    clinical: dict[str, dict[str, Any]],
 ) -> render.HeadView:
     table = h.patient_table()
     galleries = h.top_cells(top_k)
     kind = h.cell_kind
+    triage = _triage_calls(h.oof)
     patients: list[render.PatientView] = []
     for r in table.itertuples(index=False):
         pid = str(r.patient_id)
@@ -152,6 +159,8 @@ def _head_view(
                 top,
                 bottom,
                 nn,
+                clinical.get(pid),
+                triage.get(pid),
             )
         )
     roc_url = None
@@ -222,6 +231,8 @@ def write_report(
             neighbor_note = f"Retrieval is not available in this installation ({e})."
 
     common, own = _split_config(run)
+    patients = None if store is None else store.patients()
+    clinical = _clinical_values(patients)
     thumbs = Thumbnails(out)
     views = []
     for h in run.heads:
@@ -238,12 +249,13 @@ def write_report(
                 n_neighbors,
                 own.get(h.name, {}),
                 progress,
+                clinical,
             )
         )
     test_view = None
     if predictions is not None:
         progress("predicted patients")
-        test_view = _test_view(predictions, thumbs, top_k)
+        test_view = _test_view(predictions, thumbs, top_k, clinical)
     thumbs.write(progress=show_progress)
     _drop_unreadable(views, thumbs, _test_cells(test_view))
     progress("ROC curves")
@@ -261,11 +273,7 @@ def write_report(
         notes.append(f"{len(thumbs.missing)} cell image(s) could not be read (first: {first}).")
 
     n_patients = len({p for h in run.heads for p in h.oof["patient_id"]})
-    subtitle = (
-        f"run <code>{render.esc(run.folder)}</code> · {len(run.heads)} head(s) · "
-        f"{n_patients} training patients (out-of-fold)"
-        + (f" · encoder <code>{render.esc(encoder_id)}</code>" if encoder_id else "")
-    )
+    summary_view = render.summary(run.heads, run.pairs, *_cohort_items(run, patients, test_view))
     data = {
         "run": str(run.folder),
         "encoder_id": encoder_id,
@@ -286,7 +294,9 @@ def write_report(
     }
     html = render.page(
         title=f"cellbag report: {run.folder.name}",
-        subtitle=subtitle,
+        run_folder=str(run.folder),
+        n_patients=n_patients,
+        encoder_id=encoder_id,
         config_items=list(common.items()),
         encoder_items=encoder_items,
         heads=run.heads,
@@ -295,16 +305,24 @@ def write_report(
         top_k=top_k,
         notes=notes,
         data=data,
+        summary_view=summary_view,
+        pairs=run.pairs,
+        triage_url=triage_url,
+        calibration_url=calibration_url,
         test_view=test_view,
         runs_link=_runs_link(run.folder, out),
-        stats_html=render.stats_sections(run.heads, run.pairs, triage_url, calibration_url),
     )
     index = out / "index.html"
     write_text(index, html)
     return index
 
 
-def _test_view(predictions: str | Path, thumbs: Thumbnails, top_k: int) -> render.TestView:
+def _test_view(
+    predictions: str | Path,
+    thumbs: Thumbnails,
+    top_k: int,
+    clinical: dict[str, dict[str, Any]],
+) -> render.TestView:
     """The patients of a ``cellbag predict`` output, with the fitted model's galleries."""
     proba, cells = explain.read_predictions(predictions)
     kind = None
@@ -322,7 +340,11 @@ def _test_view(predictions: str | Path, thumbs: Thumbnails, top_k: int) -> rende
             )
     rows = [
         render.TestRow(
-            str(r.Id), float(r.Probability), int(r.Predicted), *galleries.get(str(r.Id), ([], []))
+            str(r.Id),
+            float(r.Probability),
+            int(r.Predicted),
+            *galleries.get(str(r.Id), ([], [])),
+            clinical.get(str(r.Id)),
         )
         for r in proba.itertuples()
     ]
@@ -339,3 +361,46 @@ def _runs_link(run_folder: Path, out: Path) -> str | None:
         if cand.is_file():
             return os.path.relpath(cand, out)
     return None
+
+
+def _triage_calls(oof: pd.DataFrame) -> dict[str, str]:
+    """Each patient's call at its folds' triage thresholds: ``cytometry`` when at or above
+    it in at least half of the repeats, else ``spared``; empty without triage thresholds."""
+    if "triage_threshold" not in oof:
+        return {}
+    above = (oof["probability"] >= oof["triage_threshold"]).groupby(oof["patient_id"]).mean()
+    return {str(p): "cytometry" if r >= 0.5 else "spared" for p, r in above.items()}
+
+
+def _clinical_values(patients: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """Each patient's clinical values as a clinician reads them: age (years at the reference
+    date), gender, lymphocyte count (10⁹/L); empty without the store."""
+    if patients is None or not has_clinical_values(patients):
+        return {}
+    raw = raw_clinical(patients)
+    out = {}
+    for r, age in zip(patients.itertuples(index=False), raw["age"], strict=True):
+        gender = getattr(r, "gender", None)
+        count = getattr(r, "lymph_count", None)
+        out[str(r.patient_id)] = {
+            "age": None if pd.isna(age) else float(age),
+            "gender": None if gender is None or pd.isna(gender) else str(gender),
+            "lymph_count": None if count is None or pd.isna(count) else float(count),
+        }
+    return out
+
+
+def _cohort_items(
+    run: Run, patients: pd.DataFrame | None, test_view: render.TestView | None
+) -> tuple[list[tuple[str, str]], int, int]:
+    """The summary's cohort lines, and the labelled patients per class."""
+    table = run.heads[0].patient_table() if run.heads else pd.DataFrame(columns=["label"])
+    n_t, n_r = int((table["label"] == 1).sum()), int((table["label"] == 0).sum())
+    items = [("labelled patients (out-of-fold)", f"{n_t + n_r}: {n_t} tumoral, {n_r} reactive")]
+    if patients is not None:
+        scored = patients["patient_id"].astype(str).isin(set(table["patient_id"].astype(str)))
+        items.append(("cells of these patients", f"{int(patients.loc[scored, 'n_cells'].sum()):,}"))
+        items.append(("other patients in the store (test, unlabelled)", str(int((~scored).sum()))))
+    if test_view is not None:
+        items.append(("predicted patients", str(len(test_view.rows))))
+    return items, n_t, n_r

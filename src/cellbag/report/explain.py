@@ -26,8 +26,8 @@ KINDS: dict[str, dict[str, str]] = {
         "top": "highest attention",
         "bottom": "lowest attention",
         "what": "each patient's cells ordered by their attention weight (abmil; the CLS "
-        "token's attention for transformer) averaged over the repeats (out-of-fold); the "
-        "caption is the weight relative to a uniform weight (×1 = 1/bag size)",
+        "token's attention for transformer); the caption is the weight relative to a uniform "
+        "weight (×1 = 1/bag size)",
     },
     "logit": {
         "top": "pull most towards tumoral",

@@ -19,6 +19,10 @@ def _roc(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return fpr, tpr, float(roc_auc_score(y, p))
 
 
+#: line styles of the heads' ROC curves (colour alone lets a curve hide under another)
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
+
+
 def roc_figure(heads: list[HeadRun], out_png: Path) -> dict[str, float]:
     """ROC curves of every head over the patients' mean OOF probability (thin lines: each
     repeat's pooled OOF predictions). Returns the AUC of each head's mean-probability curve."""
@@ -40,7 +44,16 @@ def roc_figure(heads: list[HeadRun], out_png: Path) -> dict[str, float]:
         aucs[h.name] = auc
         ci = _figure(h, "roc_auc")
         band = f" [{ci['ci95_low']:.2f}, {ci['ci95_high']:.2f}]" if ci else ""
-        ax.plot(fpr, tpr, color=c, lw=2, label=f"{h.name} (AUC {auc:.3f}{band})")
+        # a style and a width of its own, earlier heads on top: no curve hides another
+        ax.plot(
+            fpr,
+            tpr,
+            color=c,
+            lw=max(1.2, 2.6 - 0.3 * i),
+            ls=LINE_STYLES[i % len(LINE_STYLES)],
+            zorder=10 + len(heads) - i,
+            label=f"{h.name} (AUC {auc:.3f}{band})",
+        )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set_xlabel("1 − specificity")
     ax.set_ylabel("Sensitivity")

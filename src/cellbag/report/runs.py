@@ -142,7 +142,8 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAULT_METRIC) -> Path:
     """Write the leaderboard page (``out``) and its CSV beside it; return the page's path."""
-    from cellbag.report.render import dv, esc, fmt
+    from cellbag.evaluate.stats import BEST_RULE
+    from cellbag.report.render import page_templates
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,66 +152,34 @@ def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAUL
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
     keys = metric_columns(table)
-    head = "".join(f'<th data-sort="num">{esc(METRIC_NAMES.get(k, k))}</th>' for k in keys)
-    body = []
+    rows = []
     for i, r in table.iterrows():
         report = Path(r["run"]) / "report" / "index.html"
-        run_cell = esc(r["run"])
-        if report.is_file():
-            run_cell = f'<a href="{esc(os.path.relpath(report, out.parent))}">{run_cell}</a>'
-        tds = "".join(
-            f'<td data-metric="{esc(k)}" data-value="{dv(r[k])}" data-lo="{dv(r[f"{k}_lo"])}" '
-            f'data-hi="{dv(r[f"{k}_hi"])}"><b>{fmt(r[k])}</b> '
-            f'<span class="ci">[{fmt(r[f"{k}_lo"])}, {fmt(r[f"{k}_hi"])}]</span></td>'
-            for k in keys
-        )
-        clin = {True: "yes", False: "no"}.get(r["clinical"], "?")
-        body.append(
-            f'<tr data-rank="{i + 1}" data-run="{esc(r["run"])}" data-head="{esc(r["head"])}">'
-            f'<td data-value="{i + 1}">{i + 1}</td><td>{run_cell}</td>'
-            f"<td><code>{esc(r['encoder_id'])}</code></td><td>{esc(r['head'])}</td>"
-            f"<td>{clin}</td>{tds}</tr>"
+        rows.append(
+            {
+                "rank": i + 1,
+                "run": r["run"],
+                "report": os.path.relpath(report, out.parent) if report.is_file() else None,
+                "encoder_id": r["encoder_id"],
+                "head": r["head"],
+                "clinical": {True: "yes", False: "no"}.get(r["clinical"], "?"),
+                "figures": {k: (r[k], r[f"{k}_lo"], r[f"{k}_hi"]) for k in keys},
+            }
         )
     intervals = sorted({str(x) for x in table["interval"] if str(x) and str(x) != "nan"})
-    note = "; ".join(intervals) or "95% intervals as written by each run"
-    html = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>cellbag runs: leaderboard</title>
-<style>{_CSS}</style></head>
-<body><header><h1>cellbag runs: which encoder and head?</h1>
-<p>{len(table)} head(s) in {table["run"].nunique()} run(s), ranked by
-{esc(METRIC_NAMES.get(metric, metric))}</p></header>
-<main><p class="muted">Value on each run's pooled out-of-fold predictions, interval in brackets
-({esc(note)}). A rank is not a verdict: overlapping intervals mean no demonstrated
-difference; each run's report compares its heads on the same patients.</p>
-<table id="leaderboard" class="sortable"><thead><tr><th data-sort="num">#</th>
-<th data-sort="text">Run</th><th data-sort="text">Encoder</th><th data-sort="text">Head</th>
-<th data-sort="text">Clinical</th>{head}</tr></thead>
-<tbody>{"".join(body)}</tbody></table>
-<p class="muted">Table: <a href="{esc(csv.name)}">{esc(csv.name)}</a></p></main>
-<script>{_JS}</script></body></html>
-"""
+    html = (
+        page_templates()
+        .get_template("leaderboard.html")
+        .render(
+            rows=rows,
+            n_runs=table["run"].nunique(),
+            metric_title=METRIC_NAMES.get(metric, metric),
+            note="; ".join(intervals) or "95% intervals as written by each run",
+            rule=BEST_RULE,
+            keys=keys,
+            titles=METRIC_NAMES,
+            csv=csv.name,
+        )
+    )
     write_text(out, html)
     return out
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;color:#1d2330;margin:0;background:#f7f8fa}
-header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;color:#c9d1e0}main{padding:8px 24px 40px}
-table{border-collapse:collapse;background:#fff}th,td{border:1px solid #d8dde6;padding:4px 8px}
-thead th{background:#eef1f6;cursor:pointer}td[data-metric]{text-align:right;white-space:nowrap}
-.muted,.ci{color:#667085}.ci{font-size:12px}code{font-size:12px}
-"""
-_JS = r"""
-document.querySelectorAll('table.sortable th[data-sort]').forEach(function(th,i){
-  th.addEventListener('click',function(){
-    var t=th.closest('table'),num=th.getAttribute('data-sort')==='num',asc=th.getAttribute('data-dir')!=='asc';
-    th.setAttribute('data-dir',asc?'asc':'desc');
-    var b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows);
-    rows.sort(function(x,y){var a=x.cells[i].getAttribute('data-value')||x.cells[i].textContent,
-      c=y.cells[i].getAttribute('data-value')||y.cells[i].textContent;
-      if(num){a=parseFloat(a);c=parseFloat(c);}return (a<c?-1:a>c?1:0)*(asc?1:-1);});
-    rows.forEach(function(r){b.appendChild(r);});});});
-"""

@@ -1,9 +1,9 @@
-"""Show a neighbours table: a montage PNG and a self-contained HTML page."""
+"""Show a neighbours table: a montage PNG and a self-contained HTML page (the template
+``templates/neighbors.html``, its CSS inlined from ``static/``; thumbnails as data URIs)."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from cellbag.core.io import write_bytes
+from cellbag.core.templates import render
 from cellbag.retrieval.faiss_index import RetrievalError
 
 LABEL_NAMES = {1: "tumoral", 0: "reactive"}
@@ -132,20 +133,6 @@ def _data_uri(img: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
-h1{font-size:20px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:16px}
-.grid{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;width:%(t)dpx;font-size:12px} figure img{width:%(t)dpx;height:%(t)dpx;
-border:1px solid #ccc;border-radius:4px;display:block} figure.query img{border:3px solid #c81e1e}
-figcaption{margin-top:4px;line-height:1.35;word-break:break-all}
-.tumoral{color:#b00020;font-weight:600}.reactive{color:#1b5e20;font-weight:600}
-table{border-collapse:collapse;margin-top:24px;font-size:13px}
-th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums} .missing{color:#b00020}
-"""
-
-
 def html_page(
     df: pd.DataFrame,
     out: str | Path,
@@ -157,51 +144,43 @@ def html_page(
     """Write a self-contained HTML page (thumbnails inlined as base64 PNG) showing the query
     and its neighbours as a grid of captioned images and a table."""
     out = Path(out)
-    esc = html.escape
     query = df.attrs.get("query", {})
     qimg, _ = thumbnail(_query_source(df, query_image), thumb)
-    qlabel = label_name(query.get("label"))
     qdesc = query.get("cell_id") or query.get("path") or "image"
-    figures = [
-        f'<figure class="query"><img alt="query" src="{_data_uri(qimg)}">'
-        f"<figcaption><b>query</b> {esc(str(qdesc))}<br>"
-        f"{esc(str(query.get('patient_id') or 'new image'))} · "
-        f'<span class="{qlabel}">{qlabel}</span></figcaption></figure>'
-    ]
-    rows = []
+    hits = []
     for r in df.itertuples(index=False):
         img, found = thumbnail(r.path, thumb)
-        lab = label_name(r.label)
-        missing = "" if found else ' <span class="missing">(image not found)</span>'
-        figures.append(
-            f'<figure class="neighbor"><img alt="{esc(r.cell_id)}" src="{_data_uri(img)}">'
-            f"<figcaption><b>#{r.rank}</b> sim {r.similarity:.3f}<br>{esc(r.cell_id)}<br>"
-            f'{esc(r.patient_id)} · <span class="{lab}">{lab}</span> · {esc(r.split)}{missing}'
-            "</figcaption></figure>"
+        hits.append(
+            {
+                "uri": _data_uri(img),
+                "found": found,
+                "rank": r.rank,
+                "similarity": float(r.similarity),
+                "cell_id": r.cell_id,
+                "patient_id": r.patient_id,
+                "label": label_name(r.label),
+                "split": r.split,
+                "path": r.path,
+            }
         )
-        rows.append(
-            f"<tr><td class=num>{r.rank}</td><td>{esc(r.cell_id)}</td><td>{esc(r.patient_id)}</td>"
-            f"<td>{esc(r.split)}</td><td class={lab}>{lab}</td>"
-            f"<td class=num>{r.similarity:.4f}</td><td>{esc(r.path)}</td></tr>"
-        )
-    title = title or f"Cells most similar to {qdesc}"
     meta = (
         f"store {df.attrs.get('store', '?')} · encoder {df.attrs.get('encoder_id', '?')} · "
         f"index {df.attrs.get('index_kind', '?')} · filters: {df.attrs.get('filters', 'none')} · "
         f"{len(df)} neighbours"
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title><style>{_CSS % {"t": thumb}}</style></head>
-<body><h1>{esc(title)}</h1><div class="meta">{esc(meta)}</div>
-<div class="grid">
-{chr(10).join(figures)}
-</div>
-<table><thead><tr><th>rank</th><th>cell id</th><th>patient</th><th>split</th><th>label</th>
-<th>similarity</th><th>path</th></tr></thead><tbody>
-{chr(10).join(rows)}
-</tbody></table></body></html>
-"""
+    page = render(
+        "cellbag.retrieval",
+        "neighbors.html",
+        title=title or f"Cells most similar to {qdesc}",
+        meta=meta,
+        thumb=int(thumb),
+        query={
+            "uri": _data_uri(qimg),
+            "desc": str(qdesc),
+            "patient": str(query.get("patient_id") or "new image"),
+            "label": label_name(query.get("label")),
+        },
+        hits=hits,
+    )
     _atomic_write(out, page.encode("utf-8"))
     return out
