@@ -64,10 +64,10 @@ def _check_options(inner_folds: int, triage_sensitivity: float, calibrate: str |
         raise EvaluateError("--calibrate needs inner folds (it is fitted inside the training fold)")
 
 
-def _before_any_fit(data: BagSet, cfg: CVConfig) -> None:
-    """Checks that must pass before the first fit of a run (each raises one line): the
-    labelled split here; the store's stale-image check and each head's preconditions on
-    these bags belong here too."""
+def _before_any_fit(data: BagSet, names: list[str], clinical: bool, cfg: CVConfig) -> None:
+    """Checks that must pass before the first fit of a run, each raising one line: the
+    labelled split here; the store's stale-image check (``cfg.store``) and each head's
+    preconditions on these bags (``names``, ``clinical``) belong here too."""
     if data.labels is None:
         raise EvaluateError(f"{data.source}: cross-validation needs the labelled training split")
 
@@ -134,7 +134,7 @@ def cross_validate(
 def evaluate_bags(
     data: BagSet,
     cfg: CVConfig,
-    source: BagSet | StoreBags | None = None,
+    source: StoreBags | None = None,
     console: Any = None,
     quiet: bool = False,
     extra_config: dict | None = None,
@@ -152,7 +152,7 @@ def evaluate_bags(
         from cellbag.evaluate.celltruth import read_cell_truth
 
         truth = read_cell_truth(cfg.cell_truth)  # a bad file stops before any work
-    _before_any_fit(data, cfg)
+    _before_any_fit(data, names, clinical, cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out)
@@ -209,12 +209,13 @@ def evaluate_bags(
 
         run_grid(
             run_fold,
-            source if source is not None else data,
+            data,
             [t for _, _, t in todo],
             jobs=cfg.jobs,
             cluster=cfg.cluster,
             threads=cfg.threads,
             on_done=done,
+            source=source,
         )
 
     # outputs: from the records in split order

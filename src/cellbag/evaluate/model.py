@@ -410,11 +410,12 @@ def fit_config(cfg: Any, progress: Any = None) -> FittedModel:
     source = StoreBags(str(st.path), data.encoder_id, "train", tuple(data.patient_ids), data.digest)
     results = run_grid(
         _run_member,
-        source,
+        data,
         fits,
         jobs=cfg.jobs,
         threads=cfg.threads or default_threads(),
         on_done=(lambda i, r: progress(next(count), len(fits))) if progress else None,
+        source=source,
     )
     members = [m for m, _ in results[: len(model_fits)]]
 

@@ -117,16 +117,18 @@ def _dask_backend(cluster: str) -> Iterator[None]:
 
 def run_grid(
     fn: Callable[[BagSet, Any], Any],
-    source: BagSet | StoreBags,
+    data: BagSet,
     items: Sequence[Any],
     jobs: int | None = None,
     cluster: str | None = None,
     threads: int | None = None,
     on_done: Callable[[int, Any], None] | None = None,
+    source: StoreBags | None = None,
 ) -> list[Any]:
-    """``[fn(bags, item) for item in items]``, the calls spread over ``jobs`` processes (or
+    """``[fn(data, item) for item in items]``, the calls spread over ``jobs`` processes (or
     a cluster); ``on_done(i, result)`` is called in this process as each one finishes (in
-    any order: write it, count it), and the list comes back in the order of ``items``."""
+    any order: write it, count it), and the list comes back in the order of ``items``.
+    Workers read ``source`` (the same bags, from their store) when given, else get ``data``."""
     out: list[Any] = [None] * len(items)
 
     def done(i: int, r: Any) -> None:
@@ -141,9 +143,12 @@ def run_grid(
         return out
     if cluster is None and (jobs == 1 or len(items) == 1):
         for i, item in enumerate(items):
-            done(*_call(i, fn, source, item, threads))
+            done(*_call(i, fn, data, item, threads))
         return out
     from joblib import Parallel, delayed
+
+    if source is None:
+        source = data
 
     tasks = (delayed(_call)(i, fn, source, item, threads) for i, item in enumerate(items))
     if cluster is not None:
