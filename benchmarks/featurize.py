@@ -10,6 +10,15 @@ on a GPU, its mean utilisation during the pipeline; then the p50/p95 latency of
     python benchmarks/featurize.py                      # CPU, demo cohort, lite0 + ViT-S/16
     python benchmarks/featurize.py --device cuda        # + DinoBloom-B shape, ~20,000 cells
     python benchmarks/featurize.py --device cuda --decode cpu   # the PIL path beside a GPU
+    python benchmarks/featurize.py --data DIR --compare   # a real cohort folder, glibc
+                                                          # malloc as is vs tuned, one table
+
+Each pipeline run also reports the process's CPU time split (``resource.getrusage``: user
+and system seconds, system's share) and minor page faults beside cells/s. With glibc's
+default thresholds every batch's activation buffers are mmap'd, unmapped and faulted in
+again page by page (sys time); featurize tunes the allocator at start-up
+(:mod:`cellbag.core.allocator`): ``--allocator default`` measures glibc as it is,
+``--compare`` runs both in fresh processes and prints them side by side.
 
 Encoders: EfficientNet-Lite0 (the package's ImageNet weights), ViT-S/16 and the
 DinoBloom-B shape (``vit_base_patch14_dinov2`` at 224 px), both with random weights
@@ -21,7 +30,8 @@ the pipeline (torch, decode and writer threads) can get more of the machine than
 forward (ratios above 1 under load 10-12). ``--rounds`` repeats bare/pipeline pairs; the
 forward's share of the pipeline loop's wall time does not depend on the load.
 
-Targets on 2 CPU cores: pipeline/bare >= 0.95, bag read p50 <= 2 ms, bytes <= 0.5 x fp32.
+Targets on 2 CPU cores: pipeline/bare >= 0.95, system time < 10 % of the pipeline's CPU
+time, bag read p50 <= 2 ms, bytes <= 0.5 x fp32.
 On an H100/H200 (``--device cuda``, ViT-S/16 bf16): >= 6,000 cells/s from JPEG files and
 pipeline/bare >= 0.7.
 """
@@ -31,7 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,6 +145,41 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+class Usage:
+    """Wall time, CPU time (user, sys) and minor page faults of this process over a block."""
+
+    def __enter__(self) -> Usage:
+        self._r, self._t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self.wall = time.perf_counter() - self._t
+        self.user = r.ru_utime - self._r.ru_utime
+        self.sys = r.ru_stime - self._r.ru_stime
+        self.faults = r.ru_minflt - self._r.ru_minflt
+
+    @property
+    def sys_share(self) -> float:
+        return self.sys / max(self.user + self.sys, 1e-9)
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "wall_s": round(self.wall, 2),
+            "user_s": round(self.user, 2),
+            "sys_s": round(self.sys, 2),
+            "sys_share": round(self.sys_share, 3),
+            "minor_faults": int(self.faults),
+        }
+
+    def line(self, cells: int) -> str:
+        return (
+            f"user {self.user:.1f} s, sys {self.sys:.1f} s ({100 * self.sys_share:.1f} % of "
+            f"CPU), wall {self.wall:.1f} s; {self.faults:,} minor page faults "
+            f"({self.faults / max(cells, 1):,.0f} a cell)"
+        )
+
+
 def replicate(root: Path, times: int) -> None:
     """Copy every patient folder ``times - 1`` more times (new ids, same clinical rows).
 
@@ -217,7 +265,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="pipeline runs, each between bares")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the cohort/stores here")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="a cohort folder or manifest (default: demo)"
+    )
+    ap.add_argument(
+        "--allocator",
+        default="tuned",
+        choices=["tuned", "default"],
+        help="tuned: what featurize does (cellbag.core.allocator); default: glibc as it is",
+    )
+    ap.add_argument(
+        "--compare", action="store_true", help="run --allocator default, then tuned, and compare"
+    )
     args = ap.parse_args()
+    if args.compare:
+        return compare(sys.argv[1:])
+    if args.allocator == "default":
+        os.environ["CELLBAG_MALLOC"] = "default"  # read by featurize's tune_allocator()
 
     import torch
 
@@ -233,26 +297,32 @@ def main() -> None:
     patients = args.patients or (40 if gpu else 6)
     per_patient = args.cells_per_patient or (50 if gpu else 30)
     copies = args.copies or (10 if gpu else 1)
-    names = args.encoders or (list(ENCODERS) if gpu else CPU_ENCODERS)
+    names = args.encoders or (
+        list(ENCODERS) if gpu else CPU_ENCODERS[:1] if args.data else CPU_ENCODERS
+    )
     work = args.keep or Path(tempfile.mkdtemp(prefix="cellbag-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    root = work / "demo"
-    if not (root / "trainset").exists():
-        make_demo_cohort(root, patients=patients, cells_per_patient=per_patient)
-        replicate(root, copies)
-    cohort = read_cohort(root)
+    if args.data is not None:
+        cohort = read_cohort(args.data)  # read in place; only the stores go to ``work``
+    else:
+        root = work / "demo"
+        if not (root / "trainset").exists():
+            make_demo_cohort(root, patients=patients, cells_per_patient=per_patient)
+            replicate(root, copies)
+        cohort = read_cohort(root)
     # a warm-up run first: one-time costs (imports, CUDA context, cuDNN autotuning, nvJPEG
     # set-up) stay out of the timing, as the bare forward's warm-up batch does
     warm_root = work / "warmup"
     if not (warm_root / "trainset").exists():
         make_demo_cohort(warm_root, patients=2, cells_per_patient=300 if gpu else 4, seed=9)
     warm = read_cohort(warm_root)
-    batch = args.batch_size or (256 if gpu else 32)
+    batch = args.batch_size or (256 if gpu else 64 if args.data else 32)  # 64: the CLI's
     gpu_name = torch.cuda.get_device_name(device) if gpu else "none"
     print(
         f"cohort: {cohort.n_patients} patients, {cohort.n_cells} cells (224x224 JPEG, in the "
         f"page cache); device {device} ({gpu_name}); decode {args.decode}; torch threads "
-        f"{torch.get_num_threads()}; cpus {os.cpu_count()}; batch {batch}; {_load()}"
+        f"{torch.get_num_threads()}; cpus {os.cpu_count()}; batch {batch}; allocator "
+        f"{args.allocator}; {_load()}"
     )
     results = []
     prepared: dict[tuple[int, str], np.ndarray] = {}
@@ -270,12 +340,13 @@ def main() -> None:
         # bare forward before and after the pipeline: a shared machine's load drifts
         # rounds of bare, pipeline, bare...: each pipeline run is compared with the bare
         # forward just before and just after it (a shared machine's load drifts)
-        bares = [bare_forward(enc, pixels, batch)[0]]
+        with Usage() as bare_use:
+            bares = [bare_forward(enc, pixels, batch)[0]]
         rounds = []
         store_path = work / f"{name}.zarr"
         for _ in range(args.rounds):
             shutil.rmtree(store_path, ignore_errors=True)
-            with GpuSampler(device) as util:
+            with GpuSampler(device) as util, Usage() as use:
                 t = time.perf_counter()
                 rep = run_featurize(cohort, store_path, enc, **kw)
                 wall = time.perf_counter() - t
@@ -320,6 +391,9 @@ def main() -> None:
             "max_abs_diff_vs_pil_path": round(emb_diff, 5),
             "pipeline_cells_per_s": round(pipe, 1),
             "pipeline_over_bare": round(pipe / bare, 3),
+            "allocator": args.allocator,
+            "pipeline_usage": use.to_dict(),  # the last round
+            "bare_usage": bare_use.to_dict(),  # the first bare forward
             "streaming_cells_per_s": round(stream, 1),
             "streaming_over_bare": round(stream / bare, 3),
             "gpu_utilisation": util_txt,
@@ -343,6 +417,8 @@ def main() -> None:
             f"round; immune to load drift between runs)\n"
             f"  full pipeline    {pipe:10.1f} cells/s   (files -> store, {wall:.2f} s)\n"
             f"  pipeline / bare  {pipe / bare:10.3f}        target {target}\n"
+            f"  pipeline CPU     {use.line(cohort.n_cells)}   target sys < 10 %\n"
+            f"  bare forward CPU {bare_use.line(cohort.n_cells)}\n"
             f"  streaming / bare {stream / bare:10.3f}        (the same run without creating "
             f"the store and encoder arrays: {wall - rep.seconds:.2f} s)\n"
             f"  GPU utilisation  {util_txt} (mean during the pipeline)\n"
@@ -362,6 +438,31 @@ def main() -> None:
     print(json.dumps(results))
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(argv: list[str]) -> None:
+    """Run this benchmark with glibc's default allocator, then tuned, and tabulate both."""
+    argv = [a for a in argv if a != "--compare"]
+    rows = {}
+    for mode in ("default", "tuned"):
+        print(f"--- allocator {mode} (a fresh process)", flush=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *argv, "--allocator", mode],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        ).stdout
+        print(out, flush=True)
+        rows[mode] = json.loads(out.strip().splitlines()[-1])
+    print("allocator  encoder                        cells  wall s  user s  sys s  sys %  "
+          "minor faults  cells/s  pipeline/bare")  # fmt: skip
+    for mode, results in rows.items():
+        for r in results:
+            u = r["pipeline_usage"]
+            print(f"{mode:<10} {r['encoder'][:30]:<30} {r['cells']:>5} {u['wall_s']:>7.1f} "
+                  f"{u['user_s']:>7.1f} {u['sys_s']:>6.1f} {100 * u['sys_share']:>6.1f} "
+                  f"{u['minor_faults']:>13,} {r['pipeline_cells_per_s']:>8.1f} "
+                  f"{r['pipeline_over_bare']:>14.3f}")  # fmt: skip
 
 
 def _load() -> str:

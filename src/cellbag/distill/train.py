@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cellbag.core.allocator import tune_allocator
 from cellbag.core.device import resolve_device
 from cellbag.core.pixels import flip_rotate
 from cellbag.core.training import LoopState, cosine_schedule, train_loop
@@ -242,6 +243,7 @@ def distill(
 ) -> DistillResult:
     """Train a student on ``cohort``'s training patients, taught by ``teacher``; write the
     deployable model folder to ``out`` (when given). ``max_steps`` stops early (tests)."""
+    tune_allocator()  # each step's activation buffers are reused, not faulted in again
     t_start = time.perf_counter()
     losses = config.losses
     if losses.att > 0 and teacher.attention is None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cellbag.core.allocator import tune_allocator
 from cellbag.data import Cohort, read_cohort
 from cellbag.featurize.errors import FeaturizeError
 from cellbag.featurize.gpu_decode import batch_loader
@@ -208,6 +209,7 @@ def run_featurize(
     from cellbag.featurize.distributed import Detached, RankAborted
     from cellbag.featurize.gpu_decode import resolve_decode
 
+    tune_allocator()  # no page-fault storm from each batch's activation buffers
     if batch_size < 1:
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
     coord = coordinator if coordinator is not None else Detached(rank, world, job_id)
