@@ -12,6 +12,7 @@ import pandas as pd
 
 from cellbag.core.io import write_text
 from cellbag.data.clinical import has_clinical_values, raw_clinical
+from cellbag.data.cohort import natural_key
 from cellbag.report import explain, render
 from cellbag.report.errors import ReportError
 from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
@@ -125,6 +126,9 @@ def _head_view(
     clinical: dict[str, dict[str, Any]],
 ) -> render.HeadView:
     table = h.patient_table()
+    table = table.iloc[
+        sorted(range(len(table)), key=lambda i: natural_key(table["patient_id"].iloc[i]))
+    ]
     galleries = h.top_cells(top_k)
     kind = h.cell_kind
     triage = _triage_calls(h.oof)
