@@ -89,7 +89,7 @@ def test_unreadable_cells_are_left_out_of_bags(store: Store, fake_embeddings) ->
 
 def test_plain_zarr_sees_the_documented_layout(store: Store) -> None:
     g = zarr.open_group(store.path, mode="r")
-    assert g.attrs["format"] == "cellbag-store" and g.attrs["format_version"] == 2
+    assert g.attrs["format"] == "cellbag-store" and g.attrs["format_version"] == 3
     assert {"root", "fingerprint", "clinical_digest", "sources", "n_cells"} <= set(
         g.attrs["cohort"]
     )
@@ -114,6 +114,11 @@ def test_plain_zarr_sees_the_documented_layout(store: Store) -> None:
     meta = g["embeddings/fake-0001"].attrs
     assert meta["dim"] == 12 and meta["dtype"] == "float16" and meta["completed"]
     assert g["patients/offsets"][-1] == store.n_cells
+    assert set(g.attrs["tables_digest"]) == {"patients", "cells"}
+    arrays = [(k, a) for k, a in g.members(max_depth=None) if isinstance(a, zarr.Array)]
+    assert len(arrays) == 8 + 8 + 3  # cells/, patients/, one encoder
+    for key, arr in arrays:  # every array carries a checksum, not only the embeddings
+        assert any("crc32c" in type(c).__name__.lower() for c in arr.compressors), key
 
 
 def test_fsspec_urls(store: Store, store_cohort, fake_embeddings) -> None:

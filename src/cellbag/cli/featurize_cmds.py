@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -254,7 +254,7 @@ def store_info_cmd(
       cellbag store info demo_out/store.zarr --data data/demo
       cellbag store info s3://bucket/cohort.zarr
     """
-    from cellbag.store import Store
+    from cellbag.store import Store, StoreError
     from cellbag.store.sync import compare
     from cellbag.store.verify import quick_check
 
@@ -291,8 +291,12 @@ def store_info_cmd(
     else:
         console.print(f"encoders ({len(encoders)}):")
     for eid in encoders:
-        info = s.encoder_info(eid)
-        missing = quick_check(s, eid)
+        try:
+            info = s.encoder_info(eid)
+            missing = quick_check(s, eid)
+        except StoreError as e:
+            console.print(f"  [bold]{eid}[/]  [red]damaged[/]: {e}", highlight=False)
+            continue
         if missing:
             state = f"[red]damaged[/] ({len(missing)} chunk(s) missing; run `cellbag store verify`)"
         else:
@@ -319,7 +323,7 @@ def store_info_cmd(
         f"`cellbag store verify {s.path}` reads and checks every chunk)",
         highlight=False,
     )
-    done = [e for e in encoders if s.encoder_info(e)["complete"]]
+    done = [e for e in encoders if not quick_check_fails(s, e) and s.is_complete(e)]
     if done:
         next_step(
             f"cellbag cv {shell_path(store)} --encoder {done[0]} --head meanpool,abmil,lgbm "
@@ -327,6 +331,17 @@ def store_info_cmd(
         )
     else:
         next_step(f"cellbag featurize {shell_path(c['root'])} {shell_path(store)}")
+
+
+def quick_check_fails(store: Any, encoder_id: str) -> bool:
+    """Whether an encoder's done marks or chunk files are damaged (``store info``)."""
+    from cellbag.store import StoreError
+    from cellbag.store.verify import quick_check
+
+    try:
+        return bool(quick_check(store, encoder_id))
+    except StoreError:
+        return True
 
 
 @store_app.command("verify")
@@ -343,28 +358,48 @@ def store_verify_cmd(
         help="Un-mark the blocks holding damaged chunks, so `cellbag featurize` recomputes "
         "only them.",
     ),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Hash every image again. Without it an image whose size and mtime are those "
+        "recorded counts as unchanged (a change keeping both is not seen).",
+    ),
 ) -> None:
     """Read every chunk: done marks, crc32c checksums, finite values, sync with the cohort.
 
     Exit code 0 when all is well, 1 when a problem was found (listed per encoder and patient).
+    Images are compared by size and mtime (their bytes are hashed when those moved);
+    `--full` hashes every image again.
 
     \b
     Examples:
       cellbag store verify demo_out/store.zarr
       cellbag store verify store.zarr --data cohort/manifest.csv
     """
-    from cellbag.store import Store
+    from cellbag.store import Store, StoreError
     from cellbag.store.sync import compare
     from cellbag.store.verify import check_encoder
     from cellbag.store.verify import repair as repair_blocks
 
-    s = Store.open(store, mode="r+" if repair else "r")
-    n_bad = 0
-    encoders = s.encoders()
+    try:
+        s = Store.open(store, mode="r+" if repair else "r")
+        encoders = s.encoders()
+    except StoreError as e:
+        if "no feature store here" in str(e) or "not a cellbag" in str(e):
+            raise
+        console.print(f"[red]bad[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    n_bad = n_damaged = n_unsynced = 0
     if not encoders:
         console.print(f"{s.path}: no encoders yet", highlight=False)
     for eid in encoders:
-        check = check_encoder(s, eid)
+        try:
+            check = check_encoder(s, eid)
+        except StoreError as e:
+            n_bad += 1
+            n_damaged += 1
+            console.print(f"[red]bad[/] {eid}: {e}", highlight=False)
+            continue
         if check.ok:
             console.print(
                 f"[green]ok[/]  {eid}: {check.n_blocks} blocks, every chunk read and checked",
@@ -372,6 +407,7 @@ def store_verify_cmd(
             )
             continue
         n_bad += 1
+        n_damaged += any("unfinished" not in f.what for f in check.findings)
         console.print(
             f"[red]bad[/] {eid}: {len(check.findings)} problem(s), patients "
             f"{', '.join(check.patients[:10]) or '-'}",
@@ -392,18 +428,26 @@ def store_verify_cmd(
     if cohort is None:
         console.print("sync: cohort not found here; not compared", highlight=False)
     else:
-        diff = compare(s, cohort)
+        diff = compare(s, cohort, full=full)
         if diff.in_sync:
-            console.print(f"[green]ok[/]  in sync with {cohort.root}", highlight=False)
+            how = "every image hashed" if full else "sizes and mtimes; --full hashes every image"
+            console.print(f"[green]ok[/]  in sync with {cohort.root} ({how})", highlight=False)
         else:
             n_bad += 1
+            n_unsynced += 1
             console.print(
                 f"[red]bad[/] out of sync with {cohort.root}: {diff.summary()}", highlight=False
             )
     if n_bad:
         console.print(f"{n_bad} problem(s) found in {s.path}", highlight=False)
         root = cohort.root if cohort is not None else s.attrs.get("cohort", {}).get("root", "DATA")
-        next_step(f"cellbag featurize {shell_path(root)} {shell_path(store)} --update")
+        featurize = f"cellbag featurize {shell_path(root)} {shell_path(store)}"
+        if n_damaged and not repair:  # damaged chunks: un-mark them first, then recompute
+            next_step(f"cellbag store verify {shell_path(store)} --repair, then {featurize}")
+        elif n_unsynced:
+            next_step(f"{featurize} --update")
+        else:
+            next_step(featurize)
         raise typer.Exit(1)
     console.print(f"{s.path}: all checks passed", highlight=False)
     next_step(f"cellbag store info {shell_path(store)}")

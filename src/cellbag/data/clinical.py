@@ -38,6 +38,20 @@ def has_clinical_values(patients: pd.DataFrame) -> bool:
     return bool(cols) and bool(patients[cols].notna().to_numpy().any())
 
 
+def dob_after(patients: pd.DataFrame, reference_date: str = DEFAULT_REFERENCE_DATE) -> list[str]:
+    """One line per patient born after the reference date (an age below zero: a typo in
+    the DOB, or a reference date set too early)."""
+    if "dob" not in patients:
+        return []
+    dob = pd.to_datetime(patients["dob"])
+    late = dob.notna() & (dob > pd.Timestamp(reference_date))
+    return [
+        f"patient {pid}: DOB {d:%Y-%m-%d} is after the reference date {reference_date} "
+        "(a negative age); correct the DOB or set a later reference date"
+        for pid, d in zip(patients.loc[late, "patient_id"], dob[late], strict=True)
+    ]
+
+
 def raw_clinical(
     patients: pd.DataFrame, reference_date: str = DEFAULT_REFERENCE_DATE
 ) -> pd.DataFrame:
@@ -49,6 +63,11 @@ def raw_clinical(
         if "dob" in patients
         else pd.Series(pd.NaT, index=patients.index)
     )
+    late = dob_after(patients, reference_date)
+    if late:
+        from cellbag.data.cohort import CohortError
+
+        raise CohortError(late[0])
     age = (ref - dob).dt.days / 365.25
     if "age" in patients:  # an age column (in years) stands in where the date of birth is unknown
         age = age.fillna(pd.to_numeric(patients["age"], errors="coerce"))

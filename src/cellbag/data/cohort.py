@@ -187,7 +187,8 @@ _MISSING = ("",)
 _DATE_PATTERNS = (
     (re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$"), "mdy"),
     (re.compile(r"^([0-9]{1,2})-([0-9]{1,2})-([0-9]{4})$"), "dmy"),
-    (re.compile(r"^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})$"), "ymd"),
+    # ISO, also with a time of day (a datetime column written out, e.g. by pandas)
+    (re.compile(r"^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:[ T][0-9:.]+)?$"), "ymd"),
 )
 _NUMBER = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 _LABEL = re.compile(r"^(-1|0|1)([.]0+)?$")
@@ -196,9 +197,11 @@ EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
 def _blank(value: object) -> bool:
-    return (
-        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
-    )
+    if value is None or value is pd.NaT or value is pd.NA:
+        return True
+    if isinstance(value, (float, np.floating, np.datetime64)):
+        return bool(pd.isna(value))
+    return str(value).strip() == ""
 
 
 def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
@@ -208,6 +211,8 @@ def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
     """
     if _blank(value):
         return pd.NaT
+    if isinstance(value, (date, np.datetime64)):  # a datetime column (pd.Timestamp too)
+        value = pd.Timestamp(value).strftime("%Y-%m-%d")
     text = str(value).strip()
     for pattern, order in _DATE_PATTERNS:
         m = pattern.match(text)
@@ -225,7 +230,8 @@ def parse_dob(value: object, *, file: str, patient_id: str) -> pd.Timestamp:
             raise CohortError(f"{file}: patient {patient_id}: DOB {text!r} is before 1900")
         return ts
     raise CohortError(
-        f"{file}: patient {patient_id}: unparseable DOB {text!r} (expected M/D/YYYY or D-M-YYYY)"
+        f"{file}: patient {patient_id}: unparseable DOB {text!r} (expected M/D/YYYY, D-M-YYYY "
+        "or YYYY-MM-DD)"
     )
 
 

@@ -123,6 +123,19 @@ def check_images(cohort: Cohort) -> list[Problem]:
     return found
 
 
+def _one_per_file(problems: tuple[Problem, ...]) -> tuple[Problem, ...]:
+    """Problems with the image checks' repeat of one already found (same kind and file,
+    e.g. a broken symbolic link found when reading the cohort and when opening it) dropped."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.kind, p.file) if p.kind == "unreadable-image" else (p.kind, str(id(p)))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return tuple(out)
+
+
 def summarize(cohort: Cohort, extra_problems: list[Problem] | None = None) -> Summary:
     """Summary of a cohort (what ``cellbag inspect`` prints)."""
     p = cohort.patients
@@ -174,11 +187,14 @@ def summarize(cohort: Cohort, extra_problems: list[Problem] | None = None) -> Su
         }
     )
     balance, findings = readiness(p)
+    from cellbag.data.clinical import dob_after
+
+    findings = dob_after(p) + findings
     return Summary(
         counts=counts,
         bag_sizes=bag_sizes,
         clinical=pd.DataFrame(rows),
-        problems=tuple(cohort.problems) + tuple(extra_problems or ()),
+        problems=_one_per_file(tuple(cohort.problems) + tuple(extra_problems or ())),
         balance=balance,
         findings=tuple(findings),
     )

@@ -137,7 +137,7 @@ def _row_chunks(
             lo, hi = np.searchsorted(rows, [start, stop])
             if hi == lo:
                 continue
-            block = np.asarray(arr[start:stop])
+            block = store.read_rows(encoder_id, start, stop)  # checked: damage is one line
             try:
                 yield normalize(block[rows[lo:hi] - start], where=where)
             except RetrievalError as e:

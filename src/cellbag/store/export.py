@@ -108,7 +108,7 @@ def _coords(store: Store, patient_index: int, keep: np.ndarray) -> tuple[np.ndar
     root = store.zarr_group
     if "coords" in root["cells"]:
         a, b = int(store.offsets[patient_index]), int(store.offsets[patient_index + 1])
-        return np.asarray(root["cells/coords"][a:b])[keep], KNOWN_MEANING
+        return store._load("cells/coords", slice(a, b), rows_from=a)[keep], KNOWN_MEANING
     return np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.int64), INDEX_MEANING
 
 

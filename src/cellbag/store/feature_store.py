@@ -55,10 +55,15 @@ if TYPE_CHECKING:
     from cellbag.data import Cohort
 
 FORMAT = "cellbag-store"
-FORMAT_VERSION = 2  # 2: per-encoder status, crc32c chunks, file stats and cohort digests
+FORMAT_VERSION = 3  # 2: per-encoder status, crc32c chunks, file stats and cohort digests
+# 3: crc32c on every array, fill values that mark a missing chunk, a digest of the tables
 DEFAULT_CHUNK_ROWS = 64
 DEFAULT_BLOCK_ROWS = 1024
 STATUS_OK, STATUS_UNREADABLE, STATUS_PENDING = 0, 1, 255
+#: fill values of format 3 arrays: never written, so reading one means a chunk is missing
+MISSING_UINT8, MISSING_INT8, MISSING_INT64 = 254, -128, int(np.iinfo(np.int64).min)
+MISSING_TEXT = "<missing chunk>"
+_MISSING = {"uint8": MISSING_UINT8, "int8": MISSING_INT8, "int64": MISSING_INT64}
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_UNREADABLE: "unreadable"}
 SIZE_UNRECORDED, SIZE_MISSING = -2, -1
 CREATE_LOCK = "create.lock"
@@ -251,8 +256,80 @@ def _open_error(path: str, e: BaseException) -> StoreError:
     return StoreError(f"{path}: not a readable Zarr store ({type(e).__name__}: {e})")
 
 
-def _strings(arr: zarr.Array) -> np.ndarray:
+def _strings(arr: zarr.Array | np.ndarray) -> np.ndarray:
     return np.asarray(arr[:], dtype=object)
+
+
+def new_array(
+    group: zarr.Group,
+    name: str,
+    values: np.ndarray | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype: Any = None,
+    chunks: tuple[int, ...] | None = None,
+    initial: Any = None,
+) -> zarr.Array:
+    """Create a store array: zstd + crc32c on every chunk, and a fill value that no write
+    uses (a missing chunk reads as it and is an error); then write ``values`` (or
+    ``initial`` everywhere), so every chunk exists from the start."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    if values is not None:
+        shape = values.shape
+        dtype = str if values.dtype == object else values.dtype
+    key = "str" if dtype is str else str(np.dtype(dtype))
+    fill = MISSING_TEXT if key == "str" else _MISSING.get(key, np.nan)
+    a = group.create_array(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks or shape,
+        fill_value=fill,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+    )
+    if values is None and initial is not None:
+        values = np.full(shape, initial, dtype=object if key == "str" else key)
+    if values is not None and a.size:
+        a[...] = values
+    return a
+
+
+def _marks_missing(arr: zarr.Array) -> Any:
+    """The fill value of ``arr`` if it marks a missing chunk (format 3), else None."""
+    fill = arr.fill_value
+    if isinstance(fill, str) or isinstance(fill, np.str_):
+        return MISSING_TEXT if str(fill) == MISSING_TEXT else None
+    try:
+        value = int(fill)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if value == _MISSING.get(str(arr.dtype)) else None
+
+
+def tables_digest(root: zarr.Group) -> dict[str, str]:
+    """Digests of the patient table (every column) and of the cells' identity (cell_id,
+    patient_id): recorded when they are written, checked when the store is opened."""
+    out = {}
+    for group, names in (("patients", None), ("cells", ("cell_id", "patient_id"))):
+        g = root[group]
+        h = hashlib.sha256()
+        for name in names or sorted(g.array_keys()):
+            if group == "patients" and name == "clinical_extra":
+                h.update(repr(list(g[name].attrs.get("columns", []))).encode())
+            values = np.asarray(g[name][...])
+            h.update(f"|{name}:{values.shape}:".encode())
+            if values.dtype.kind in "OUT":
+                h.update("\x1f".join(map(str, values.ravel().tolist())).encode("utf-8"))
+            else:
+                h.update(np.ascontiguousarray(values).tobytes())
+        out[group] = h.hexdigest()[:32]
+    return out
+
+
+def record_tables_digest(root: zarr.Group) -> None:
+    """Record :func:`tables_digest` (after any write to cells/ ids or patients/)."""
+    root.attrs.update(tables_digest=tables_digest(root))
 
 
 def _zarr():
@@ -359,23 +436,19 @@ class Store:
         n = cohort.n_cells
         cells = root.create_group("cells")
         for name in ("cell_id", "patient_id", "path"):
-            a = cells.create_array(name, shape=(n,), dtype=str, chunks=(min(n, _TABLE_CHUNK),))
-            a[:] = np.asarray(cohort.cells[name].astype(str).to_numpy(), dtype=object)
-        cells.create_array(
-            "status", shape=(n,), dtype="uint8", chunks=(block_rows,), fill_value=STATUS_OK
-        )
+            values = np.asarray(cohort.cells[name].astype(str).to_numpy(), dtype=object)
+            new_array(cells, name, values, chunks=(min(n, _TABLE_CHUNK),))
+        row = {"shape": (n,), "chunks": (block_rows,)}
+        new_array(cells, "status", dtype="uint8", initial=STATUS_OK, **row)
         for name in ("reason", "sha256"):
-            cells.create_array(name, shape=(n,), dtype=str, chunks=(block_rows,), fill_value="")
+            new_array(cells, name, dtype=str, initial="", **row)
         for name in ("size", "mtime_ns"):
-            cells.create_array(
-                name, shape=(n,), dtype="int64", chunks=(block_rows,), fill_value=SIZE_UNRECORDED
-            )
+            new_array(cells, name, dtype="int64", initial=SIZE_UNRECORDED, **row)
         pts = root.create_group("patients")
         for name, values in _patient_columns(cohort).items():
-            dtype = str if values.dtype == object else values.dtype
-            a = pts.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape)
-            a[:] = values
+            new_array(pts, name, values)
         root.create_group("embeddings")
+        record_tables_digest(root)
         root.attrs.update(  # last: the folder is a cellbag store from here on
             {
                 "format": FORMAT,
@@ -434,7 +507,92 @@ class Store:
                 f"{path}: store format version {version} is newer than this cellbag's "
                 f"({FORMAT_VERSION}); upgrade cellbag"
             )
-        return cls(path, root, mode)
+        store = cls(path, root, mode)
+        store._validate_tables()
+        return store
+
+    # ------------------------------------------------------------------ checked reads
+    def _table_damage(self, what: str) -> CorruptStore:
+        again = (
+            "import the features again (`cellbag store import`)"
+            if self.imported
+            else f"make a new store (`cellbag featurize {self._cohort_root()} NEW_STORE`)"
+        )
+        return CorruptStore(
+            f"{self.path}: the store's tables are damaged ({what}); they cannot be repaired: "
+            f"{again}"
+        )
+
+    def _load(self, key: str, sel: Any = Ellipsis, rows_from: int | None = None) -> np.ndarray:
+        """``key``'s values at ``sel``, checked: a missing array, an unreadable or missing
+        chunk is a one-line :class:`CorruptStore` (never fill values served as data).
+        ``rows_from``: the values are cell rows starting there (to name their patients)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = self._root[key]
+                values = np.asarray(arr[sel])
+        except Exception as e:  # noqa: BLE001 - KeyError, JSON, codec, zstd, crc errors
+            what = "missing" if isinstance(e, KeyError) else chunk_error(e)
+            raise self._damaged(key, f"{key}: {what}") from None
+        fill = _marks_missing(arr)
+        if fill is not None:
+            hole = np.asarray(values == fill)
+            if hole.any():
+                where = ""
+                if rows_from is not None and self._offsets is not None:
+                    first = rows_from + int(np.flatnonzero(hole.reshape(len(hole), -1).any(1))[0])
+                    where = f" (patient {self.patients_of_rows([first])[0]})"
+                raise self._damaged(key, f"{key}: a chunk is missing{where}")
+        return values
+
+    def _damaged(self, key: str, what: str) -> CorruptStore:
+        if key.startswith("embeddings/"):
+            eid = key.split("/")[1]
+            return CorruptStore(
+                f"{self.path}: encoder {eid}: {what}; run `cellbag store verify {self.path} "
+                "--repair`, then `cellbag featurize` recomputes the damaged blocks"
+            )
+        return self._table_damage(what)
+
+    def _validate_tables(self) -> None:
+        """The patient table must make sense (offsets from 0 to n_cells, never decreasing,
+        counts matching, labels in {-1, 0, 1}) and match its recorded digest."""
+        try:
+            n_cells = int(self._root.attrs["cohort"]["n_cells"])
+            recorded = self._root.attrs.get("tables_digest")
+        except (KeyError, TypeError, ValueError):
+            raise self._table_damage("the cohort attributes are unreadable") from None
+        off = self._load("patients/offsets").astype(np.int64)
+        counts = self._load("patients/n_cells").astype(np.int64)
+        labels = self._load("patients/label").astype(np.int64)
+        n = len(off) - 1
+        if n < 1 or off[0] != 0 or off[-1] != n_cells or (np.diff(off) < 0).any():
+            raise self._table_damage(
+                f"patients/offsets must rise from 0 to the {n_cells} cells, never decreasing"
+            )
+        if len(counts) != n or not np.array_equal(counts, np.diff(off)):
+            raise self._table_damage("patients/n_cells disagrees with patients/offsets")
+        if len(labels) != n or not np.isin(labels, (-1, 0, 1)).all():
+            raise self._table_damage("patients/label holds a value other than -1, 0 or 1")
+        for name in ("patient_id", "split"):
+            if len(self._load(f"patients/{name}")) != n:
+                raise self._table_damage(f"patients/{name} has not one row per patient")
+        if recorded is not None:
+            try:
+                now = tables_digest(self._root)
+            except Exception as e:  # noqa: BLE001 - any unreadable table
+                raise self._table_damage(chunk_error(e)) from None
+            for table in ("patients", "cells"):
+                if recorded.get(table) != now[table]:
+                    raise self._table_damage(
+                        f"the {table} table does not match the digest recorded when it was written"
+                    )
+        self._offsets = off
+        self.cells()  # every chunk of every table is read (and checked) once, here
+        self.file_records()
+        if "coords" in self._root["cells"]:
+            self._load("cells/coords", rows_from=0)
 
     # ------------------------------------------------------------------ tables
     @property
@@ -483,36 +641,37 @@ class Store:
     def offsets(self) -> np.ndarray:
         """CSR offsets (n_patients + 1): patient ``i``'s cells are rows ``offsets[i]:offsets[i+1]``."""
         if self._offsets is None:
-            self._offsets = np.asarray(self._root["patients/offsets"][:], dtype=np.int64)
+            self._offsets = self._load("patients/offsets").astype(np.int64)
         return self._offsets
 
     def patients(self) -> pd.DataFrame:
         """One row per patient: patient_id, split, label (Int64), gender, dob, lymph_count, n_cells."""
         if self._patients is None:
             g = self._root["patients"]
-            label = pd.array(np.asarray(g["label"][:], dtype=np.int64), dtype="Int64")
+            col = lambda name: self._load(f"patients/{name}")  # noqa: E731
+            label = pd.array(col("label").astype(np.int64), dtype="Int64")
             label[label == -1] = pd.NA
-            gender = _strings(g["gender"])
+            gender = _strings(col("gender"))
             self._patients = pd.DataFrame(
                 {
-                    "patient_id": _strings(g["patient_id"]).astype(str),
-                    "split": _strings(g["split"]).astype(str),
+                    "patient_id": _strings(col("patient_id")).astype(str),
+                    "split": _strings(col("split")).astype(str),
                     "label": label,
                     "gender": pd.Series([x if x else None for x in gender], dtype=object),
-                    "dob": pd.to_datetime(pd.Series(_strings(g["dob"])).replace("", None)),
-                    "lymph_count": np.asarray(g["lymph_count"][:], dtype=np.float64),
-                    "n_cells": np.asarray(g["n_cells"][:], dtype=np.int64),
+                    "dob": pd.to_datetime(pd.Series(_strings(col("dob"))).replace("", None)),
+                    "lymph_count": col("lymph_count").astype(np.float64),
+                    "n_cells": col("n_cells").astype(np.int64),
                 }
             )
             if "clinical_extra" in g:  # further clinical columns of an imported store
-                extra = g["clinical_extra"]
-                for j, col in enumerate(extra.attrs["columns"]):
-                    self._patients[col] = np.asarray(extra[:, j], dtype=np.float64)
+                extra = col("clinical_extra")
+                for j, name in enumerate(g["clinical_extra"].attrs["columns"]):
+                    self._patients[name] = np.asarray(extra[:, j], dtype=np.float64)
         return self._patients.copy()
 
     def _patient_index(self, patient_id: str) -> int:
         if self._pid_index is None:
-            pids = _strings(self._root["patients/patient_id"])
+            pids = _strings(self._load("patients/patient_id"))
             self._pid_index = {str(p): i for i, p in enumerate(pids)}
         try:
             return self._pid_index[str(patient_id)]
@@ -523,7 +682,7 @@ class Store:
     def status(self) -> np.ndarray:
         """Per-cell status codes (uint8: 0 ok, 1 unreadable), cached."""
         if self._status is None:
-            self._status = np.asarray(self._root["cells/status"][:], dtype=np.uint8)
+            self._status = self._load("cells/status", rows_from=0).astype(np.uint8)
         return self._status
 
     def cells(self, encoder_id: str | None = None) -> pd.DataFrame:
@@ -540,16 +699,19 @@ class Store:
             )
             return cells
         if self._cells is None:
-            g = self._root["cells"]
             codes = self.status
+
+            def col(name: str) -> np.ndarray:
+                return _strings(self._load(f"cells/{name}", rows_from=0)).astype(str)
+
             self._cells = pd.DataFrame(
                 {
-                    "cell_id": _strings(g["cell_id"]).astype(str),
-                    "patient_id": _strings(g["patient_id"]).astype(str),
-                    "path": _strings(g["path"]).astype(str),
+                    "cell_id": col("cell_id"),
+                    "patient_id": col("patient_id"),
+                    "path": col("path"),
                     "status": np.where(codes == STATUS_UNREADABLE, "unreadable", "ok"),
-                    "reason": _strings(g["reason"]).astype(str),
-                    "sha256": _strings(g["sha256"]).astype(str),
+                    "reason": col("reason"),
+                    "sha256": col("sha256"),
                 }
             )
         return self._cells.copy()
@@ -569,7 +731,7 @@ class Store:
     def patients_of_rows(self, rows: np.ndarray | Sequence[int]) -> list[str]:
         """The ids of the patients owning cell rows ``rows`` (sorted by row, unique)."""
         if self._patient_ids is None:
-            self._patient_ids = _strings(self._root["patients/patient_id"]).astype(str)
+            self._patient_ids = _strings(self._load("patients/patient_id")).astype(str)
         rows = np.asarray(rows, dtype=np.int64)
         idx = np.unique(np.searchsorted(self.offsets, rows, side="right") - 1)
         return [str(self._patient_ids[i]) for i in idx]
@@ -579,7 +741,7 @@ class Store:
         if encoder_id not in self._enc_status:
             g = self._group(encoder_id)
             if "status" in g.attrs.get("arrays", []):
-                st = np.asarray(g["status"][:], dtype=np.uint8)
+                st = self._load(f"embeddings/{encoder_id}/status", rows_from=0).astype(np.uint8)
             else:  # format 1: one status shared by every encoder
                 st = self.status.copy()
             self._enc_status[encoder_id] = st
@@ -593,10 +755,12 @@ class Store:
     # ------------------------------------------------------------------ encoders
     def encoders(self) -> list[str]:
         """Ids of the encoders with embeddings in this store (complete or not)."""
-        g = self._root["embeddings"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            groups = list(g.groups())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                groups = list(self._root["embeddings"].groups())
+        except Exception as e:  # noqa: BLE001 - a group's zarr.json unreadable
+            raise self._damaged("embeddings", f"embeddings: {chunk_error(e)}") from None
         return sorted(name for name, sub in groups if "done" in sub.attrs.get("arrays", []))
 
     def resolve_encoder(self, name_or_id: str | None = None) -> str:
@@ -612,6 +776,8 @@ class Store:
                 g = self._root["embeddings"][encoder_id]
         except KeyError:
             g = None
+        except Exception as e:  # noqa: BLE001 - its zarr.json unreadable
+            raise self._damaged(f"embeddings/{encoder_id}", chunk_error(e)) from None
         if g is None or "done" not in g.attrs.get("arrays", []):
             have = ", ".join(self.encoders()) or "none"
             raise EncoderNotReady(
@@ -646,8 +812,11 @@ class Store:
 
     def done_blocks(self, encoder_id: str) -> np.ndarray:
         """Boolean (n_blocks,): which blocks of the encoder are written."""
-        g = self._group(encoder_id)
-        return np.asarray(g["done"][:], dtype=bool)
+        self._group(encoder_id)
+        done = self._load(f"embeddings/{encoder_id}/done")
+        if not np.isin(done, (0, 1)).all():
+            raise self._damaged(f"embeddings/{encoder_id}", "a done mark is neither 0 nor 1")
+        return done.astype(bool)
 
     def is_complete(self, encoder_id: str) -> bool:
         """Whether every cell of the store has this encoder's embedding."""
@@ -657,8 +826,9 @@ class Store:
             g = self._group(encoder_id)
         except EncoderNotReady:
             return False
-        ok = g.attrs.get("completed") is not None
-        if ok:
+        ok = g.attrs.get("completed") is not None and bool(self.done_blocks(encoder_id).all())
+        if ok:  # the done marks and the cells' status are read (and checked), not only attrs
+            self.encoder_status(encoder_id)
             self._complete.add(encoder_id)
         return ok
 
@@ -692,7 +862,11 @@ class Store:
         or unwritten cells are NaN; check :meth:`is_complete` and ``status``)."""
         arr = self._arrays.get(encoder_id)
         if arr is None:
-            arr = self._group(encoder_id)["data"]
+            try:
+                arr = self._group(encoder_id)["data"]
+            except Exception as e:  # noqa: BLE001 - deleted, or its zarr.json unreadable
+                what = "missing" if isinstance(e, KeyError) else chunk_error(e)
+                raise self._damaged(f"embeddings/{encoder_id}", f"data: {what}") from None
             self._arrays[encoder_id] = arr
         return arr
 
@@ -707,6 +881,11 @@ class Store:
         if self.path.startswith("file://"):
             return Path(self.path[len("file://") :])
         return None if _is_url(self.path) else Path(self.path)
+
+    def read_rows(self, encoder_id: str, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` of an encoder as float32, checked (a damaged chunk, or a
+        non-finite row of an embedded cell, is a one-line :class:`CorruptStore`)."""
+        return self._read_rows(encoder_id, a, b)
 
     def _read_rows(self, encoder_id: str, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)`` as float32, checked: from local chunk files, else through zarr."""
@@ -838,10 +1017,8 @@ class Store:
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
             fill_value=np.nan,
         )
-        g.create_array(
-            "status", shape=(n,), dtype="uint8", chunks=(self.block_rows,), fill_value=255
-        )
-        g.create_array("done", shape=(self.n_blocks,), dtype="uint8", chunks=(1,), fill_value=0)
+        new_array(g, "status", shape=(n,), dtype="uint8", chunks=(self.block_rows,), initial=255)
+        new_array(g, "done", shape=(self.n_blocks,), dtype="uint8", chunks=(1,), initial=0)
         attrs = {k: v for k, v in metadata.items() if k not in ("completed",)}
         attrs.update(
             encoder_id=encoder_id,
@@ -911,26 +1088,26 @@ class Store:
         ):
             if values is None or name not in have:
                 continue
-            arr = cells[name]
-            full = np.asarray(arr[:], dtype=dtype)
+            full = np.asarray(self._load(f"cells/{name}", rows_from=0), dtype=dtype)
             full[rows] = np.asarray(list(values), dtype=dtype)
-            arr[:] = full
+            cells[name][:] = full
         self._cells = None
 
     def file_records(self) -> pd.DataFrame:
         """Per cell: sha256, size, mtime_ns as last recorded (size -2: never read)."""
-        g = self._root["cells"]
         n = self.n_cells
-        have = set(g.array_keys())
+        have = set(self._root["cells"].array_keys())
+
+        def col(name: str) -> np.ndarray:
+            if name not in have:  # a format 1 store has no size / mtime_ns
+                return np.full(n, SIZE_UNRECORDED, np.int64)
+            return self._load(f"cells/{name}", rows_from=0).astype(np.int64)
+
         return pd.DataFrame(
             {
-                "sha256": _strings(g["sha256"]).astype(str),
-                "size": np.asarray(g["size"][:], np.int64)
-                if "size" in have
-                else np.full(n, SIZE_UNRECORDED, np.int64),
-                "mtime_ns": np.asarray(g["mtime_ns"][:], np.int64)
-                if "mtime_ns" in have
-                else np.full(n, SIZE_UNRECORDED, np.int64),
+                "sha256": _strings(self._load("cells/sha256", rows_from=0)).astype(str),
+                "size": col("size"),
+                "mtime_ns": col("mtime_ns"),
             }
         )
 
@@ -944,6 +1121,7 @@ class Store:
             raise StoreError(f"{self.path}: write_patients needs the same patients in order")
         for name in ("split", "gender", "dob", "label", "lymph_count"):
             pts[name][:] = cols[name]
+        record_tables_digest(self._root)
         self._patients = None
 
     def set_cohort(self, cohort: Cohort) -> None:
@@ -957,10 +1135,9 @@ class Store:
         new = np.asarray([str(p) for p in paths], dtype=object)
         if len(new) != self.n_cells:
             raise StoreError(f"{self.path}: {len(new)} paths given for {self.n_cells} cells")
-        arr = self._root["cells/path"]
-        if np.array_equal(_strings(arr), new):
+        if np.array_equal(_strings(self._load("cells/path", rows_from=0)), new):
             return False
-        arr[:] = new
+        self._root["cells/path"][:] = new
         self._cells = None
         return True
 
@@ -1013,10 +1190,10 @@ class Store:
         cells = self._root["cells"]
         if sha256 is not None:
             new_sha = np.asarray(list(sha256), dtype=object)
-            old_sha = np.asarray(cells["sha256"][a:b], dtype=object)
+            old_sha = _strings(self._load("cells/sha256", slice(a, b), rows_from=a))
             moved = (old_sha != "") & (new_sha != "") & (old_sha != new_sha)
             if moved.any():
-                ids = np.asarray(cells["cell_id"][a:b], dtype=object)[moved]
+                ids = _strings(self._load("cells/cell_id", slice(a, b)))[moved]
                 raise StoreError(
                     f"{self.path}: {int(moved.sum())} image(s) changed while being featurized "
                     f"(e.g. {ids[0]}); run `cellbag featurize DATA {self.path} --update`"

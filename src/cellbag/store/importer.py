@@ -106,6 +106,28 @@ def _h5_read(file: Path, pid: str) -> tuple[np.ndarray, np.ndarray | None, np.nd
     return x, ids, coords
 
 
+def available_memory() -> int:
+    """Bytes of memory this process may still use (physical memory when unknown)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError):  # pragma: no cover - psutil is a dependency of torch
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_fits_in_memory(file: Path, pid: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse, before reading it, a bag whose declared size (read, then as float32 and
+    float16 copies) exceeds the memory left: a corrupt or hostile header is one line."""
+    need = int(np.prod(shape, dtype=object)) * (itemsize + 6)
+    have = available_memory()
+    if need > have:
+        raise FeatureImportError(
+            f"{file}: patient {pid}: features declared as {shape[0]} x {shape[1]} would need "
+            f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of memory left"
+        )
+
+
 def h5_bags(folder: Path) -> tuple[list[Bag], str]:
     """The bags of a folder of per-patient HDF5 files, and the layout found."""
     import h5py
@@ -132,6 +154,7 @@ def h5_bags(folder: Path) -> tuple[list[Bag], str]:
             with h5py.File(file, "r") as f:
                 ds = _h5_features(f, file)
                 shape = ds.shape
+                itemsize = ds.dtype.itemsize
                 if layout == "h5" and ds.name == "/feats":
                     layout = "stamp"
         except OSError as e:
@@ -144,6 +167,7 @@ def h5_bags(folder: Path) -> tuple[list[Bag], str]:
             raise FeatureImportError(
                 f"{file}: patient {pid}: features of shape {shape}, expected (n, dim)"
             )
+        _check_fits_in_memory(file, pid, shape, itemsize)
         bags.append(
             Bag(pid, str(file), int(shape[0]), int(shape[1]), lambda f=file, p=pid: _h5_read(f, p))
         )
@@ -497,24 +521,21 @@ def write_store(
 
 def _write_extras(store: Store, patients: pd.DataFrame, coords: list[np.ndarray | None]) -> None:
     """Further clinical columns and known instance positions, beside the store's own."""
+    from cellbag.store.feature_store import new_array, record_tables_digest
     from cellbag.store.schema import write_schema
 
     root = store.zarr_group
     extra = [c for c in patients.columns if c not in RESERVED]
     if extra:
         vals = patients[extra].to_numpy(dtype=np.float64)
-        a = root["patients"].create_array(
-            "clinical_extra", shape=vals.shape, dtype="float64", chunks=vals.shape
-        )
-        a[:] = vals
+        a = new_array(root["patients"], "clinical_extra", vals)
         a.attrs["columns"] = extra
     if all(c is not None for c in coords) and len({c.shape[1] for c in coords}) == 1:
         allc = np.concatenate(coords)
         dtype = "int64" if np.issubdtype(allc.dtype, np.integer) else "float64"
-        a = root["cells"].create_array(
-            "coords", shape=allc.shape, dtype=dtype, chunks=(min(len(allc), 65536), allc.shape[1])
-        )
-        a[:] = allc.astype(dtype)
+        chunks = (min(len(allc), 65536), allc.shape[1])
+        new_array(root["cells"], "coords", allc.astype(dtype), chunks=chunks)
+    record_tables_digest(root)
     write_schema(root)
 
 

@@ -102,8 +102,80 @@ def _stat(path: str) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def compare(store: Store, cohort: Cohort) -> SyncDiff:
-    """What differs between ``store`` and ``cohort`` as it is now on disk."""
+def _check_file(
+    path: str, sha: str, size: int, mtime: int, full: bool = False
+) -> tuple[bool, tuple[int, int] | None]:
+    """Whether an image differs from what the store recorded (a ``stat``; its bytes are
+    hashed only when size or mtime moved, or ``full``), and its new (size, mtime) to
+    record when only those moved."""
+    cur = _stat(path)
+    if size != SIZE_UNRECORDED:  # format 1 stores recorded digests only
+        if SIZE_MISSING in (cur[0], size):
+            return cur[0] != size, None
+        if not full and cur == (size, mtime):
+            return False, None
+    try:
+        digest = file_digest(path)
+    except OSError:
+        digest = ""
+    if digest != sha:
+        return True, None
+    return False, (cur if cur != (size, mtime) else None)
+
+
+def images_out_of_sync(store: Store) -> str | None:
+    """Why the store's embeddings may be stale: images changed (other bytes) or removed
+    since they were read, found with the same cheap check as featurize (a ``stat`` per
+    image, a hash only when size or mtime moved). None when none changed, for imported
+    features, or when no image can be seen from here (a copied store)."""
+    if store.imported:
+        return None
+    cells = store.cells()
+    rec = store.file_records()
+    seen, changed, gone = 0, [], []
+    for cid, path, sha, size, mtime in zip(
+        cells["cell_id"], cells["path"], rec["sha256"], rec["size"], rec["mtime_ns"], strict=True
+    ):
+        if size == SIZE_UNRECORDED and not sha:
+            continue  # never read: nothing embedded from it
+        if size != SIZE_MISSING and _stat(path)[0] == SIZE_MISSING:
+            gone.append(cid)
+            continue
+        seen += 1
+        if _check_file(path, sha, int(size), int(mtime))[0]:
+            changed.append(cid)
+    if not seen or not (changed or gone):
+        return None
+    return (
+        f"{len(changed)} image(s) changed and {len(gone)} removed since they were embedded "
+        f"({_names(changed + gone)})"
+    )
+
+
+def _refuse(store: Store, why: str | None, then: str) -> None:
+    """Raise :class:`StoreError`: ``why``, the update command, then ``then``."""
+    if why is not None:
+        root = store.attrs.get("cohort", {}).get("root", "DATA")
+        raise StoreError(
+            f"{store.path}: {why}; apply it with `cellbag featurize {root} {store.path} "
+            f"--update` {then}"
+        )
+
+
+def require_images_in_sync(store: Store) -> None:
+    """Raise :class:`StoreError` (one line) if :func:`images_out_of_sync` finds stale images."""
+    _refuse(
+        store,
+        images_out_of_sync(store),
+        "(its embeddings are stale; --allow-stale uses them as they are)",
+    )
+
+
+def compare(store: Store, cohort: Cohort, full: bool = False) -> SyncDiff:
+    """What differs between ``store`` and ``cohort`` as it is now on disk.
+
+    An image whose size and mtime are those recorded is taken as unchanged (cheap: one
+    ``stat``), unless ``full``: then every image is hashed again and compared."""
     cells = store.cells()
     rec = store.file_records()
     old_ids = cells["cell_id"].to_numpy(dtype=object)
@@ -129,23 +201,11 @@ def compare(store: Store, cohort: Cohort) -> SyncDiff:
         diff.moved |= old_paths[i] != new_paths[j]
         if size[i] == SIZE_UNRECORDED and not sha[i]:
             continue  # no encoder has read it yet: nothing can be stale
-        cur_size, cur_mtime = _stat(new_paths[j])
-        if size[i] == SIZE_UNRECORDED:  # a format 1 store: digests only
-            pass
-        elif cur_size == SIZE_MISSING or size[i] == SIZE_MISSING:
-            if cur_size != size[i]:
-                diff.changed.append(cid)
-            continue
-        elif (cur_size, cur_mtime) == (size[i], mtime[i]):
-            continue
-        try:
-            digest = file_digest(new_paths[j])
-        except OSError:
-            digest = ""
-        if digest != sha[i]:
+        changed, stat = _check_file(new_paths[j], sha[i], size[i], mtime[i], full)
+        if changed:
             diff.changed.append(cid)
-        else:
-            touched.append((i, cur_size, cur_mtime))  # same bytes, new mtime (a copy, a touch)
+        elif stat is not None:
+            touched.append((i, *stat))  # same bytes, new mtime (a copy, a touch)
     if touched:
         t = np.asarray(touched, dtype=np.int64)
         diff.touched_rows, diff.touched_size, diff.touched_mtime = t[:, 0], t[:, 1], t[:, 2]
@@ -202,13 +262,11 @@ def labels_out_of_sync(store: Store) -> str | None:
 
 def require_labels_in_sync(store: Store) -> None:
     """Raise :class:`StoreError` if the cohort's labels changed since the store recorded them."""
-    why = labels_out_of_sync(store)
-    if why is not None:
-        root = store.attrs.get("cohort", {}).get("root", "DATA")
-        raise StoreError(
-            f"{store.path}: {why}; apply it with `cellbag featurize {root} {store.path} "
-            "--update` (the store's patient table is what cross-validation trains on)"
-        )
+    _refuse(
+        store,
+        labels_out_of_sync(store),
+        "(the store's patient table is what cross-validation trains on)",
+    )
 
 
 # ---------------------------------------------------------------- update
