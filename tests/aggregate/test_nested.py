@@ -31,7 +31,15 @@ def test_nested_threshold_never_sees_the_outer_fold(tmp_path, monkeypatch):
     monkeypatch.setattr(fitting, "fit_fold", spy_fit)
     monkeypatch.setattr(outputs, "select_thresholds", spy_select)
     cross_validate(
-        data, "meanpool", tmp_path, clinical=False, folds=3, repeats=2, inner_folds=2, quiet=True
+        data,
+        "meanpool",
+        tmp_path,
+        clinical=False,
+        folds=3,
+        repeats=2,
+        inner_folds=2,
+        quiet=True,
+        triage_sensitivity=0.8,  # the conformal cut needs >= 1 / (1 - target) - 1 tumoral
     )
     splits = json.loads((tmp_path / "splits.json").read_text())["splits"]
     assert len(chosen) == len(splits) and len(fits) == len(splits) * 3
@@ -49,7 +57,15 @@ def test_nested_threshold_never_sees_the_outer_fold(tmp_path, monkeypatch):
     # the same figures twice from the same seed
     again = tmp_path / "again"
     cross_validate(
-        data, "meanpool", again, clinical=False, folds=3, repeats=2, inner_folds=2, quiet=True
+        data,
+        "meanpool",
+        again,
+        clinical=False,
+        folds=3,
+        repeats=2,
+        inner_folds=2,
+        quiet=True,
+        triage_sensitivity=0.8,
     )
     assert (again / "meanpool" / "oof_predictions.csv").read_bytes() == (
         tmp_path / "meanpool" / "oof_predictions.csv"
