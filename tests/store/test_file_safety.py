@@ -100,3 +100,42 @@ def test_featurize_update_refuses_to_move_a_user_file(tmp_path: Path, store_coho
         open_or_create(root, path, update=True)
     assert still_there(path, mine)
     assert not Path(str(path) + ".cellbag-old").exists()
+
+
+# ------------------------------------------------------------------ every verb with --out
+
+
+def _user_folder(folder: Path) -> dict[str, bytes | None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return add_user_files(folder)
+
+
+def _tiny_store(path: Path) -> Store:
+    rng = np.random.default_rng(0)
+    bags = [rng.normal(size=(4, 3)).astype(np.float32) + i % 2 for i in range(8)]
+    return from_arrays(path, bags, [i % 2 for i in range(8)])
+
+
+def test_export_h5_and_cv_leave_a_foreign_file_byte_identical(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cellbag.cli import app
+    from cellbag.store import export_h5
+
+    s = _tiny_store(tmp_path / "s.zarr")
+    for layout in ("cellbag", "clam"):
+        out = tmp_path / f"h5-{layout}"
+        mine = _user_folder(out)
+        export_h5(s, None, out, layout=layout)
+        assert still_there(out, mine)
+    out = tmp_path / "run"
+    mine = _user_folder(out)
+    res = CliRunner().invoke(
+        app,
+        [
+            "cv", s.path, "--head", "meanpool", "--folds", "2", "--repeats", "1",
+            "--inner-folds", "0", "--no-clinical", "-q", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert still_there(out, mine)

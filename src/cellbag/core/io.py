@@ -9,7 +9,7 @@ import json
 import os
 import unicodedata
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,3 +134,33 @@ def safe_child(
     if why is not None:
         raise error(f"{folder}: {what} {shown_name(name)} cannot name a file here: it {why}")
     return child
+
+
+def refuse_foreign_folder(
+    folder: str | os.PathLike,
+    *,
+    ours: Callable[[Path], bool],
+    what: str,
+    error: type[Exception] = UnsafeName,
+) -> None:
+    """Refuse (``error``, one line naming its first entry) an existing, non-empty folder
+    that ``ours`` does not recognise as one cellbag wrote: an output goes to a new or empty
+    folder, or over cellbag's own earlier output, never over a user's files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    entries = sorted(os.listdir(folder))
+    if entries and not ours(folder):
+        raise error(
+            f"{folder}: not empty and not a {what} (it holds {entries[0]!r}); refusing to "
+            "write into it: choose a new or empty folder"
+        )
+
+
+def file_starts_with(path: str | os.PathLike, text: str, within: int = 4096) -> bool:
+    """Whether ``text`` occurs in the first ``within`` bytes of the file at ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            return text.encode() in fh.read(within)
+    except OSError:
+        return False

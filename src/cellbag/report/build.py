@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from cellbag.core.io import write_text
+from cellbag.core.io import file_starts_with, refuse_foreign_folder, write_text
 from cellbag.data.clinical import has_clinical_values, raw_clinical
 from cellbag.data.cohort import natural_key
 from cellbag.report import explain, render
@@ -205,6 +205,7 @@ def write_report(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"report folder {out} is a file")
+    refuse_foreign_folder(out, ours=is_report_folder, what="cellbag report", error=ReportError)
     out.mkdir(parents=True, exist_ok=True)
     store = _open_store(store)
 
@@ -319,6 +320,11 @@ def write_report(
     index = out / "index.html"
     write_text(index, html)
     return index
+
+
+def is_report_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a report cellbag wrote (its ``index.html`` says so)."""
+    return file_starts_with(folder / "index.html", "<title>cellbag report:")
 
 
 def _test_view(
