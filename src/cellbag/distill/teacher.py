@@ -25,6 +25,7 @@ import pandas as pd
 
 from cellbag.distill.errors import DistillError
 from cellbag.evaluate import run_folder as rf
+from cellbag.evaluate.stats import best_of
 
 OOF_FILE = rf.OOF_FILE
 ATTENTION_FILES = rf.ATTENTION_FILES
@@ -94,8 +95,8 @@ def resolve_head_folder(path: str | Path) -> Path:
             folders = [p for p in rf.head_folders(path) if p.name != "clinical"]
             if not folders:
                 raise DistillError(f"{path}: only the clinical baseline here; it reads no images")
-            scores = [np.nan_to_num(rf.figure(p), nan=-1.0) for p in folders]
-            best = folders[int(np.argmax(scores))]
+            by_name = {p.name: p for p in folders}  # the best image head, by the one rule
+            best = by_name[best_of({name: rf.figure(p) for name, p in by_name.items()})]
         return best
     except rf.RunFolderError as e:
         raise DistillError(str(e)) from None
