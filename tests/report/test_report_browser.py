@@ -23,6 +23,11 @@ def test_report_renders_with_every_image_loaded(store_report, tmp_path):
     assert check.metrics_rows == 2  # abmil and meanpool rows rendered
     assert check.images == n_img > 10
     assert check.broken == []
+    width, height = check.page_size
+    assert width <= 1400 and 0 < height < 16_000  # collapsed blocks: a short page
+    opened = check_in_browser(store_report, open_all=True)
+    assert opened.page_size[0] <= 1400  # no sideways scrolling, galleries open
+    assert opened.page_size[1] > height and opened.broken == []
     png = screenshot(store_report, tmp_path / "shot.png", width=1200, height=900)
     with Image.open(png) as im:
         assert im.size == (1200, 900)

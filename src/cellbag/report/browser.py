@@ -39,6 +39,7 @@ class BrowserCheck:
     broken: list[str]
     metrics_rows: int
     dom: str
+    page_size: tuple[int, int] = (0, 0)  # the page's scroll width and height, in CSS pixels
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -58,15 +59,24 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
             raise ReportError(f"chromium did not finish within {timeout:.0f} s") from None
 
 
-def check_in_browser(index: str | Path, timeout: float = 60.0) -> BrowserCheck:
-    """Load ``index.html`` headless; count its images, the broken ones and the metrics rows."""
+def check_in_browser(
+    index: str | Path,
+    timeout: float = 60.0,
+    width: int = 1400,
+    height: int = 1000,
+    open_all: bool = False,
+) -> BrowserCheck:
+    """Load ``index.html`` headless in a ``width`` x ``height`` window (``open_all``: with
+    every collapsed block open); count its images, the broken ones and the metrics rows,
+    and measure the page."""
     exe = find_chromium()
     if exe is None:
         raise ReportError(
             "chromium not found (install Debian's `chromium` or set CELLBAG_CHROMIUM)"
         )
-    url = Path(index).resolve().as_uri()
-    p = _run([exe, *FLAGS, "--virtual-time-budget=10000", "--dump-dom", url], timeout)
+    url = Path(index).resolve().as_uri() + ("#open-all" if open_all else "")
+    size = f"--window-size={width},{height}"
+    p = _run([exe, *FLAGS, "--virtual-time-budget=10000", size, "--dump-dom", url], timeout)
     dom = p.stdout
     m = re.search(r'<div id="img-check"[^>]*>', dom)
     if p.returncode != 0 or m is None:
@@ -80,7 +90,9 @@ def check_in_browser(index: str | Path, timeout: float = 60.0) -> BrowserCheck:
     broken = json.loads(raw.replace("&quot;", '"').replace("&amp;", "&"))
     table = re.search(r'<table id="metrics-table".*?</table>', dom, re.S)
     rows = len(re.findall(r"<tr>\s*<th scope=\"row\">", table.group(0))) if table else 0
-    return BrowserCheck(total, broken, rows, dom)
+    page = re.search(r'data-page="(\d+)x(\d+)"', tag)
+    page_size = (int(page.group(1)), int(page.group(2))) if page else (0, 0)
+    return BrowserCheck(total, broken, rows, dom, page_size)
 
 
 def screenshot(

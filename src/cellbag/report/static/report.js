@@ -1,4 +1,6 @@
 (function(){
+  // index.html#open-all opens every collapsed block (for printing, and the browser check)
+  if(location.hash==='#open-all'){document.querySelectorAll('details').forEach(function(d){d.open=true;});}
   function val(td){var v=td.getAttribute('data-value');return v===null?td.textContent.trim():v;}
   document.querySelectorAll('table.sortable').forEach(function(t){
     t.querySelectorAll('th[data-sort]').forEach(function(th,i){
@@ -39,6 +41,8 @@
     if(!el)return;
     el.setAttribute('data-total',String(imgs.length));
     el.setAttribute('data-broken',JSON.stringify(broken));
+    var doc=document.documentElement;
+    el.setAttribute('data-page',doc.scrollWidth+'x'+doc.scrollHeight);
     el.setAttribute('data-done','1');
     if(broken.length){el.hidden=false;el.textContent=broken.length+' image(s) failed to load: '+broken.slice(0,5).join(', ');}
   });
