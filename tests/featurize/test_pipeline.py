@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -88,48 +85,17 @@ def test_resume_after_crash_between_blocks(
 
 
 def test_resume_after_kill_9(
-    tmp_path, feat_cohort, tiny_encoder, reference_run, feat_kw, tiny_spec
+    tmp_path, feat_cohort, tiny_encoder, reference_run, feat_kw, tiny_spec, kill_9_featurize
 ) -> None:
     path = tmp_path / "killed.zarr"
-    marker = tmp_path / "block-written"
-    script = textwrap.dedent(
-        f"""
-        import time, torch
-        torch.set_num_threads(1)
-        from cellbag.featurize import create_encoder, run_featurize
-        enc = create_encoder({tiny_spec["name"]!r}, weights={tiny_spec["weights"]!r},
-                             image_size={tiny_spec["image_size"]})
-        def slow(block):
-            open({str(marker)!r}, "a").write(f"{{block}}\\n")
-            time.sleep(120)
-        run_featurize({str(feat_cohort.root)!r}, {str(path)!r}, enc, on_block=slow, **{feat_kw!r})
-        """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"featurize subprocess ended early: {proc.stderr.read().decode()[-800:]}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail("featurize subprocess wrote no block within 120 s")
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    pid = kill_9_featurize(feat_cohort.root, path, tiny_spec, feat_kw, tmp_path / "block-written")
     eid = tiny_encoder.id
     lock = path / "embeddings" / eid / "job.lock"
     assert lock.exists()  # the dead job's lock is left behind...
     s = Store.open(path)
     assert 1 <= s.done_blocks(eid).sum() < s.n_blocks
     r = run_featurize(feat_cohort, path, tiny_encoder, **feat_kw)
-    assert r.took_over_lock is not None and r.took_over_lock["pid"] == proc.pid  # ...and taken over
+    assert r.took_over_lock is not None and r.took_over_lock["pid"] == pid  # ...and taken over
     assert r.complete and not lock.exists()
     np.testing.assert_array_equal(_raw(r.store, eid), _raw(reference_run.store, eid))
 
