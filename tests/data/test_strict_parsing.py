@@ -192,6 +192,7 @@ def _expected_count(text: str) -> object:
 @settings(
     max_examples=60,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(label=_cell, count=_cell, gender=_cell, dob=_cell)
@@ -230,6 +231,7 @@ def test_any_cell_text_is_read_right_or_refused(
 @settings(
     max_examples=60,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(image=st.one_of(_cell, st.text(min_size=250, max_size=300)), split=_cell)
@@ -262,7 +264,10 @@ def test_any_manifest_text_is_read_right_or_refused(tmp_path_factory, image, spl
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(pid=st.one_of(_cell, st.text(min_size=250, max_size=300)))
 def test_any_patient_id_is_read_or_refused(tmp_path_factory, pid) -> None:
@@ -285,7 +290,10 @@ def test_any_patient_id_is_read_or_refused(tmp_path_factory, pid) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     d=st.dates(min_value=date(1850, 1, 1), max_value=date(2200, 12, 31)),

@@ -134,7 +134,7 @@ def test_export_h5_and_cv_leave_a_foreign_file_byte_identical(tmp_path: Path) ->
         app,
         [
             "cv", s.path, "--head", "meanpool", "--folds", "2", "--repeats", "1",
-            "--inner-folds", "0", "--no-clinical", "-q", "--out", str(out),
+            "--inner-folds", "0", "--no-clinical", "-q", "--jobs", "1", "--out", str(out),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

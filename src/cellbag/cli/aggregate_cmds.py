@@ -127,6 +127,11 @@ def cv_cmd(
         help="CSV cell_id,is_key: write the instance AUC of each head's cell weights "
         "into its metrics.json.",
     ),
+    allow_stale: bool = typer.Option(
+        None,
+        "--allow-stale",
+        help="Run on embeddings of images that changed since featurize (else refused).",
+    ),
 ) -> None:
     """Patient-level, stratified, repeated k-fold cross-validation of heads on the training
     split; every figure with its 95% bootstrap interval over patients. The run folder gets
@@ -169,6 +174,7 @@ def cv_cmd(
         threads=threads,
         jobs=jobs,
         cluster=cluster,
+        allow_stale=allow_stale,
     )
     if cfg.store is None:
         raise typer.BadParameter("give STORE, or --config RUN/config.yaml", param_hint="STORE")

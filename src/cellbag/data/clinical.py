@@ -94,6 +94,17 @@ def raw_clinical(
     return out
 
 
+def check_clinical(
+    patients: pd.DataFrame | None, reference_date: str = DEFAULT_REFERENCE_DATE
+) -> None:
+    """Raise the one-line ``CohortError`` (naming the patient) if the clinical features of
+    ``patients`` cannot be computed and scaled: run before the first fit of any head, so a
+    run stops before it writes anything rather than half-way. ``None`` (clinical values
+    given as a plain matrix) has nothing to check."""
+    if patients is not None:
+        ClinicalScaler(reference_date).fit_transform(patients)
+
+
 @dataclass
 class ClinicalScaler:
     """sklearn-style transformer: fit on training patients, transform any patients.

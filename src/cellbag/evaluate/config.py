@@ -45,6 +45,7 @@ class CVConfig:
     threads: int | None = None  # torch threads per fit (None: 1)
     jobs: int | None = None  # worker processes (None: every core)
     cluster: str | None = None  # tcp://HOST:PORT or local:N (Dask)
+    allow_stale: bool = False  # use embeddings of images changed since featurize
 
     def __post_init__(self) -> None:
         if isinstance(self.heads, str):

@@ -70,6 +70,13 @@ def _before_any_fit(data: BagSet, names: list[str], clinical: bool, cfg: CVConfi
     preconditions on these bags (``names``, ``clinical``) belong here too."""
     if data.labels is None:
         raise EvaluateError(f"{data.source}: cross-validation needs the labelled training split")
+    from cellbag.data.clinical import check_clinical
+    from cellbag.store.sync import require_images_in_sync
+
+    if cfg.store is not None and not cfg.allow_stale:
+        require_images_in_sync(open_store(cfg.store))  # the same cheap stat check as featurize
+    if clinical:
+        check_clinical(data.patients)  # every head's clinical features, before any is fitted
 
 
 def _plan(data: BagSet, cfg: CVConfig, console: Any) -> tuple[list[str], bool]:

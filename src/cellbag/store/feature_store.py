@@ -23,8 +23,16 @@ Cells are sorted by patient, so a bag is the slice ``offsets[i]:offsets[i + 1]``
 its cells' status are written first, its done mark last, so a killed job never leaves a
 half-written block marked done. Every data chunk carries a crc32c checksum and is written
 even when empty; reading checks it and refuses non-finite rows of embedded cells (a missing
-chunk reads as NaN), naming the store, the encoder and the patients. This module imports no
-torch.
+chunk reads as NaN), naming the store, the encoder and the patients.
+
+Format 3: every array (tables, status, done marks too) carries zstd + crc32c, and its fill
+value is one no write uses (:data:`MISSING_UINT8`, :data:`MISSING_TEXT`, ...), with every
+chunk written from the start, so a deleted chunk reads as that value and is an error, never
+data. Opening a store validates the patient table (offsets from 0 to ``n_cells``, never
+decreasing, counts matching, labels in {-1, 0, 1}), reads every table chunk once, and
+checks the digest of the patient table and of the cells' identity recorded in the root
+attribute ``tables_digest`` (stores of format 2 have none: they open without that check).
+This module imports no torch.
 """
 
 from __future__ import annotations
