@@ -8,6 +8,18 @@ lgbm <= 3 s. Then the time of one ViT-S/16 forward pass over the same 20,000 cel
 the feature store.
 
     python benchmarks/aggregate.py [--threads 2] [--patients 200] [--cells 100]
+
+``--preset lymphocytosis``: a synthetic cohort of the real one's shape (163 patients x 82
+cells x 1,280-d, the lite0 width), every head (meanpool, maxpool, abmil, transformer, lgbm,
+svm, ensemble + the clinical baseline) in one cv of 5 folds x 3 repeats with nested
+thresholds, as ``cellbag cv`` runs it. It prints each head's fit seconds (the sum over its
+folds, ``--jobs 1``) and AUC, the levers tried on the neural heads (``pca_dim``: inputs
+projected on the fold's first principal axes), and the wall time of the whole cv with
+``--jobs 1`` and ``--jobs 2`` (their ratio, in this one run). ``--before REV`` runs the
+same cv on the code of a git revision too (``git archive``, in a subprocess) and prints
+before/after per head.
+
+    python benchmarks/aggregate.py --preset lymphocytosis [--repeats 3] [--before REV]
 """
 
 from __future__ import annotations
@@ -18,9 +30,115 @@ import tempfile
 import time
 from pathlib import Path
 
+HEADS = "meanpool,maxpool,abmil,transformer,lgbm,svm,ensemble"
+#: head parameters tried against each neural head's defaults (the speed levers)
+LEVERS = {
+    "abmil": [{"pca_dim": None}, {"pca_dim": 256}, {"pca_dim": 128}],
+    "maxpool": [{"pca_dim": 256}, {"pca_dim": 128}],
+    "transformer": [{"pca_dim": 256}, {"pca_dim": 128}],
+}
+
+
+#: the cv of another revision's code, in a subprocess (prints [wall, {head: [s, auc]}])
+BEFORE_CODE = """
+import json, sys, time
+sys.path.insert(0, {src!r})
+for name in [m for m in sys.modules if m == "cellbag" or m.startswith("cellbag.")]:
+    del sys.modules[name]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+import cellbag
+assert cellbag.__file__.startswith({src!r}), cellbag.__file__
+try:
+    from cellbag.evaluate import run_cv
+except ImportError:
+    from cellbag.aggregate import run_cv
+kw = {{"jobs": 1}} if "jobs" in run_cv.__code__.co_varnames else {{}}
+t = time.perf_counter()
+tb = run_cv(sys.argv[1], None, sys.argv[2], sys.argv[3], folds=int(sys.argv[4]),
+            repeats=int(sys.argv[5]), seed=0, threads=1, quiet=True, **kw)
+heads = {{r["head"]: [float(r["seconds"]), float(r["roc_auc"])] for _, r in tb.iterrows()}}
+print(json.dumps([time.perf_counter() - t, heads]))
+"""
+
+
+def one_cv(store: str, out: str, heads: str, folds: int, repeats: int, jobs: int, params: dict):
+    """Wall seconds of one cv, and per head (fit seconds summed over folds, ROC AUC)."""
+    from cellbag.evaluate import run_cv
+
+    t = time.perf_counter()
+    table = run_cv(
+        store, None, heads, out, folds=folds, repeats=repeats, seed=0, head_params=params,
+        threads=1, quiet=True, jobs=jobs,
+    )  # fmt: skip
+    wall = time.perf_counter() - t
+    return wall, {
+        r["head"]: (float(r["seconds"]), float(r["roc_auc"])) for _, r in table.iterrows()
+    }
+
+
+def preset(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from cellbag.aggregate.synthetic import witness_store
+
+    print(
+        f"preset lymphocytosis: 163 patients x 82 cells x 1,280-d, {args.folds} folds x "
+        f"{args.repeats} repeats, nested thresholds (3 inner folds), with clinical; "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "lympho.zarr")
+        witness_store(store, 163, 0, 82, 1280, witnesses=5, seed=0)
+        base = (store, args.folds, args.repeats)
+        before = None
+        if args.before:
+            src = Path(tmp) / "before"
+            src.mkdir()
+            tar = subprocess.run(
+                ["git", "archive", args.before, "src"], check=True, capture_output=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+            code = BEFORE_CODE.format(src=str(src / "src"))
+            res = subprocess.run(
+                [sys.executable, "-c", code, store, HEADS, str(Path(tmp) / "before_run"),
+                 str(args.folds), str(args.repeats)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            before = json.loads(res.stdout.strip().splitlines()[-1])
+        wall1, heads = one_cv(*base[:1], str(Path(tmp) / "j1"), HEADS, *base[1:], 1, {})
+        wall2, heads2 = one_cv(*base[:1], str(Path(tmp) / "j2"), HEADS, *base[1:], 2, {})
+        print(f"{'head':<12} {'before s':>9} {'AUC':>6}   {'after s':>8} {'AUC':>6}")
+        for h, (sec, auc) in heads.items():
+            b = before[1].get(h) if before else None
+            left = f"{b[0]:9.1f} {b[1]:6.3f}" if b else f"{'-':>9} {'-':>6}"
+            print(f"{h:<12} {left}   {sec:8.1f} {auc:6.3f}")
+        if before:
+            print(f"whole cv, --jobs 1: before {before[0]:.1f} s, after {wall1:.1f} s")
+        same = all(heads[h][1] == heads2[h][1] for h in heads)
+        print(
+            f"whole cv wall: --jobs 1 {wall1:.1f} s, --jobs 2 {wall2:.1f} s, ratio "
+            f"{wall1 / wall2:.2f}x (same AUCs: {same})"
+        )
+        if args.levers:
+            print("levers (one head per cv, --jobs 1):")
+            for head, variants in LEVERS.items():
+                for i, params in enumerate([{}, *variants]):
+                    out = str(Path(tmp) / f"lever_{head}_{i}")
+                    _, got = one_cv(store, out, head, *base[1:], 1, {head: params})
+                    sec, auc = got[head]
+                    print(
+                        f"  {head:<12} {str(params or 'defaults'):<22} {sec:7.1f} s  AUC {auc:.3f}"
+                    )
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=["lymphocytosis"], default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="--preset: repeats of the k-fold")
+    ap.add_argument("--before", default=None, help="--preset: a git revision to compare with")
+    ap.add_argument("--levers", action="store_true", help="--preset: time the levers too")
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--cells", type=int, default=100)
     ap.add_argument("--dim", type=int, default=384)
@@ -30,6 +148,9 @@ def main() -> None:
     ap.add_argument("--vit-batches", type=int, default=3)
     ap.add_argument("--heads", default="", help="only these heads (comma-separated)")
     args = ap.parse_args()
+    if args.preset:
+        preset(args)
+        return
 
     import torch
 
@@ -67,6 +188,7 @@ def main() -> None:
             head_params={"abmil": {"epochs": 1}, "lgbm": {"n_estimators": 2}},
             threads=args.threads,
             quiet=True,
+            jobs=1,
         )
         runs = [
             ("abmil", {"epochs": args.epochs}, 10.0, "early stopping (default)"),
@@ -97,6 +219,7 @@ def main() -> None:
                 head_params={head: params},
                 threads=args.threads,
                 quiet=True,
+                jobs=1,
             )
             wall = time.perf_counter() - t
             cpu = time.process_time() - cpu
