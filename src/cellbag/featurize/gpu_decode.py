@@ -122,7 +122,14 @@ class _Timer:
         with self._lock:
             self.seconds[stage] += seconds
 
-    def read_then(self, path: str, keep: Callable[[ImageBytes], bool], size: int, interp: str):
+    def read_then(
+        self,
+        path: str,
+        keep: Callable[[ImageBytes], bool],
+        size: int,
+        interp: str,
+        crop: float = 1.0,
+    ):
         """Read ``path``; return its bytes when ``keep(bytes)``, else decode them with PIL."""
         t0 = time.perf_counter()
         raw = read_image_file(path)
@@ -130,7 +137,7 @@ class _Timer:
         self.add("read", t1 - t0)
         if isinstance(raw, Decoded) or keep(raw):
             return raw
-        out = decode_bytes(raw, size, interp)
+        out = decode_bytes(raw, size, interp, crop)
         self.add("decode", time.perf_counter() - t1)
         return out
 
@@ -140,13 +147,15 @@ class CpuLoader:
 
     mode = "cpu"
 
-    def __init__(self, size: int, interpolation: str, workers: int) -> None:
-        self.size, self.interpolation = size, interpolation
+    def __init__(self, size: int, interpolation: str, workers: int, crop: float = 1.0) -> None:
+        self.size, self.interpolation, self.crop = size, interpolation, crop
         self.pool = ThreadPoolExecutor(workers, "cellbag-decode")
         self.timer = _Timer()
 
     def _one(self, path: str) -> Decoded:
-        return self.timer.read_then(path, lambda raw: False, self.size, self.interpolation)
+        return self.timer.read_then(
+            path, lambda raw: False, self.size, self.interpolation, self.crop
+        )
 
     def submit(self, paths: Sequence[str]) -> list[Future[Decoded]]:
         """Start reading and decoding ``paths`` (one batch)."""
@@ -179,10 +188,13 @@ class DeviceJpegLoader:
 
     mode = "gpu"
 
-    def __init__(self, size: int, interpolation: str, workers: int, device: str) -> None:
+    def __init__(
+        self, size: int, interpolation: str, workers: int, device: str, crop: float = 1.0
+    ) -> None:
         import torch
 
         self.size, self.interpolation, self.device = size, interpolation, device
+        self.crop = crop  # a centre crop is cut by PIL (the CPU path) before the resize
         self.cuda = str(device).startswith("cuda")
         self.resize_mode = DEVICE_RESIZE.get(interpolation)
         self.pool = ThreadPoolExecutor(workers, "cellbag-read")
@@ -195,9 +207,11 @@ class DeviceJpegLoader:
     # ------------------------------------------------------------ read threads
     def _read(self, path: str) -> ImageBytes | Decoded:
         """Bytes of a JPEG the device will decode, else the CPU path's result."""
-        return self.timer.read_then(path, self._on_device, self.size, self.interpolation)
+        return self.timer.read_then(path, self._on_device, self.size, self.interpolation, self.crop)
 
     def _on_device(self, raw: ImageBytes) -> bool:
+        if self.crop < 1.0:
+            return False
         info = jpeg_info(raw.data)
         return info is not None and (info[:2] == (self.size, self.size) or bool(self.resize_mode))
 
@@ -265,7 +279,7 @@ class DeviceJpegLoader:
                 raws = [items[i] for i in jpegs]
                 for i, r, img in zip(jpegs, raws, self._device_decode(raws), strict=True):
                     if img is None:
-                        results[i] = decode_bytes(r, self.size, self.interpolation)
+                        results[i] = decode_bytes(r, self.size, self.interpolation, self.crop)
                         continue
                     results[i] = Decoded(self._resize(img), "", r.sha256, r.size, r.mtime_ns)
                     self.device_files += 1
@@ -320,12 +334,12 @@ class DeviceJpegLoader:
 
 
 def batch_loader(
-    mode: str, device: str, size: int, interpolation: str, workers: int
+    mode: str, device: str, size: int, interpolation: str, workers: int, crop: float = 1.0
 ) -> CpuLoader | DeviceJpegLoader:
     """The loader for decode ``mode`` (``auto`` | ``cpu`` | ``gpu``) beside ``device``."""
     if resolve_decode(mode, device) == "gpu":
-        return DeviceJpegLoader(size, interpolation, workers, device)
-    return CpuLoader(size, interpolation, workers)
+        return DeviceJpegLoader(size, interpolation, workers, device, crop)
+    return CpuLoader(size, interpolation, workers, crop)
 
 
 def gpu_utilization(device: str = "cuda") -> str:

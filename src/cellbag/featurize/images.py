@@ -56,9 +56,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def prepare(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """RGB ``(size, size, 3)`` uint8 array of ``img`` (upright, converted, resized if needed)."""
+def centre_box(width: int, height: int, crop: float) -> tuple[int, int, int, int]:
+    """The centred square of side ``crop`` x the shorter side, as a PIL box."""
+    side = max(1, int(round(min(width, height) * crop)))
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def prepare(
+    img: Image.Image, size: int, interpolation: str = "bicubic", crop: float = 1.0
+) -> np.ndarray:
+    """RGB ``(size, size, 3)`` uint8 array of ``img`` (upright, converted, resized if needed).
+    ``crop`` < 1 first keeps the centred square of that fraction of the shorter side: the
+    cell, without most of the smear around it."""
     rgb = to_rgb(ImageOps.exif_transpose(img))
+    if crop < 1.0:
+        rgb = rgb.crop(centre_box(*rgb.size, crop))
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), RESAMPLE.get(interpolation, Image.Resampling.BICUBIC))
     return np.array(rgb, dtype=np.uint8)  # a writable copy (torch refuses read-only)
@@ -99,19 +112,23 @@ def read_image_file(path: str | Path) -> ImageBytes | Decoded:
     return ImageBytes(data, hashlib.sha256(data).hexdigest()[:16], st.st_size, st.st_mtime_ns)
 
 
-def decode_bytes(raw: ImageBytes, size: int, interpolation: str = "bicubic") -> Decoded:
+def decode_bytes(
+    raw: ImageBytes, size: int, interpolation: str = "bicubic", crop: float = 1.0
+) -> Decoded:
     """Prepare an image from its bytes with PIL; never raises for a bad image."""
     stat = {"size": raw.size, "mtime_ns": raw.mtime_ns}
     try:
         with Image.open(io.BytesIO(raw.data)) as img:
             img.load()
-            pixels = prepare(img, size, interpolation)
+            pixels = prepare(img, size, interpolation, crop)
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
         return Decoded(None, f"unreadable image: {image_error_text(e)}", raw.sha256, **stat)
     return Decoded(pixels, "", raw.sha256, **stat)
 
 
-def decode_file(path: str | Path, size: int, interpolation: str = "bicubic") -> Decoded:
+def decode_file(
+    path: str | Path, size: int, interpolation: str = "bicubic", crop: float = 1.0
+) -> Decoded:
     """Read, hash and prepare one image file; never raises for a bad file."""
     raw = read_image_file(path)
-    return raw if isinstance(raw, Decoded) else decode_bytes(raw, size, interpolation)
+    return raw if isinstance(raw, Decoded) else decode_bytes(raw, size, interpolation, crop)

@@ -168,6 +168,7 @@ def run_featurize(
     *,
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
+    crop: float | None = None,
     adapter: str | os.PathLike | None = None,
     batch_size: int = 64,
     device: str = "auto",
@@ -230,6 +231,7 @@ def run_featurize(
                     encoder,
                     weights=weights,
                     image_size=image_size,
+                    crop=crop,
                     adapter=adapter,
                     device=device,
                     precision=precision,
@@ -526,6 +528,7 @@ def _run_blocks(
         enc.image_size,
         enc.interpolation,
         workers or default_workers(enc.device),
+        enc.crop,
     )
     writer = ThreadPoolExecutor(1, "cellbag-write")
     pending: deque[Any] = deque()

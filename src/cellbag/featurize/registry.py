@@ -25,6 +25,9 @@ from cellbag.core.device import Device, resolve_device
 from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.featurize.errors import EncoderError
 from cellbag.featurize.images import PREPROCESSING, PREPROCESSING_VERSION, prepare
+from cellbag.featurize.morphometry import FEATURE_NAMES as MORPHOMETRY_FEATURES
+from cellbag.featurize.morphometry import MORPHOMETRY_VERSION
+from cellbag.featurize.morphometry import batch_features as morphometry_batch
 from cellbag.featurize.weights import (
     PACKAGES,
     PackageWeights,
@@ -35,6 +38,12 @@ from cellbag.featurize.weights import (
 )
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
+#: the centre crop measured on the real lymphocytosis cohort's 224-px smear crops: the
+#: central 128 px, the lymphocyte without most of the red cells around it
+#: (docs/real-cohort.md); ``--crop 0.57``
+SMEAR_CROP = 128 / 224
+#: the model name of the morphometry "encoder" (no network: measurements of the pixels)
+MORPHOMETRY = "morphometry"
 REQUIRES_FILE = "file"
 
 
@@ -191,6 +200,19 @@ def dinobloom_b() -> Preset:
     )
 
 
+@register_encoder
+def morphometry() -> Preset:
+    return Preset(
+        "morphometry",
+        MORPHOMETRY,
+        "none",
+        224,
+        len(MORPHOMETRY_FEATURES),
+        "32 named measurements per cell (sizes, shapes, N/C ratio, chromatin, colours); "
+        "no weights, no GPU",
+    )
+
+
 # ----------------------------------------------------------------------------- encoder
 
 
@@ -213,6 +235,8 @@ class Encoder:
     precision: str
     device: str
     metadata: dict[str, Any]
+    #: the centred square kept before the resize, as a fraction of the shorter side
+    crop: float = 1.0
 
     def __repr__(self) -> str:
         return f"Encoder({self.id!r}, dim={self.dim}, device={self.device!r}, {self.precision})"
@@ -223,7 +247,7 @@ class Encoder:
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         """RGB uint8 ``(size, size, 3)`` pixels of an image (any mode, any size)."""
-        return prepare(img, self.image_size, self.interpolation)
+        return prepare(img, self.image_size, self.interpolation, self.crop)
 
     def transform(self, img: Image.Image) -> torch.Tensor:
         """The eval transform: PIL image -> normalised float tensor ``(3, size, size)``."""
@@ -254,6 +278,81 @@ class Encoder:
         return np.concatenate(out)
 
 
+@dataclass(frozen=True, eq=False)
+class MorphometryEncoder(Encoder):
+    """The morphometry "encoder" (:mod:`cellbag.featurize.morphometry`): named
+    measurements of each cell from its pixels; no model, no weights."""
+
+    @property
+    def channels_last(self) -> bool:
+        return False
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return MORPHOMETRY_FEATURES
+
+    def forward_pixels(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = pixels.cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+        return torch.from_numpy(morphometry_batch(x))
+
+
+def _morphometry_encoder(
+    name: str, size: int, weights: str | None, crop: float = 1.0
+) -> MorphometryEncoder:
+    if weights not in (None, "none"):
+        raise EncoderError(f"{name} has no weights (it measures the pixels): drop --weights")
+    ident = {
+        **({} if crop >= 1.0 else {"crop": round(float(crop), 4)}),
+        "model": MORPHOMETRY,
+        "version": MORPHOMETRY_VERSION,
+        "image_size": int(size),
+        "interpolation": "bicubic",
+        "preprocessing": PREPROCESSING_VERSION,
+    }
+    eid = encoder_id(MORPHOMETRY, ident)
+    metadata = {
+        "encoder_id": eid,
+        "name": name,
+        "model": MORPHOMETRY,
+        "weights": "none",
+        "default_weights": "none",
+        "weights_sha256": None,
+        "weights_file": None,
+        "image_size": int(size),
+        "default_image_size": 224,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "interpolation": "bicubic",
+        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}resize {size}x{size} bicubic, "
+        "morphometry",
+        "crop": crop,
+        "dim": len(MORPHOMETRY_FEATURES),
+        "dtype": "float16",
+        "precision": "fp32",
+        "adapter_path": None,
+        "adapter_sha256": None,
+        "adapter": None,
+        "identity": ident,
+        "feature_names": list(MORPHOMETRY_FEATURES),
+        "seed": 0,
+        "versions": {"cellbag": __version__},
+    }
+    return MorphometryEncoder(
+        id=eid,
+        name=name,
+        model=nn.Identity(),
+        image_size=int(size),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        interpolation="bicubic",
+        dim=len(MORPHOMETRY_FEATURES),
+        precision="fp32",
+        device="cpu",
+        metadata=metadata,
+        crop=crop,
+    )
+
+
 def identity(
     model: str,
     weights_sha256: str,
@@ -262,9 +361,13 @@ def identity(
     std: Sequence[float],
     interpolation: str,
     adapter_sha256: str | None = None,
+    crop: float = 1.0,
 ) -> dict[str, Any]:
-    """What changes the numbers: model, weights digest, input size, normalisation, adapter."""
+    """What changes the numbers: model, weights digest, input size, normalisation, adapter,
+    centre crop (recorded only when one is taken, so whole-image ids stay as they were)."""
+    crop_key = {} if crop >= 1.0 else {"crop": round(float(crop), 4)}
     return {
+        **crop_key,
         "model": model,
         "weights_sha256": weights_sha256,
         "image_size": int(image_size),
@@ -313,6 +416,7 @@ def create_encoder(
     device: str = "cpu",
     precision: str = "auto",
     seed: int = 0,
+    crop: float | None = None,
 ) -> Encoder:
     """Build an encoder from a preset or any timm model name (timm's ``create_model`` verb).
 
@@ -320,6 +424,8 @@ def create_encoder(
     ``hub``, ``package:efficientnet-lite0`` (or ``-lite1``, ``-lite2``) or a local
     ``.safetensors``/``.pth`` file.
     ``adapter``: a folder saved by :func:`cellbag.featurize.adapters.save_adapter`.
+    ``crop``: keep the centred square of this fraction of each image's shorter side before
+    the resize (default 1: the whole image); see :data:`SMEAR_CROP`.
     """
     preset = get_preset(name)
     model_name = preset.model if preset else name
@@ -328,6 +434,11 @@ def create_encoder(
     size = int(image_size or default_size)
     if size < 16 or size > 4096:
         raise EncoderError(f"{name}: image size {size} out of range (16..4096)")
+    crop = 1.0 if crop is None else float(crop)
+    if not 0.1 <= crop <= 1.0:
+        raise EncoderError(f"{name}: crop {crop} out of range (0.1..1, a fraction of the side)")
+    if model_name == MORPHOMETRY:
+        return _morphometry_encoder(name, size, None if weights is None else str(weights), crop)
     if weights is None:
         if default_weights == REQUIRES_FILE:
             raise EncoderError(
@@ -355,7 +466,7 @@ def create_encoder(
     std = tuple(float(s) for s in cfg["std"])
     interpolation = str(cfg.get("interpolation", "bicubic"))
     adapter_sha = adapter_doc.get("sha256") if adapter_doc else None
-    ident = identity(model_name, w.sha256, size, mean, std, interpolation, adapter_sha)
+    ident = identity(model_name, w.sha256, size, mean, std, interpolation, adapter_sha, crop)
     eid = encoder_id(name if preset else model_name.replace("/", "_"), ident)
     if _is_cnn(model):
         model = model.to(memory_format=torch.channels_last)
@@ -376,8 +487,9 @@ def create_encoder(
         "mean": list(mean),
         "std": list(std),
         "interpolation": interpolation,
-        "preprocessing": f"{PREPROCESSING}, resize {size}x{size} {interpolation}, "
-        "normalize mean/std",
+        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}resize {size}x{size} "
+        f"{interpolation}, normalize mean/std",
+        "crop": crop,
         "dim": dim,
         "dtype": "float16",
         "precision": prec,
@@ -402,7 +514,12 @@ def create_encoder(
         precision=prec,
         device=dev,
         metadata=metadata,
+        crop=crop,
     )
+
+
+def _crop_text(crop: float) -> str:
+    return "" if crop >= 1.0 else f"centre crop {crop:g} of the shorter side, "
 
 
 def encoder_from_metadata(info: dict[str, Any], device: str = "cpu") -> Encoder:
@@ -412,6 +529,7 @@ def encoder_from_metadata(info: dict[str, Any], device: str = "cpu") -> Encoder:
             info["name"],
             weights=info.get("weights"),
             image_size=info.get("image_size"),
+            crop=info.get("crop", 1.0),
             adapter=info.get("adapter_path"),
             device=device,
             precision="auto" if device == "cpu" else info.get("precision", "auto"),

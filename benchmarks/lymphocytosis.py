@@ -1,0 +1,254 @@
+"""The real lymphocytosis cohort, run as a user runs it, every figure with its interval.
+
+    python benchmarks/lymphocytosis.py DATA [--encoders tf_efficientnet_lite0,...]
+        [--heads meanpool,abmil,lgbm,svm] [--device cpu|cuda] [--folds 5] [--repeats 3]
+        [--seed 0] [--out runs/lymphocytosis] [--no-report] [--no-predict]
+
+DATA is a challenge-layout folder (``trainset/trainset_true.csv``, ``trainset/<ID>/``,
+``testset/testset_data.csv``, ``testset/<ID>/``): the development extract of the real
+cohort (``../shared/data/lymphocytosis``). Nothing here reads the images directly: every
+step is the CLI (``python -m cellbag``), so the figures are what a user gets:
+
+1. ``cellbag inspect DATA``;
+2. per encoder, ``cellbag featurize DATA STORE --encoder E`` (timed; cells/s);
+3. ``cellbag cv STORE -e E --head HEADS --no-clinical`` (images only) and the same fused
+   with the clinical features (the clinical-only baseline is added by cv itself);
+4. every head's out-of-fold table, images-only and fused, with the clinical baseline's,
+   goes through one paired bootstrap (``cellbag.evaluate.stats.evaluate``: the same
+   resamples of the same patients): ROC AUC and balanced accuracy with their 95%
+   intervals, and each head's paired difference to the clinical baseline;
+5. the triage operating point (threshold chosen inside each training fold at the target
+   sensitivity): cross-validated sensitivity and the share of reactive patients spared;
+6. ``cellbag report`` of the fused run, then ``cellbag fit`` of the best fused head with
+   its cv run's thresholds and ``cellbag predict`` of the unlabelled test patients (a
+   submission CSV: it cannot be scored here).
+
+It prints one table (encoder x head) and writes it, with the seconds of every stage, to
+``OUT/real-cohort.md``. Never point it at held-out patients, and never commit its output
+(derived from patient images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HEADS = ("meanpool", "abmil", "lgbm", "svm")
+
+
+def cellbag(*args: str, quiet: bool = True) -> float:
+    """Run ``python -m cellbag ARGS``; the wall seconds (the command's output is shown
+    when it fails)."""
+    cmd = [sys.executable, "-m", "cellbag", *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CELLBAG_PROGRESS="plain")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout or ''}{r.stderr or ''}")
+    return time.perf_counter() - t
+
+
+def encoder_id(store: Path, name: str) -> str:
+    from cellbag.store import Store
+
+    s = Store.open(str(store))
+    ids = [e for e in s.encoders() if e == name or s.encoder_info(e).get("name") == name]
+    if not ids:
+        sys.exit(f"{store}: no embeddings of encoder {name}")
+    return sorted(ids)[-1]
+
+
+def load_oofs(run: Path, heads: list[str], tag: str) -> dict[str, pd.DataFrame]:
+    out = {}
+    for h in heads:
+        f = run / h / "oof_predictions.csv"
+        if f.is_file():
+            out[f"{h}{tag}"] = pd.read_csv(f, dtype={"patient_id": str})
+    return out
+
+
+def fmt(m: dict, key: str) -> str:
+    f = m.get(key)
+    if not f or not np.isfinite(f["value"]):
+        return "—"
+    return f"{f['value']:.3f} [{f['ci95_low']:.3f}, {f['ci95_high']:.3f}]"
+
+
+def fmt_diff(d: dict | None) -> str:
+    if not d or not np.isfinite(d["difference"]):
+        return "—"
+    mark = " ✓" if d["ci95_low"] > 0 else (" ✗" if d["ci95_high"] < 0 else "")
+    return f"{d['difference']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]{mark}"
+
+
+def paired_vs(per_head: dict, oofs: dict, base: str, seed: int) -> dict[str, dict]:
+    """Each head's paired difference to ``base`` on ROC AUC and balanced accuracy."""
+    from cellbag.evaluate.stats import (
+        paired_difference,
+        patient_metrics,
+        patient_table,
+        resample_weights,
+    )
+
+    tables = {h: patient_table(o) for h, o in oofs.items()}
+    y = tables[base]["label"].to_numpy()
+    w = resample_weights(y, 2000, seed)
+    figs = {}
+    for h, t in tables.items():
+        calls = {c[: -len("call")]: t[c].to_numpy() for c in t.columns if c.endswith("call")}
+        p = t["probability"].to_numpy()
+        figs[h] = (patient_metrics(y, p, calls), patient_metrics(y, p, calls, w))
+    out = {}
+    for h in tables:
+        if h == base:
+            continue
+        out[h] = {
+            k: paired_difference(
+                figs[h][0][k][0], figs[base][0][k][0], figs[h][1][k], figs[base][1][k]
+            )
+            for k in ("roc_auc", "balanced_accuracy")
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", type=Path, help="challenge-layout folder of the cohort")
+    ap.add_argument("--encoders", default="tf_efficientnet_lite0")
+    ap.add_argument("--heads", default=",".join(HEADS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/lymphocytosis"))
+    ap.add_argument("--featurize-args", default="", help="extra featurize options, quoted")
+    ap.add_argument("--cv-args", default="", help="extra cv options, quoted (e.g. --jobs 2)")
+    ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--no-predict", action="store_true")
+    a = ap.parse_args()
+    heads = [h for h in a.heads.split(",") if h]
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store.zarr"
+    cv_common = ["--folds", str(a.folds), "--repeats", str(a.repeats), "--seed", str(a.seed)]
+    cv_common += a.cv_args.split()
+    seconds: dict[str, dict[str, float]] = {}
+    print(f"inspect: {cellbag('inspect', str(a.data), quiet=False):.1f} s")
+    n_cells = sum(1 for _ in (a.data / "trainset").glob("*/*.jpg"))
+    n_cells += sum(1 for _ in (a.data / "testset").glob("*/*.jpg"))
+    lines = []
+    for name in [e for e in a.encoders.split(",") if e]:
+        sec = seconds.setdefault(name, {})
+        sec["featurize"] = cellbag(
+            "featurize",
+            str(a.data),
+            str(store),
+            "--encoder",
+            name,
+            "--device",
+            a.device,
+            *a.featurize_args.split(),
+            "--quiet",
+        )
+        eid = encoder_id(store, name)
+        tag = name.replace("/", "_")
+        img_run, fused_run = out / tag / "images", out / tag / "fused"
+        for what, run, flag in (
+            ("images", img_run, "--no-clinical"),
+            ("fused", fused_run, "--clinical"),
+        ):
+            sec[f"cv {what}"] = cellbag(
+                "cv",
+                str(store),
+                "-e",
+                eid,
+                "--head",
+                ",".join(heads),
+                flag,
+                "--out",
+                str(run),
+                "--quiet",
+                *cv_common,
+            )
+        oofs = {**load_oofs(img_run, heads, " (images)"), **load_oofs(fused_run, heads, " (fused)")}
+        oofs.update(load_oofs(fused_run, ["clinical"], ""))
+        from cellbag.evaluate.stats import evaluate
+
+        per_head, _ = evaluate(oofs, seed=a.seed)
+        vs = paired_vs(per_head, oofs, "clinical", a.seed) if "clinical" in oofs else {}
+        fused = [h for h in oofs if h.endswith("(fused)")]
+        best = (
+            max(fused, key=lambda h: per_head[h]["metrics"]["roc_auc"]["value"]) if fused else None
+        )
+        if best and not a.no_report:
+            sec["report"] = cellbag(
+                "report", str(fused_run), "--store", str(store), "--out", str(out / tag / "report")
+            )
+        if best and not a.no_predict:
+            head = best.split(" ")[0]
+            model = out / tag / "model"
+            sec["fit"] = cellbag(
+                "fit",
+                str(store),
+                "-e",
+                eid,
+                "--head",
+                head,
+                "--cv-run",
+                str(fused_run),
+                "--threshold",
+                "triage",
+                "--out",
+                str(model),
+                "--quiet",
+            )
+            sec["predict"] = cellbag(
+                "predict", str(model), str(store), "--out", str(out / tag / "submission.csv")
+            )
+        print(f"\n{name} ({eid}): featurize {n_cells / sec['featurize']:.1f} cells/s")
+        hdr = (
+            "| encoder | head | ROC AUC | balanced accuracy | Δ AUC vs clinical | Δ BA vs clinical "
+            "| triage sensitivity | reactive spared |"
+        )
+        lines += [f"### {name} (`{eid}`)", "", hdr, "|" + " --- |" * 8]
+        for h, r in per_head.items():
+            m = r["metrics"]
+            d = vs.get(h, {})
+            row = (
+                f"| {name} | {h} | {fmt(m, 'roc_auc')} | {fmt(m, 'balanced_accuracy')} | "
+                f"{fmt_diff(d.get('roc_auc'))} | {fmt_diff(d.get('balanced_accuracy'))} | "
+                f"{fmt(m, 'triage_sensitivity')} | {fmt(m, 'triage_spared')} |"
+            )
+            lines.append(row)
+        lines += ["", "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sec.items())]
+        lines += [f"featurize: {n_cells / sec['featurize']:.1f} cells/s ({n_cells} cells)", ""]
+        if best:
+            lines += [f"best fused head (ROC AUC): {best}", ""]
+        print("\n".join(lines[-(len(per_head) + 8) :]))
+        (out / tag / "figures.json").write_text(
+            json.dumps({"per_head": per_head, "vs_clinical": vs, "seconds": sec}, indent=1)
+        )
+    doc = [
+        "# Real lymphocytosis cohort: development patients",
+        "",
+        f"`python benchmarks/lymphocytosis.py {a.data} --encoders {a.encoders} --heads "
+        f"{','.join(heads)}` — {a.folds}-fold x {a.repeats}, seed {a.seed}; value [95% "
+        "bootstrap interval over patients]; Δ: paired difference to the clinical-only "
+        "baseline on the same resamples (✓ interval above 0, ✗ below).",
+        "",
+        *lines,
+    ]
+    (out / "real-cohort.md").write_text("\n".join(doc) + "\n")
+    print(f"\nwritten: {out / 'real-cohort.md'}")
+
+
+if __name__ == "__main__":
+    main()
