@@ -139,3 +139,19 @@ def test_export_h5_and_cv_leave_a_foreign_file_byte_identical(tmp_path: Path) ->
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert still_there(out, mine)
+
+
+def test_cv_recomputing_a_head_deletes_only_its_fold_files(tmp_path: Path) -> None:
+    import json
+
+    from cellbag.evaluate.fold_cache import FoldCache
+
+    head = tmp_path / "run" / "meanpool"
+    (head / "folds").mkdir(parents=True)
+    (head / "config.json").write_text(json.dumps({"key": {"seed": 0}, "state": "done"}))
+    (head / "folds" / "r0_f0.json").write_text("{}")
+    (head / "folds" / "notes.txt").write_bytes(b"mine")
+    note = FoldCache(head, {"seed": 1}).open()  # other settings: its folds are recomputed
+    assert note is not None and "recomputing" in note
+    assert not (head / "folds" / "r0_f0.json").exists()
+    assert (head / "folds" / "notes.txt").read_bytes() == b"mine"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,8 @@ class FoldCache:
                 same = False
             if not same and self.folder.exists():
                 note = f"{self.head_dir}: settings changed, recomputing its folds"
-                shutil.rmtree(self.folder)
+                for done in self.folder.glob("r*_f*.json"):  # its own files, nothing else
+                    done.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(old, {"key": self.key, "state": "running"})
         return note

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -216,6 +217,25 @@ def verify(store: Store, cohort: Cohort | None = None) -> VerifyReport:
     return report
 
 
+def _drop(store: Store, group: Any, key: str) -> None:
+    """Remove the array at ``key`` (``group`` holds it), even one whose metadata is garbage."""
+    name = key.rsplit("/", 1)[1]
+    try:
+        del group[name]
+        return
+    except KeyError:
+        return
+    except Exception:  # noqa: BLE001 - its zarr.json does not parse: remove its files
+        pass
+    root = store._local_root()
+    if root is not None:
+        shutil.rmtree(root / key, ignore_errors=True)
+    else:
+        from zarr.core.sync import sync
+
+        sync(group.store.delete_dir(key))
+
+
 def repair(store: Store, check: EncoderCheck) -> list[int]:
     """Un-mark the blocks holding ``check``'s damaged rows, so featurize recomputes only them
     (a damaged status or done chunk is rewritten as 'not yet'; a missing or unreadable
@@ -230,8 +250,7 @@ def repair(store: Store, check: EncoderCheck) -> list[int]:
         try:
             g[name].fill_value  # noqa: B018 - opens its metadata
         except Exception:  # noqa: BLE001 - missing, or its zarr.json unreadable
-            if name in g:
-                del g[name]
+            _drop(store, g, f"embeddings/{eid}/{name}")
             shape = (store.n_cells if name == "status" else store.n_blocks,)
             new_array(g, name, shape=shape, dtype="uint8", chunks=(chunks,), initial=initial)
             remade.add(name)
