@@ -256,3 +256,18 @@ def test_verify_suggests_what_works(tmp_path: Path, pristine: Path) -> None:
     res = CliRunner().invoke(app, ["store", "verify", str(path)])
     assert res.exit_code == 1
     assert "--repair" in res.output and "--update" not in res.output
+
+
+@pytest.mark.parametrize("array", ["status", "done"])
+def test_resuming_an_encoder_with_damaged_marks_is_one_line(
+    tmp_path: Path, pristine: Path, array: str
+) -> None:
+    """What featurize (and --update) does first: it never says 'nothing to do' over them."""
+    path = tmp_path / "s.zarr"
+    shutil.copytree(pristine, path)
+    damage(path, f"embeddings/{ENC}/{array}", "delete")
+    s = Store.open(path, mode="r+")
+    with pytest.raises(StoreError, match=r"verify .*--repair`, then `cellbag featurize"):
+        s.init_encoder(ENC, 12, {"name": "fake"})
+    repair(s, check_encoder(s, ENC))
+    assert Store.open(path, mode="r+").init_encoder(ENC, 12, {"name": "fake"}) is False

@@ -1008,6 +1008,8 @@ class Store:
                 raise StoreError(
                     f"{self.path}: encoder {encoder_id} holds dim {have}, asked to write dim {dim}"
                 )
+            self.encoder_status(encoder_id)  # a resumed run trusts these: damage is one line
+            self.done_blocks(encoder_id)
             return False
         emb = self._root["embeddings"]
         with warnings.catch_warnings():
