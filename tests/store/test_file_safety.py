@@ -126,8 +126,14 @@ def test_export_h5_and_cv_leave_a_foreign_file_byte_identical(tmp_path: Path) ->
     for layout in ("cellbag", "clam"):
         out = tmp_path / f"h5-{layout}"
         mine = _user_folder(out)
-        export_h5(s, None, out, layout=layout)
-        assert still_there(out, mine)
+        (out / "labels.csv").write_bytes(b"my own labels")
+        mine["labels.csv"] = b"my own labels"
+        with pytest.raises(StoreError, match=r"not a cellbag export \(it holds 'labels.csv'\)"):
+            export_h5(s, None, out, layout=layout)
+        assert still_there(out, mine) and len(snapshot(out)) == len(mine)
+        again = tmp_path / f"again-{layout}"
+        export_h5(s, None, again, layout=layout)
+        export_h5(s, None, again, layout=layout)  # over its own earlier export: allowed
     out = tmp_path / "run"
     mine = _user_folder(out)
     res = CliRunner().invoke(

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.core.io import atomic_path, safe_child
+from cellbag.core.io import atomic_path, file_starts_with, refuse_foreign_folder, safe_child
 from cellbag.store.errors import StoreError
 from cellbag.store.feature_store import STATUS_OK, Store
 
@@ -137,6 +137,11 @@ def labels_table(store: Store) -> pd.DataFrame:
     return p[first + [c for c in p.columns if c not in first]]
 
 
+def is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier export (its ``labels.csv`` is cellbag's)."""
+    return file_starts_with(folder / "labels.csv", "patient_id,label,split")
+
+
 def export_h5(
     store: Store,
     encoder_id: str | None,
@@ -148,12 +153,15 @@ def export_h5(
 ) -> list[Path]:
     """Write one HDF5 file per patient in ``layout`` (see the module doc); return the files.
 
-    ``encoder_id`` may be an id, a name matching one encoder, or None for the only one."""
+    ``encoder_id`` may be an id, a name matching one encoder, or None for the only one.
+    ``out_dir`` must be new, empty or an earlier export: a folder holding anything else is
+    refused (naming its first entry), so no file of the user's is overwritten."""
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     encoder_id = store.resolve_encoder(encoder_id)
     store.require_complete(encoder_id)
     out = Path(out_dir)
+    refuse_foreign_folder(out, ours=is_export_folder, what="cellbag export", error=StoreError)
     h5_dir = out / "h5_files" if layout == "clam" else out
     patients = store.patients()
     # every file name is checked before anything is written: an id never names a file outside OUT
