@@ -157,7 +157,7 @@ def refuse_foreign_folder(
         )
 
 
-def file_starts_with(path: str | os.PathLike, text: str, within: int = 4096) -> bool:
+def file_head_contains(path: str | os.PathLike, text: str, within: int = 4096) -> bool:
     """Whether ``text`` occurs in the first ``within`` bytes of the file at ``path``."""
     try:
         with open(path, "rb") as fh:

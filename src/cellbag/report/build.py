@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from cellbag.core.io import file_starts_with, refuse_foreign_folder, write_text
+from cellbag.core.io import file_head_contains, refuse_foreign_folder, write_text
 from cellbag.data.clinical import has_clinical_values, raw_clinical
 from cellbag.data.cohort import natural_key
 from cellbag.report import explain, render
@@ -324,7 +324,7 @@ def write_report(
 
 def is_report_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a report cellbag wrote (its ``index.html`` says so)."""
-    return file_starts_with(folder / "index.html", "<title>cellbag report:")
+    return file_head_contains(folder / "index.html", "<title>cellbag report:")
 
 
 def _test_view(

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.core.io import atomic_path, file_starts_with, refuse_foreign_folder, safe_child
+from cellbag.core.io import atomic_path, file_head_contains, refuse_foreign_folder, safe_child
 from cellbag.store.errors import StoreError
 from cellbag.store.feature_store import STATUS_OK, Store
 
@@ -139,7 +139,7 @@ def labels_table(store: Store) -> pd.DataFrame:
 
 def is_export_folder(folder: Path) -> bool:
     """Whether ``folder`` holds an earlier export (its ``labels.csv`` is cellbag's)."""
-    return file_starts_with(folder / "labels.csv", "patient_id,label,split")
+    return file_head_contains(folder / "labels.csv", "patient_id,label,split")
 
 
 def export_h5(
