@@ -2,10 +2,17 @@
 
 Writes ``--n`` synthetic clustered ``--dim``-d embeddings (default 1,000,000 x 384) into a
 real feature store (a fake cohort: ~80 cells a patient, paths that do not exist), builds
-the ``auto`` index with :func:`cellbag.retrieval.build_index` (IVF float16 above 50k cells),
-then measures single k=10 queries (p50/p95), batched queries, recall@10 against exact
-search on 1,000 held-out queries, and the index's memory. The exact (flat) index over
-the first 100k vectors is measured the same way for comparison.
+the ``auto`` index with :func:`cellbag.retrieval.build_index` (IVF with 4-bit fast-scan PQ
+codes re-ranked in float16 above 50k cells), then measures single k=10 queries (p50/p95),
+batched queries, recall@10 against exact search on 1,000 held-out queries, and the index's
+memory. Beside it, in the same run: the IVF with float16 lists the index used before
+(``pq_m=0``; ``--no-compare`` skips it) and the exact (flat) index over the first 100k
+vectors.
+
+Then what a single query costs and why: OpenMP threads for one query (1 vs 2), the query's
+float16 -> float32 conversion and normalisation, nprobe (recall and latency at 8, 16, 32),
+and ``Retriever.query`` end to end with each filter (none, ``--split train``,
+``--other-patients``, both), beside what building a full mask a query cost before.
 
 Targets on 2 CPU cores: p50 <= 1 ms, p95 <= 3 ms, recall@10 >= 0.95, build <= 60 s, index
 memory <= 1 GiB. The load average is printed before and after: on a shared machine single
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "earlier run of the same --n and --dim is reused",
     )
     ap.add_argument("--keep", action="store_true", help="keep the store afterwards")
+    ap.add_argument(
+        "--no-compare", action="store_true", help="skip the float16-lists IVF (the one before)"
+    )
     args = ap.parse_args(argv)
 
     import faiss
@@ -259,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     api_f50, api_f95 = percentiles(lat)
     del retriever
 
+    costs = single_query_costs(index, queries, truth, store, encoder_id)
+
     main_row = {
-        "index": f"{index.kind} {n:,}",
+        "index": f"{index.kind} {_codec(index)} {n:,}",
         "build s": build_s,
         "p50 ms": p50,
         "p95 ms": p95,
@@ -271,6 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     del index
     gc.collect()
+    rows_out = [main_row]
+    if not args.no_compare and main_row["index"].startswith("ivf pq"):
+        t = time.perf_counter()
+        old = retrieval.build_index(
+            store, encoder_id, "ivf", threads=args.threads, save=False, pq_m=0
+        )
+        old_build = time.perf_counter() - t
+        _, found = old.search(queries, 10)
+        o50, o95 = single_latency(old, queries)
+        rows_out.append(
+            {
+                "index": f"ivf {_codec(old)} {n:,} (before)",
+                "build s": old_build,
+                "p50 ms": o50,
+                "p95 ms": o95,
+                f"batch100 ms/q ({args.threads} thr)": batched(old, queries),
+                f"batch1000 ms/q ({args.threads} thr)": batched(old, queries, batch=len(queries)),
+                "recall@10": recall_at(found, truth),
+                "memory MiB": old.nbytes / 2**20,
+            }
+        )
+        del old
+        gc.collect()
 
     # the exact index over the first exact_n vectors, for comparison
     m = min(args.exact_n, n)
@@ -289,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "recall@10": 1.0,
         "memory MiB": flat.nbytes / 2**20,
     }
-    table = pd.DataFrame([main_row, exact_row]).set_index("index")
+    table = pd.DataFrame([*rows_out, exact_row]).set_index("index")
     print()
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(table.to_string())
@@ -297,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
           f"p50 {api_p50:.2f} ms / p95 {api_p95:.2f} ms; with --other-patients --split train "
           f"p50 {api_f50:.2f} ms / p95 {api_f95:.2f} ms")  # fmt: skip
     print(f"store read pass {read_s:.1f} s; peak RSS {rss_gb():.2f} GiB; {_load()}")
+    print("\nwhat one query costs (p50 / p95 ms, k=10):")
+    for name, value in costs.items():
+        print(f"  {name:<58} {value}")
     mem = main_row["memory MiB"]
     checks = [
         ("p50 single-query latency", f"{p50:.2f} ms", p50 <= TARGET_P50_MS, f"<= {TARGET_P50_MS} ms"),
@@ -311,6 +349,89 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _codec(index) -> str:
+    """How an index stores its vectors: pq (re-ranked in float16), fp16, fp32 or graph."""
+    if index.kind == "ivf":
+        return f"pq{index.params.pq_m}x4fs+fp16" if index.params.pq_m else "fp16"
+    return "fp32"
+
+
+def _timed(f, reps: int = 300, warm: int = 5) -> str:
+    for i in range(warm):
+        f(i)
+    lat = []
+    for i in range(reps):
+        t = time.perf_counter()
+        f(i)
+        lat.append(time.perf_counter() - t)
+    p50, p95 = percentiles(lat)
+    return f"{p50:.3f} / {p95:.3f}"
+
+
+def single_query_costs(index, queries: np.ndarray, truth, store, encoder_id: str) -> dict:
+    """Where a single query's time goes: threads, conversion, nprobe, filters (see the
+    module docstring). Returns {what: "p50 / p95"}."""
+    from dataclasses import replace
+
+    import faiss
+
+    from cellbag import retrieval
+    from cellbag.retrieval.faiss_index import CellIndex, normalize
+
+    out = {}
+    nq = len(queries)
+    q32 = normalize(queries)
+    sp = index._search_params(None)
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        out[f"faiss search, {threads} OpenMP thread(s) for one query"] = _timed(
+            lambda i: index.index.search(q32[i % nq : i % nq + 1], 10, params=sp)
+        )
+    faiss.omp_set_num_threads(1)
+    q16 = queries.astype(np.float16)
+    out["query float16 -> float32 + normalise (1 x dim)"] = _timed(
+        lambda i: normalize(q16[i % nq : i % nq + 1]), reps=2000
+    )
+    out["query vector of a cell (reconstruct)"] = _timed(
+        lambda i: index.vector(int(index.rows[(i * 7919) % index.n])), reps=2000
+    )
+    out["CellIndex.search (normalise + search)"] = _timed(
+        lambda i: index.search(queries[i % nq : i % nq + 1], 10)
+    )
+    if index.kind == "ivf":
+        for nprobe in sorted({8, 16, 32, index.params.nprobe}):
+            probe = CellIndex(
+                index.index, index.rows, replace(index.params, nprobe=nprobe), index.dim
+            )
+            _, found = probe.search(queries, 10)
+            lat = _timed(lambda i, p=probe: p.search(queries[i % nq : i % nq + 1], 10))
+            out[f"nprobe {nprobe}: recall@10 {recall_at(found, truth):.4f}, latency"] = lat
+    retriever = retrieval.Retriever(store, encoder_id, threads=1)
+    cells = store.cells()["cell_id"]
+    picks = cells.iloc[:: max(1, len(cells) // 200)].tolist()[:200]
+    for name, kw in [
+        ("none", {}),
+        ("--split train", {"split": "train"}),
+        ("--other-patients", {"other_patients": True}),
+        ("--other-patients --split train", {"other_patients": True, "split": "train"}),
+    ]:
+        out[f"Retriever.query by cell id, filter {name}"] = _timed(
+            lambda i, kw=kw: retriever.query(cell_id=picks[i % len(picks)], k=10, **kw),
+            reps=200,
+        )
+    codes, pcodes = retriever._split_code, retriever._patient_code
+
+    def mask(i: int) -> None:  # what each filtered query built before: a mask over n
+        allowed = np.ones(len(codes), dtype=bool)
+        allowed &= codes == 0
+        allowed &= pcodes != i % 100
+        int(allowed.sum())
+        np.packbits(allowed, bitorder="little")
+
+    out["(before) a full mask a filtered query: build + count + pack"] = _timed(mask, reps=200)
+    return out
 
 
 def _load() -> str:

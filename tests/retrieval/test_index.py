@@ -168,3 +168,31 @@ def test_prefetched_keeps_order_and_raises_the_readers_error():
     first = prefetched(iter(blocks), depth=1)  # abandoned early: the reader stops
     assert int(next(first)[0, 0]) == 0
     first.close()
+
+
+def test_ivf_with_pq_codes_reranked_in_float16(data, tmp_path):
+    """Large IVF indexes scan 4-bit PQ codes and re-rank the best in float16."""
+    x, q, _, truth = data
+    assert choose_params(1_000_000, dim=384).pq_m == 96  # 4 dimensions a sub-quantizer
+    assert choose_params(1_000_000, dim=384).k_factor == 16
+    assert choose_params(1_000_000).pq_m == 0  # no dim: float16 lists
+    assert choose_params(1_000_000, dim=12).pq_m == 0  # not a multiple of 8
+    assert choose_params(30_000, "ivf", dim=384, train_size=500).pq_m == 0  # too few to train
+    # 24-d noisy clusters are hard for 6 sub-quantizers: re-rank more candidates here
+    index = build(x, "ivf", pq_m=6, k_factor=64)
+    assert index.params.pq_m == 6 and index.params.k_factor == 64
+    sims, found = index.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])
+    assert recall >= 0.9, recall
+    true_sims = np.einsum("qd,qkd->qk", normalize(q), normalize(x)[found])
+    np.testing.assert_allclose(sims, true_sims, atol=2e-3)  # re-ranked in float16, not PQ
+    v = index.vector(7)
+    np.testing.assert_allclose(v[0], normalize(x[7:8])[0], atol=1e-3)
+    allowed = np.zeros(len(x), bool)
+    allowed[::97] = True
+    _, pos = build(x, "ivf", pq_m=6, k_factor=64, nprobe=1).search(q[:5], 10, allowed)
+    assert (pos >= 0).all() and allowed[pos].all()
+    again = CellIndex.load(index.save(tmp_path / "pq"), threads=1)
+    assert again.params == index.params
+    np.testing.assert_array_equal(again.search(q, 10)[1], found)
+    np.testing.assert_array_equal(build(x, "ivf", pq_m=6, k_factor=64).search(q, 10)[1], found)

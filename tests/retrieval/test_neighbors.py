@@ -68,6 +68,28 @@ def test_split_filter(fake_store, split):
     assert len(df) == 5 and set(df["split"]) == {split}
 
 
+@pytest.mark.parametrize("split", ["all", "train", "test"])
+def test_filters_leave_exactly_the_other_patients_of_the_split(fake_store, split):
+    """The combined filter (a split's bitmap minus the patient's run of positions) keeps
+    exactly the cells a mask would, and counts them right."""
+    from cellbag.retrieval import Retriever
+
+    r = Retriever(fake_store, FAKE)
+    cells = fake_store.cells().merge(fake_store.patients()[["patient_id", "split"]])
+    for i in (0, len(cells) // 2, len(cells) - 1):  # first, middle and last patient
+        pid = cells["patient_id"].iloc[i]
+        keep = cells["patient_id"] != pid
+        if split != "all":
+            keep &= cells["split"] == split
+        want = set(cells["cell_id"][keep])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RetrievalWarning)  # k above what matches
+            df = r.query(
+                cell_id=cells["cell_id"].iloc[i], k=10_000, other_patients=True, split=split
+            )
+        assert set(df["cell_id"]) == want and len(df) == len(want)
+
+
 def test_k_larger_than_store_returns_what_exists_with_a_warning(fake_store):
     n = len(fake_store.cells())
     with pytest.warns(RetrievalWarning, match=f"k=1000.*only {n} cells"):

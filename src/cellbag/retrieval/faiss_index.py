@@ -6,34 +6,46 @@ Kinds, and how ``auto`` chooses from ``n``, the number of indexed vectors:
   ``n <= EXACT_MAX`` (50,000). An exact query costs time linear in ``n`` (100k x 384-d:
   tens of ms on the shared 2-core machine, see the benchmark), so the threshold keeps
   exact answers, with no training, for cohort-sized stores (~200 patients x 80 cells).
-- ``ivf`` -- an inverted file over float16 vectors (``IndexIVFScalarQuantizer``, ``QT_fp16``,
-  inner product), picked by ``auto`` above ``EXACT_MAX``. float16 is the store's own
-  precision, so nothing is lost beyond rounding the normalised vectors (similarities within
-  ~1e-3), and a query reads half the bytes of IVF-Flat (half the latency when scanning is
-  memory-bound, measured at 1M). ``nlist = round(sqrt(n))`` lists (1,000 at 1M; at most
-  ``n // 39``), trained by seeded spherical k-means (10 iterations) on ``min(n, 40 *
-  nlist)`` rows (whole storage chunks drawn at random, so building reads the store about
-  once); ``nprobe = clip(round(nlist / 64), 8, nlist)`` lists scanned a query (16 at 1M,
-  ~1.6% of the vectors). ``sqrt(n)`` rather than the textbook ``4 * sqrt(n)``: k-means
-  and list assignment cost grows with ``nlist``, and ``4 * sqrt(n)`` does not build 1M x
-  384-d within 2 minutes on 2 shared cores, while ``sqrt(n)`` lists with 16 probes give
-  recall@10 >= 0.99 on the clustered benchmark (``benchmarks/retrieval.py``). Measured at
-  1M x 384 on the 2 cores, quiet: p50 0.48 ms, p95 0.74 ms, recall@10 0.996, 757 MiB.
-  Building reads the store in a thread while faiss assigns the block before to its list
-  (:func:`prefetched`). 4,096 lists were tried (k-means on 64k points, 8 iterations, flat
-  or HNSW coarse quantiser): assigning 1M vectors to 4,096 lists took 100-115 s, and
-  recall@10 at nprobe 16-32 was 0.945-0.972 on the benchmark's 2,048 sub-clusters, so
-  ``sqrt(n)`` lists stay.
+- ``ivf`` -- an inverted file, picked by ``auto`` above ``EXACT_MAX``. ``nlist =
+  round(sqrt(n))`` lists (1,000 at 1M; at most ``n // 39``), trained by seeded spherical
+  k-means (10 iterations) on ``min(n, 40 * nlist)`` rows (whole storage chunks drawn at
+  random, so building reads the store about once); ``nprobe = clip(round(nlist / 64), 8,
+  nlist)`` lists scanned a query (16 at 1M). ``sqrt(n)`` rather than the textbook ``4 *
+  sqrt(n)``: 4,096 lists took 100-115 s to assign 1M vectors on 2 shared cores and gave
+  recall@10 0.945-0.972 at nprobe 16-32 on the benchmark's 2,048 sub-clusters.
+
+  What the lists hold. From ``PQ_MIN`` (20,000) vectors of a dimension divisible by 8:
+  4-bit fast-scan PQ codes of the residuals, 4 dimensions a sub-quantizer (``pq_m = dim /
+  4``: 48 bytes a 384-d vector, ``IndexIVFPQFastScan``), and each query's ``k_factor * k``
+  (16 * k) best candidates are re-ranked exactly on a float16 copy of the vectors
+  (``IndexRefine``), which also answers ``reconstruct`` (queries by cell): similarities are
+  the float16 ones (within ~1e-3 of float32), the store's own precision. Below that, or
+  for other dimensions, the lists hold the float16 vectors (``IndexIVFScalarQuantizer``,
+  ``QT_fp16``, the only kind before; ``pq_m=0`` still builds it). Why: a single query over
+  float16 lists is compute-bound, not memory-bound (8-bit codes were no faster), and the
+  k-means lists are unbalanced (median 295 vectors, p95 4,833 at 1M; queries land in the
+  big ones), so nprobe 16 scans ~60,000 vectors at ~20 ns each: p50 1.15 ms on this
+  machine. Fast-scan distances from 4-bit lookup tables cost a fraction of that. Measured
+  at 1M x 384 in one run of ``benchmarks/retrieval.py`` on the 2 shared cores at load ~9:
+  PQ + float16 re-ranking p50 0.27 ms, p95 0.35 ms, recall@10 0.996, build 50 s, 795 MiB;
+  float16 lists p50 1.15 ms, p95 5.3 ms, recall@10 0.996, build 25 s, 757 MiB. nprobe
+  8 / 16 / 32: recall@10 0.985 / 0.996 / 0.999 at p50 0.26 / 0.29 / 0.35 ms. The PQ's 96
+  small k-means train on one thread (OpenMP barriers on a busy machine made them 24 s).
 - ``hnsw`` -- ``IndexHNSWFlat`` (inner product), ``M = 32`` (48 above 2M vectors),
   ``efConstruction = 80``, ``efSearch = 128``. Never picked by ``auto``: its queries are
   the fastest (0.7 ms p50, recall@10 0.996 at 100k), but building took 60 s per 100k
   x 384-d vectors on the shared 2 cores, so well over 10 minutes at 1M.
 
 Vectors are L2-normalised before indexing, so inner product is cosine similarity.
-Filters (split, other patients) are applied inside faiss with an ``IDSelectorBitmap``;
-approximate kinds widen their search when a filter leaves fewer than k hits. Threads are
-set explicitly (:func:`set_threads`); a single query runs on one thread (OpenMP over 2
-threads only adds overhead for one query).
+Filters (split, other patients) are applied inside faiss: a :class:`PositionFilter` holds a
+split's packed bitmap (made once per split) minus the query patient's run of positions
+(``IDSelectorRange``), so a filtered query builds no mask over the index (a 1M-cell mask,
+its count and packing cost 1.1 ms a query); approximate kinds widen their search when a
+filter leaves fewer than k hits. Threads are set explicitly (:func:`set_threads`); a
+single query runs on one thread (faiss parallelises over queries: 1 or 2 OpenMP threads
+give the same single-query latency, 0.23 ms, and a second thread only risks waiting for a
+busy core). The query's float16 -> float32 conversion and normalisation cost 0.01 ms;
+search parameters without a filter are made once per index.
 """
 
 from __future__ import annotations
@@ -55,6 +67,9 @@ from cellbag.errors import CellbagError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX = 50_000
+PQ_MIN = 20_000  # IVF indexes of at least this many vectors scan 4-bit PQ codes
+PQ_MIN_TRAIN = 1_000  # ... when trained on at least this many (16 codes a sub-quantizer)
+K_FACTOR = 16
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.npy"
@@ -90,7 +105,7 @@ def set_threads(threads: int | None = None) -> int:
 
 _TUNABLE = {
     "flat": (),
-    "ivf": ("nlist", "nprobe", "train_size", "niter"),
+    "ivf": ("nlist", "nprobe", "train_size", "niter", "pq_m", "k_factor"),
     "hnsw": ("M", "ef_construction", "ef_search"),
 }
 
@@ -119,13 +134,25 @@ class IndexParams:
     M: int = 0
     ef_construction: int = 0
     ef_search: int = 0
+    pq_m: int = 0  # IVF: 4-bit fast-scan PQ sub-quantizers, re-ranked in float16 (0: float16 lists)
+    k_factor: int = 0  # IVF with PQ: candidates re-ranked a query, as a multiple of k
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k == "kind" or v}
 
 
-def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
-    """Parameters for an index of ``n`` vectors (see the module docstring for the rules)."""
+def _pq_m(n: int, dim: int | None, train_size: int) -> int:
+    """Fast-scan PQ sub-quantizers (4 dims each) for an IVF index, or 0 for float16 lists."""
+    if dim is None or dim % 8 or n < PQ_MIN or train_size < PQ_MIN_TRAIN:
+        return 0
+    return dim // 4
+
+
+def choose_params(
+    n: int, kind: str = "auto", *, dim: int | None = None, **overrides: int
+) -> IndexParams:
+    """Parameters for an index of ``n`` vectors of ``dim`` dimensions (see the module
+    docstring for the rules; without ``dim`` an IVF index keeps float16 lists)."""
     if kind not in KINDS:
         raise RetrievalError(f"unknown index kind {kind!r}: choose one of {', '.join(KINDS)}")
     if n < 1:
@@ -144,12 +171,16 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
         p = IndexParams(kind="flat")
     elif kind == "ivf":
         nlist = o.get("nlist", int(max(1, min(round(math.sqrt(n)), n // 39))))
+        train_size = o.get("train_size", min(n, 40 * nlist))
+        pq_m = o.get("pq_m", _pq_m(n, dim, train_size))
         p = IndexParams(
             kind="ivf",
             nlist=nlist,
             nprobe=o.get("nprobe", int(min(nlist, max(8, round(nlist / 64))))),
-            train_size=o.get("train_size", min(n, 40 * nlist)),
+            train_size=train_size,
             niter=o.get("niter", 10),
+            pq_m=pq_m,
+            k_factor=o.get("k_factor", K_FACTOR) if pq_m else 0,
         )
     else:
         p = IndexParams(
@@ -163,6 +194,10 @@ def choose_params(n: int, kind: str = "auto", **overrides: int) -> IndexParams:
             raise RetrievalError(f"nlist must be between 1 and the {n} vectors, got {p.nlist}")
         if p.nprobe < 1 or p.niter < 1:
             raise RetrievalError(f"nprobe and niter must be >= 1, got {p.to_dict()}")
+        if p.pq_m and (dim is None or p.pq_m < 1 or dim % p.pq_m or p.k_factor < 1):
+            raise RetrievalError(
+                f"pq_m must divide the {dim} dimensions and k_factor be >= 1, got {p.to_dict()}"
+            )
         p = replace(p, nprobe=min(p.nprobe, p.nlist), train_size=max(p.nlist, min(n, p.train_size)))
     if p.kind == "hnsw" and (p.M < 4 or p.ef_search < 1 or p.ef_construction < 1):
         raise RetrievalError(f"HNSW needs M >= 4 and positive ef values, got {p.to_dict()}")
@@ -269,6 +304,61 @@ def prefetched(blocks: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndar
         t.join()
 
 
+@dataclass(frozen=True)
+class PositionFilter:
+    """The index positions a query may return, without a full mask a query: a packed
+    little-endian bitmap (None: every position) minus one range ``[lo, hi)`` (a patient's
+    cells are contiguous positions), and how many positions that leaves."""
+
+    bits: np.ndarray | None
+    count: int
+    exclude: tuple[int, int] | None = None
+
+    @classmethod
+    def from_mask(cls, allowed: np.ndarray) -> PositionFilter:
+        allowed = np.asarray(allowed, dtype=bool)
+        return cls(np.packbits(allowed, bitorder="little"), int(allowed.sum()))
+
+    def selector(self, n: int) -> tuple[Any, list[Any]]:
+        """The faiss selector, and the objects it points into (keep them alive)."""
+        import faiss
+
+        parts: list[Any] = []
+        if self.bits is not None:
+            parts.append(faiss.IDSelectorBitmap(n, faiss.swig_ptr(self.bits)))
+        if self.exclude is not None:
+            inner = faiss.IDSelectorRange(int(self.exclude[0]), int(self.exclude[1]))
+            parts += [inner, faiss.IDSelectorNot(inner)]
+        if self.bits is not None and self.exclude is not None:
+            parts.append(faiss.IDSelectorAnd(parts[0], parts[-1]))
+        return (parts[-1] if parts else None), [self.bits, *parts]
+
+
+def _ivf_pq_refined(quantizer: Any, dim: int, params: IndexParams, sample: np.ndarray) -> Any:
+    """IVF lists of 4-bit fast-scan PQ codes (residuals), each query's ``k_factor * k`` best
+    candidates re-ranked exactly on a float16 copy of the vectors (which also serves
+    ``reconstruct``). ``quantizer`` holds the trained centroids and is taken over."""
+    import faiss
+
+    base = faiss.IndexIVFPQFastScan(
+        quantizer, dim, params.nlist, params.pq_m, 4, faiss.METRIC_INNER_PRODUCT
+    )
+    base.own_fields = True
+    quantizer.this.disown()
+    with _one_thread():  # 96 tiny k-means: OpenMP barriers cost more than they share
+        base.train(sample)  # the PQ only: the quantizer is already trained and filled
+    base.nprobe = params.nprobe
+    exact = faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    index = faiss.IndexRefine(base, exact)
+    index.own_fields = True
+    base.this.disown()
+    exact.this.disown()
+    index.k_factor = params.k_factor
+    return index
+
+
 @dataclass
 class CellIndex:
     """A faiss index plus the store row of each of its vectors and how it was built."""
@@ -316,7 +406,7 @@ class CellIndex:
         import faiss
 
         set_threads(threads)
-        params = choose_params(n, kind, **overrides)
+        params = choose_params(n, kind, dim=dim, **overrides)
         t0 = time.perf_counter()
         if params.kind == "flat":
             index = faiss.IndexFlatIP(dim)
@@ -339,22 +429,25 @@ class CellIndex:
             km.min_points_per_centroid = 1
             km.verbose = False
             km.train(sample, faiss.IndexFlatIP(dim))
-            del sample
             centroids = faiss.vector_to_array(km.centroids).reshape(params.nlist, dim)
             quantizer = faiss.IndexFlatIP(dim)
             quantizer.add(centroids)
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer,
-                dim,
-                params.nlist,
-                faiss.ScalarQuantizer.QT_fp16,
-                faiss.METRIC_INNER_PRODUCT,
-                False,  # encode the vectors themselves, not residuals
-            )
-            index.own_fields = True
-            quantizer.this.disown()
-            index.is_trained = True
-            index.nprobe = params.nprobe
+            if params.pq_m:
+                index = _ivf_pq_refined(quantizer, dim, params, sample)
+            else:
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer,
+                    dim,
+                    params.nlist,
+                    faiss.ScalarQuantizer.QT_fp16,
+                    faiss.METRIC_INNER_PRODUCT,
+                    False,  # encode the vectors themselves, not residuals
+                )
+                index.own_fields = True
+                quantizer.this.disown()
+                index.is_trained = True
+                index.nprobe = params.nprobe
+            del sample
             if progress:
                 progress("train", params.train_size, params.train_size)
         added = 0
@@ -367,7 +460,7 @@ class CellIndex:
                 progress("add", added, n)
         if added != n:
             raise RetrievalError(f"vector source gave {added} rows, expected {n}")
-        if params.kind == "ivf":
+        if params.kind == "ivf" and not params.pq_m:
             index.make_direct_map()  # position -> vector, for queries by cell (8 bytes/vector)
         rows_arr = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         if len(rows_arr) != n:
@@ -379,11 +472,24 @@ class CellIndex:
 
     # --------------------------------------------------------------- searching
     def _search_params(self, sel: Any, widen: int = 1) -> Any:
+        if sel is None:  # the same for every unfiltered query: made once (~0.1 ms each)
+            cache = self.__dict__.setdefault("_params_cache", {})
+            if widen not in cache:
+                cache[widen] = self._make_search_params(None, widen)
+            return cache[widen]
+        return self._make_search_params(sel, widen)
+
+    def _make_search_params(self, sel: Any, widen: int) -> Any:
         import faiss
 
         if self.kind == "ivf":
             nprobe = min(self.params.nlist, self.params.nprobe * widen)
-            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+            ivf = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+            if not self.params.pq_m:
+                return ivf
+            return faiss.IndexRefineSearchParameters(  # keeps ``ivf`` alive
+                k_factor=self.params.k_factor, base_index_params=ivf
+            )
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=sel, efSearch=self.params.ef_search * widen)
         return faiss.SearchParameters(sel=sel) if sel is not None else None
@@ -392,36 +498,35 @@ class CellIndex:
         self,
         queries: np.ndarray,
         k: int,
-        allowed: np.ndarray | None = None,
+        allowed: np.ndarray | PositionFilter | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, positions) for each query; positions are -1 when missing.
 
-        ``allowed`` is a boolean mask over index positions (a filter applied inside faiss).
+        ``allowed`` is a boolean mask over index positions or a :class:`PositionFilter` (a
+        filter applied inside faiss; the filter is cheaper: no mask a query).
         Approximate kinds that find fewer than ``min(k, allowed)`` hits under a filter are
         retried with a wider search (more lists / a larger beam), up to exhaustive IVF.
         """
-        import faiss
-
         q = normalize(queries, where="query")
         if q.shape[1] != self.dim:
             raise RetrievalError(f"query has dim {q.shape[1]}, the index holds dim {self.dim}")
         k = int(min(k, self.n))
         if k < 1:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        sel = bits = None
+        sel, alive, want = None, [], k
         if allowed is not None:
-            allowed = np.asarray(allowed, dtype=bool)
-            if len(allowed) != self.n:
-                raise RetrievalError(f"filter mask has {len(allowed)} entries, index has {self.n}")
-            bits = np.packbits(allowed, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            want = int(min(k, allowed.sum()))
-        else:
-            want = k
+            if not isinstance(allowed, PositionFilter):
+                if len(allowed) != self.n:
+                    raise RetrievalError(
+                        f"filter mask has {len(allowed)} entries, index has {self.n}"
+                    )
+                allowed = PositionFilter.from_mask(allowed)
+            sel, alive = allowed.selector(self.n)
+            want = int(min(k, allowed.count))
         one = _one_thread() if len(q) == 1 else contextlib.nullcontext()
         with one:
             sims, pos = self._search_widening(q, k, sel, want)
-        del bits  # kept alive until here: the selector points into it
+        del alive  # kept alive until here: the selector points into them
         return sims, pos.astype(np.int64)
 
     def _search_widening(self, q: np.ndarray, k: int, sel: Any, want: int) -> tuple:
@@ -453,8 +558,10 @@ class CellIndex:
         """Memory the index holds (vectors, list ids, graph links, centroids) plus its row map."""
         vectors = self.n * self.dim * 4
         if self.kind == "ivf":
-            vectors //= 2  # float16 codes
-            extra = self.n * 16 + self.params.nlist * self.dim * 4  # ids + direct map
+            vectors //= 2  # float16 codes (IVF lists, or the re-ranking copy beside PQ)
+            extra = self.params.nlist * self.dim * 4  # centroids
+            # PQ: 4-bit codes and ids in the lists; float16 lists: ids and the direct map
+            extra += self.n * (self.params.pq_m // 2 + 8) if self.params.pq_m else self.n * 16
         elif self.kind == "hnsw":  # level-0 links (2M), upper levels (~M/(M-1) of M), offsets
             extra = int(self.n * (2 * self.params.M * 4 * 1.05 + 8 + 4))
         else:
@@ -531,7 +638,7 @@ class CellIndex:
         if params.kind == "hnsw":
             index.hnsw.efSearch = params.ef_search
         elif params.kind == "ivf":
-            index.nprobe = params.nprobe
+            faiss.extract_index_ivf(index).nprobe = params.nprobe
         if len(rows) != index.ntotal:
             raise RetrievalError(f"{directory}: {len(rows)} row ids for {index.ntotal} vectors")
         known = {"format_version", "kind", "params", "n", "dim", "metric", "rows_file"}

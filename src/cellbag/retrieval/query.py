@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.featurize.images import to_rgb  # the featurizer's own conversion
-from cellbag.retrieval.faiss_index import CellIndex, RetrievalError, normalize
+from cellbag.retrieval.faiss_index import CellIndex, PositionFilter, RetrievalError
 from cellbag.retrieval.store_index import (
     RetrievalWarning,
     _store_url,
@@ -89,12 +89,6 @@ def resolve_encoder(store: Any, encoder_id: str | None) -> str:
         raise RetrievalError(str(e)) from None
 
 
-def _code(names: Any, value: Any) -> int:
-    """The factorized code of ``value`` in ``names`` (-2, matching nothing, when absent)."""
-    hits = np.flatnonzero(np.asarray(names) == value)
-    return int(hits[0]) if len(hits) else -2
-
-
 class Retriever:
     """A loaded index of one encoder plus the store tables needed to answer queries.
 
@@ -136,9 +130,47 @@ class Retriever:
         rows = self.index.rows
         self._patient_code, self._patient_names = pd.factorize(self._pid[rows])
         self._split_code, self._split_names = pd.factorize(self._split_all[rows])
+        # cells are sorted by patient: a patient is one run of index positions (when so,
+        # --other-patients excludes a range instead of building a mask a query)
+        starts = np.flatnonzero(np.diff(self._patient_code, prepend=-1) != 0)
+        self._patient_runs = None
+        if len(starts) == len(self._patient_names):
+            self._patient_runs = np.append(starts, len(rows))
+        self._split_bits: dict[int, tuple[np.ndarray, int]] = {}
+        self._patient_of = {str(p): i for i, p in enumerate(self._patient_names)}
+        self._split_of = {str(v): i for i, v in enumerate(self._split_names)}
         self._encoder: Any = None
 
     # ------------------------------------------------------------------ helpers
+    def _split_filter(self, code: int) -> tuple[np.ndarray, int]:
+        """The packed bitmap of one split's positions and their count (made once)."""
+        if code not in self._split_bits:
+            mask = self._split_code == code
+            self._split_bits[code] = (np.packbits(mask, bitorder="little"), int(mask.sum()))
+        return self._split_bits[code]
+
+    def _filter(self, split: str, patient: str | None) -> PositionFilter | None:
+        """The positions allowed by a split and by leaving out ``patient`` (None: all)."""
+        if split == "all" and patient is None:
+            return None
+        bits, count, code = None, self.index.n, -1
+        if split != "all":
+            code = self._split_of.get(split, -2)
+            bits, count = self._split_filter(code)
+        if patient is None:
+            return PositionFilter(bits, count)
+        pc = self._patient_of.get(str(patient), -2)
+        if pc < 0:  # not an indexed patient: nothing to leave out
+            return PositionFilter(bits, count)
+        if self._patient_runs is None:  # patients not contiguous: a mask
+            mask = self._patient_code != pc
+            if split != "all":
+                mask &= self._split_code == code
+            return PositionFilter.from_mask(mask)
+        lo, hi = int(self._patient_runs[pc]), int(self._patient_runs[pc + 1])
+        gone = hi - lo if bits is None else int(np.count_nonzero(self._split_code[lo:hi] == code))
+        return PositionFilter(bits, count - gone, (lo, hi))
+
     def _describe(self, row: int) -> dict[str, Any]:
         return {
             "cell_id": str(self._id[row]),
@@ -215,12 +247,8 @@ class Retriever:
             vec, query = self._query_by_cell(str(cell_id))
         else:
             vec, query = self._query_by_image(image)
-        vec = normalize(vec, where="query")
-
-        allowed = np.ones(self.index.n, dtype=bool)
         what = []
         if split != "all":
-            allowed &= self._split_code == _code(self._split_names, split)
             what.append(f"split {split}")
         if other_patients:
             if query["patient_id"] is None:
@@ -228,9 +256,9 @@ class Retriever:
                     f"--other-patients needs the query's patient: image {query['path'] or '<image>'}"
                     f" is not a cell of store {_store_url(self.store)}"
                 )
-            allowed &= self._patient_code != _code(self._patient_names, query["patient_id"])
             what.append(f"patients other than {query['patient_id']}")
-        n_allowed = int(allowed.sum())
+        allowed = self._filter(split, query["patient_id"] if other_patients else None)
+        n_allowed = self.index.n if allowed is None else allowed.count
         if k > n_allowed:
             scope = " and ".join(what) or "the index"
             warnings.warn(
@@ -242,7 +270,9 @@ class Retriever:
         k_eff = min(k, n_allowed)
         if k_eff == 0:
             return self._frame(np.zeros(0, np.float32), np.zeros(0, np.int64), query, what)
-        sims, pos = self.index.search(vec, k_eff, None if allowed.all() else allowed)
+        if allowed is not None and allowed.count == self.index.n:
+            allowed = None  # the filters leave everything: no selector
+        sims, pos = self.index.search(vec, k_eff, allowed)  # normalises the query
         keep = pos[0] >= 0
         sims, pos = sims[0][keep], pos[0][keep]
         if len(pos) < k_eff:
