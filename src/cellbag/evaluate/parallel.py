@@ -69,7 +69,21 @@ def resolve(source: BagSet | StoreBags) -> BagSet:
     return _LOADED[source]
 
 
+#: RSS a loky worker may gain over its first task before loky restarts it as "leaking"
+#: (its default, 300 MB, is less than what torch's allocator keeps after an ensemble's fits
+#: on 1,280-d bags: the benchmark's workers were restarted mid-run, each time importing
+#: torch and reading the store again)
+WORKER_MEMORY_SLACK = 4 * 1024**3
+
+
 def _call(i: int, fn: Callable, source: Any, item: Any, threads: int | None) -> tuple[int, Any]:
+    try:  # a loky worker: raise its leak threshold (read after every task, in the worker)
+        from joblib.externals.loky import process_executor
+
+        if getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", 0) < WORKER_MEMORY_SLACK:
+            process_executor._MAX_MEMORY_LEAK_SIZE = WORKER_MEMORY_SLACK
+    except ImportError:  # pragma: no cover - joblib without loky
+        pass
     with single_threaded(threads or 1):
         return i, fn(resolve(source), item)
 
