@@ -52,6 +52,10 @@ try:
     from cellbag.evaluate import run_cv
 except ImportError:
     from cellbag.aggregate import run_cv
+from cellbag.aggregate.synthetic import witness_store
+
+# the same cohort, written by that revision's store code (its format may be older)
+witness_store(sys.argv[1], 163, 0, 82, 1280, witnesses=5, seed=0)
 kw = {{"jobs": 1}} if "jobs" in run_cv.__code__.co_varnames else {{}}
 t = time.perf_counter()
 tb = run_cv(sys.argv[1], None, sys.argv[2], sys.argv[3], folds=int(sys.argv[4]),
@@ -102,10 +106,12 @@ def preset(args: argparse.Namespace) -> None:
             subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
             code = BEFORE_CODE.format(src=str(src / "src"))
             res = subprocess.run(
-                [sys.executable, "-c", code, store, HEADS, str(Path(tmp) / "before_run"),
-                 str(args.folds), str(args.repeats)],
-                check=True, capture_output=True, text=True,
+                [sys.executable, "-c", code, str(Path(tmp) / "before.zarr"), HEADS,
+                 str(Path(tmp) / "before_run"), str(args.folds), str(args.repeats)],
+                capture_output=True, text=True,
             )  # fmt: skip
+            if res.returncode:
+                raise SystemExit(f"--before {args.before} failed:\n{res.stderr[-2000:]}")
             before = json.loads(res.stdout.strip().splitlines()[-1])
         wall1, heads = one_cv(*base[:1], str(Path(tmp) / "j1"), HEADS, *base[1:], 1, {})
         wall2, heads2 = one_cv(*base[:1], str(Path(tmp) / "j2"), HEADS, *base[1:], 2, {})
