@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellbag.core.allocator import tune_allocator
 from cellbag.core.io import atomic_path
 from cellbag.distill.errors import DistillError
 from cellbag.distill.model_dir import DeployedStudent, load_student
@@ -48,6 +49,7 @@ def predict_images(
     from cellbag.data import Cohort, read_cohort
     from cellbag.featurize.images import decode_file
 
+    tune_allocator()  # batches of image activations, as in featurize
     student = model if isinstance(model, DeployedStudent) else load_student(model, device)
     cohort = data if isinstance(data, Cohort) else read_cohort(data)
     patients = select_patients(cohort.patients, split)
