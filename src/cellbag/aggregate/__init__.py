@@ -9,9 +9,6 @@ Heads live in ``cellbag.aggregate.heads`` (one file each, ``@register_head``). T
 evaluation (cross-validation, statistics, the run folder, fitted models) is
 :mod:`cellbag.evaluate`. Importing this package does not import torch or LightGBM;
 building a head does.
-
-``run_cv`` is still importable from here while the README's Python API and older scripts
-name it so; it lives in :mod:`cellbag.evaluate` (``from cellbag.evaluate import run_cv``).
 """
 
 from cellbag.core.lazy import lazy_exports
@@ -28,8 +25,6 @@ _EXPORTS = {
     "make_head": "cellbag.aggregate.registry",
     "parse_heads": "cellbag.aggregate.registry",
     "register_head": "cellbag.aggregate.registry",
-    # deprecated alias (README "Python API"): the run lives one floor up, in evaluate
-    "run_cv": "cellbag.evaluate.cv",
 }
 
 __all__ = sorted(_EXPORTS)
