@@ -136,6 +136,32 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, mae_ru
         pretrain_mae(demo_cohort(), tmp_path / "ckpt", **(kw | {"image_size": 48}))
 
 
+def test_max_seconds_stops_cleanly_and_resumes(tmp_path):
+    """A time-boxed run stops after the step that spends its budget, saves the checkpoint
+    and the encoder, says why it stopped, and the same command without it finishes."""
+    import json
+
+    out = tmp_path / "ckpt"
+    args = ["pretrain-mae", str(demo_cohort()), "--encoder", MODEL, "--weights", "none"]
+    args += ["--epochs", "2", "--batch-size", "16", "--image-size", str(SIZE), "--base-lr", "1e-2"]
+    args += ["--out", str(out), "--quiet", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--max-seconds", "0.001"])
+    assert result.exit_code == 0, result.output
+    assert "stopped after the 0.001 s budget (1 steps" in " ".join(result.output.split())
+    s = json.loads((out / "mae.json").read_text())
+    assert s["global_step"] == s["steps_now"] == 1 and not s["finished"]
+    assert s["stopped_by"] == "max_seconds" and s["loop_seconds"] > 0
+    assert (out / "checkpoint.safetensors").is_file() and (out / "encoder.safetensors").is_file()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "mae.json").read_text())
+    n_train = len(cohort_cells(demo_cohort(), splits=("train",)))
+    assert s["finished"] and s["stopped_by"] is None
+    assert s["global_step"] == 2 * (n_train // 16) and s["steps_now"] == s["global_step"] - 1
+    with pytest.raises(TrainingError, match="max seconds"):
+        pretrain_mae(demo_cohort(), tmp_path / "z", model=MODEL, weights="none", max_seconds=0)
+
+
 def test_include_test_is_opt_in(tmp_path):
     kw = dict(model=MODEL, weights="none", epochs=1, batch_size=8, image_size=SIZE)
     s = pretrain_mae(

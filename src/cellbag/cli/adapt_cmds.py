@@ -70,6 +70,13 @@ def pretrain_mae_cmd(
         None, "--workers", min=0, help="Image decoding processes (default: 0 on CPU, 8 on GPU)."
     ),
     save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
+    max_seconds: float = typer.Option(
+        None,
+        "--max-seconds",
+        min=0.001,
+        help="Stop after this wall-clock budget (the step under way ends, the checkpoint is "
+        "saved; a rerun resumes). The schedule still spans --epochs.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     model_old: str = typer.Option(None, "--model", "-m", hidden=True),
 ) -> None:
@@ -83,6 +90,8 @@ def pretrain_mae_cmd(
       cellbag pretrain-mae demo_out/data --out mae --epochs 2 --image-size 64
       cellbag pretrain-mae DATA -e vit_small_patch16_224 -w hub --device cuda \\
           -o mae
+      cellbag pretrain-mae DATA -w none --device cuda --epochs 1000 \\
+          --max-seconds 240 -o mae
     """
     from cellbag.featurize.mae import pretrain_mae
 
@@ -100,6 +109,7 @@ def pretrain_mae_cmd(
         seed=seed,
         device=device,
         workers=workers,
+        max_seconds=max_seconds,
         progress=not quiet,
         base_lr=lr,
         warmup_epochs=warmup_epochs,
@@ -116,6 +126,11 @@ def pretrain_mae_cmd(
     if s.get("images_per_s"):
         console.print(
             f"{s['device']}: {s['step_time_s'] * 1000:.0f} ms/step, {s['images_per_s']:.1f} img/s"
+        )
+    if s.get("stopped_by") == "max_seconds":
+        console.print(
+            f"stopped after the {max_seconds:g} s budget ({s['steps_now']} steps in "
+            f"{s['loop_seconds']:.1f} s); the same command resumes from the checkpoint"
         )
     if s["unreadable"]:
         console.print(f"[yellow]skipped {len(s['unreadable'])} unreadable image(s)[/]")

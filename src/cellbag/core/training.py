@@ -113,6 +113,7 @@ def train_loop(
     steps_per_epoch: int,
     total_steps: int | None = None,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     state: LoopState | None = None,
     scheduler: Any = None,
     clip_grad: float | None = None,
@@ -129,15 +130,17 @@ def train_loop(
     ``batches(state)`` yields the batches of ``state.epoch`` after the first
     ``state.step_in_epoch`` (None items are skipped); ``step(batch, state)`` returns the
     loss (and optional figures to log). The loop stops after ``epochs``, after
-    ``total_steps`` steps in all, after ``max_steps`` steps in this call, or when
-    ``on_epoch_end(state, complete)`` returns True. ``checkpoint(state)`` runs every
-    ``checkpoint_every`` steps, when a run stops mid-epoch and after each epoch (then
-    ``state.epoch`` already counts it). A non-finite loss raises ``nonfinite(value,
-    state)`` before the weights change.
+    ``total_steps`` steps in all, after ``max_steps`` steps in this call, after the first
+    step that ends ``max_seconds`` (wall clock, data loading included) or more after this
+    call began, or when ``on_epoch_end(state, complete)`` returns True.
+    ``checkpoint(state)`` runs every ``checkpoint_every`` steps, when a run stops
+    mid-epoch and after each epoch (then ``state.epoch`` already counts it). A non-finite
+    loss raises ``nonfinite(value, state)`` before the weights change.
     """
     state = state or LoopState()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     budget = total_steps if total_steps is not None else epochs * steps_per_epoch
+    deadline = time.perf_counter() + max_seconds if max_seconds is not None else math.inf
     with progress_bar("steps", enabled=progress, extra="loss {task.fields[loss]:.4f}") as bar:
         task = bar.add_task(label, total=budget, completed=state.step, loss=float("nan"))
         while state.epoch < epochs and state.step < budget:
@@ -167,7 +170,11 @@ def train_loop(
                 if on_step is not None:
                     on_step(state, value, parts)
                 bar.update(task, advance=1, loss=value)
-                if state.step >= budget or (max_steps is not None and state.steps_now >= max_steps):
+                if (
+                    state.step >= budget
+                    or (max_steps is not None and state.steps_now >= max_steps)
+                    or time.perf_counter() >= deadline
+                ):
                     state.stopped = True
                     break
                 if (

@@ -20,6 +20,7 @@ Checkpoint folder ``CKPT_DIR``:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,7 @@ def pretrain_mae(
     device: str | None = None,
     workers: int | None = None,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     progress: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
@@ -340,12 +342,17 @@ def pretrain_mae(
     None the preset's size. Images come from the training split only unless ``include_test`` (a transductive
     choice: the test images, never their labels, shape the encoder). ``max_steps`` stops
     early after that many optimiser steps in this call (a checkpoint is written), which
-    is how tests simulate an interruption. Returns the summary written to ``mae.json``.
+    is how tests simulate an interruption. ``max_seconds`` stops after the step that
+    spends that wall-clock budget in this call (a time-boxed run, e.g. to measure steps/s
+    on a lent GPU): the checkpoint is written, so a rerun resumes. Returns the summary
+    written to ``mae.json``.
     """
     if not 0.0 < mask_ratio < 1.0:
         raise TrainingError(f"mask ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise TrainingError(f"max seconds must be > 0, got {max_seconds}")
     precision = resolve_device(device, error=TrainingError)
     bs = batch_size or (256 if precision.is_cuda else 32)
     if image_size is None:
@@ -473,6 +480,7 @@ def pretrain_mae(
             loss = float(np.mean(epoch_losses)) if epoch_losses else None
             history.append({"epoch": state.epoch + 1, "loss": loss, "steps": state.step})
 
+    t_loop = time.perf_counter()
     state = train_loop(
         mae,
         optimizer,
@@ -481,6 +489,7 @@ def pretrain_mae(
         epochs=cfg.epochs,
         steps_per_epoch=per_epoch,
         max_steps=max_steps,
+        max_seconds=max_seconds,
         state=state,
         scheduler=scheduler,
         on_step=lambda state, value, parts: epoch_losses.append(value),
@@ -493,12 +502,18 @@ def pretrain_mae(
         label="MAE",
         progress=progress,
     )
+    t_loop = time.perf_counter() - t_loop
     epoch, global_step, steps_now, t_train = (
         state.epoch,
         state.step,
         state.steps_now,
         state.seconds,
     )
+    stopped_by = None
+    if epoch < cfg.epochs and state.stopped:
+        stopped_by = (
+            "max_steps" if max_steps is not None and steps_now >= max_steps else "max_seconds"
+        )
 
     sha = export_encoder(mae, out / ENCODER_FILE, cfg)
     unreadable = dict(dataset.unreadable)
@@ -511,6 +526,8 @@ def pretrain_mae(
         "epochs_done": epoch,
         "global_step": global_step,
         "finished": epoch >= cfg.epochs,
+        "stopped_by": stopped_by,
+        "max_seconds": max_seconds,
         "history": history,
         "last_step_losses": epoch_losses[-20:],
         "encoder": {"path": str((out / ENCODER_FILE).resolve()), "sha256": sha},
@@ -518,6 +535,9 @@ def pretrain_mae(
         "autocast": str(precision.autocast) if precision.autocast else None,
         "step_time_s": (t_train / steps_now) if steps_now else None,
         "images_per_s": (images_seen / t_train) if t_train else None,
+        "steps_now": steps_now,
+        "images_now": images_seen,
+        "loop_seconds": t_loop,  # wall clock of this call's loop: loading and checkpoints too
         "unreadable": unreadable,
     }
     write_json(out / SUMMARY, summary)
