@@ -240,7 +240,9 @@ def main() -> None:
         "# Real lymphocytosis cohort: development patients",
         "",
         f"`python benchmarks/lymphocytosis.py {a.data} --encoders {a.encoders} --heads "
-        f"{','.join(heads)}` — {a.folds}-fold x {a.repeats}, seed {a.seed}; value [95% "
+        f"{','.join(heads)}"
+        + (f' --featurize-args "{a.featurize_args}"' if a.featurize_args else "")
+        + f"` — {a.folds}-fold x {a.repeats}, seed {a.seed}; value [95% "
         "bootstrap interval over patients]; Δ: paired difference to the clinical-only "
         "baseline on the same resamples (✓ interval above 0, ✗ below).",
         "",
