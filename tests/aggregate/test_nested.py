@@ -9,8 +9,7 @@ import pytest
 
 from cellbag.aggregate import BagSet
 from cellbag.aggregate.synthetic import witness_cohort, witness_store
-from cellbag.evaluate import cross_validate, fit_model, run_cv
-from cellbag.evaluate import fitting, outputs
+from cellbag.evaluate import cross_validate, fit_model, fitting, outputs, run_cv
 from cellbag.evaluate.leaks import LabelLeakError
 
 
