@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cellbag.cli import app
 from cellbag.data import Cohort, read_cohort
-from cellbag.store import Store
+from cellbag.store import Store, from_arrays
 from cellbag.store.importer import FeatureImportError, import_features
 from cellbag.store.sync import compare, file_digest
 
@@ -38,7 +38,7 @@ def test_from_arrays_reads_a_stores_own_patient_table(tmp_path: Path, store_coho
     data = load_bags(s.path, "e", split="all")
     assert data.patients["dob"].notna().any()  # a datetime column, e.g. 1942-02-26 00:00:00
     labels = s.patients()["label"].fillna(-1).astype(int).tolist()
-    t = Store.from_arrays(
+    t = from_arrays(
         tmp_path / "b.zarr", data.bags, labels, data.patient_ids, clinical=data.patients
     )
     a, b = s.patients().set_index("patient_id"), t.patients().set_index("patient_id")

@@ -1,4 +1,4 @@
-"""`store import` / `Store.from_arrays`: features made elsewhere come in, bad input stops in one line."""
+"""`store import` / `from_arrays`: features made elsewhere come in, bad input stops in one line."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cellbag.cli import app
 from cellbag.data import ClinicalScaler
 from cellbag.store import Store, from_arrays
 from cellbag.store.importer import FeatureImportError, import_features
+from cellbag.store.resolve import resolve_encoder
 
 runner = CliRunner()
 
@@ -89,7 +90,7 @@ def test_h5_folder_import_keeps_bags_labels_coords_and_clinical(tmp_path: Path) 
     assert res.exit_code == 0, res.output
     s = Store.open(tmp_path / "s.zarr")
     (eid,) = s.encoders()
-    assert eid.startswith("uni-") and s.resolve_encoder("uni") == eid
+    assert eid.startswith("uni-") and resolve_encoder(s, "uni") == eid
     for verb in ("info", "verify"):  # no image cohort to compare with: not an error
         res = _invoke("store", verb, s.path)
         assert res.exit_code == 0, res.output

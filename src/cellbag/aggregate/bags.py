@@ -94,7 +94,9 @@ class BagSet:
 
 def resolve_encoder(store: Any, encoder_id: str | None) -> str:
     """The encoder meant by an id or a model name, or the store's only one when None."""
-    return store.resolve_encoder(encoder_id)
+    from cellbag.store.resolve import resolve_encoder as resolve
+
+    return resolve(store, encoder_id)
 
 
 def open_store(store: Any) -> Any:

@@ -84,7 +84,9 @@ def resolve_encoder(store: Any, encoder_id: str | None) -> str:
     from cellbag.store import EncoderNotReady
 
     try:
-        return store.resolve_encoder(encoder_id)
+        from cellbag.store.resolve import resolve_encoder
+
+        return resolve_encoder(store, encoder_id)
     except EncoderNotReady as e:
         raise RetrievalError(str(e)) from None
 

@@ -1,5 +1,5 @@
 """The Zarr feature store: cells and patients of a cohort, embeddings of several encoders;
-features in from other MIL tools (``import_features``, ``Store.from_arrays``) and out to
+features in from other MIL tools (``import_features``, ``from_arrays``) and out to
 them (``export_h5``); the store describes itself (:mod:`cellbag.store.schema`).
 
 No torch here: aggregators and retrieval read bags without image or model code.

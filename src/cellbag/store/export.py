@@ -158,7 +158,9 @@ def export_h5(
     refused (naming its first entry), so no file of the user's is overwritten."""
     if layout not in LAYOUTS:
         raise StoreError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
-    encoder_id = store.resolve_encoder(encoder_id)
+    from cellbag.store.resolve import resolve_encoder
+
+    encoder_id = resolve_encoder(store, encoder_id)
     store.require_complete(encoder_id)
     out = Path(out_dir)
     refuse_foreign_folder(out, ours=is_export_folder, what="cellbag export", error=StoreError)

@@ -472,22 +472,6 @@ class Store:
         return cls(path, root, "r+")
 
     @classmethod
-    def from_arrays(
-        cls,
-        path: str | os.PathLike,
-        bags: Sequence[np.ndarray],
-        labels: Any,
-        patient_ids: Sequence[str] | None = None,
-        clinical: Any = None,
-        name: str = "arrays",
-        **kw: Any,
-    ) -> Store:
-        """A new store from in-memory bags; see :func:`cellbag.store.importer.from_arrays`."""
-        from cellbag.store.importer import from_arrays
-
-        return from_arrays(path, bags, labels, patient_ids, clinical, name=name, **kw)
-
-    @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> Store:
         """Open a store from a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``)."""
         if mode not in ("r", "r+"):
@@ -611,7 +595,7 @@ class Store:
     @property
     def imported(self) -> bool:
         """True for a store of features made by another tool (`cellbag store import`,
-        ``Store.from_arrays``): its cells have no images."""
+        ``cellbag.store.from_arrays``): its cells have no images."""
         layout = str(self.attrs.get("cohort", {}).get("layout", ""))
         return layout.startswith("import:")
 
@@ -770,12 +754,6 @@ class Store:
         except Exception as e:  # noqa: BLE001 - a group's zarr.json unreadable
             raise self._damaged("embeddings", f"embeddings: {chunk_error(e)}") from None
         return sorted(name for name, sub in groups if "done" in sub.attrs.get("arrays", []))
-
-    def resolve_encoder(self, name_or_id: str | None = None) -> str:
-        """An encoder id from an id, a model name matching one encoder, or None (the only one)."""
-        from cellbag.store.resolve import resolve_encoder
-
-        return resolve_encoder(self, name_or_id)
 
     def _group(self, encoder_id: str) -> zarr.Group:
         try:

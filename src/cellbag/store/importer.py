@@ -596,7 +596,7 @@ def from_arrays(
     splits: Sequence[str] | None = None,
     force: bool = False,
 ) -> Store:
-    """A new store from in-memory bags (see :meth:`Store.from_arrays`)."""
+    """A new store from in-memory bags (``cellbag.store.from_arrays``)."""
     n = len(bags)
     if n == 0:
         raise FeatureImportError(f"{path}: no bags given")
