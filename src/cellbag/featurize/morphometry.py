@@ -134,14 +134,13 @@ def cell_features(pixels: np.ndarray) -> np.ndarray:
         cy, cx = ndi.center_of_mass(cell)
         ny, nx = ndi.center_of_mass(nucleus)
         offset = float(np.hypot(cy - ny, cx - nx) / np.sqrt(cs[0]))
-    raw = a
-    nuc_px = raw[nucleus] if nucleus.any() else np.zeros((1, 3), np.float32)
-    cyt_px = raw[cyto] if cyto.any() else np.zeros((1, 3), np.float32)
+    nuc_px = a[nucleus] if nucleus.any() else np.zeros((1, 3), np.float32)
+    cyt_px = a[cyto] if cyto.any() else np.zeros((1, 3), np.float32)
     chrom_sd = float(nuc_px[:, 1].std())
     contrast = homog = entropy = 0.0
     if nucleus.sum() >= 16:
         ys, xs = np.nonzero(nucleus)
-        box = raw[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1, 1]
+        box = a[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1, 1]
         m = nucleus[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         q = (np.clip(box, 0, 255) // 16).astype(np.uint8) + 1
         q[~m] = 0  # level 0: outside the nucleus, dropped from the co-occurrences
@@ -157,7 +156,7 @@ def cell_features(pixels: np.ndarray) -> np.ndarray:
             entropy = float(-(pk * np.log(pk)).sum())
     dark_spots = 0.0
     if cyto.sum() >= 10:
-        cg = raw[..., 1]
+        cg = a[..., 1]
         spots = cyto & (cg < np.percentile(cg[cyto], 5) - 10)
         dark_spots = float(ndi.label(spots)[1])
     rim = 0.0
