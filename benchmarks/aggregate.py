@@ -19,7 +19,14 @@ projected on the fold's first principal axes), and the wall time of the whole cv
 same cv on the code of a git revision too (``git archive``, in a subprocess) and prints
 before/after per head.
 
+``--store STORE [--encoder ID]``: the same cvs on a real store's training split instead of
+the synthetic cohort (the real development patients), images only and fused with the
+clinical values, so a speed lever's cost in accuracy is read where it matters; the store
+is only read. ``--heads`` restricts the heads, ``--jobs`` runs the cvs on more cores.
+
     python benchmarks/aggregate.py --preset lymphocytosis [--repeats 3] [--before REV]
+    python benchmarks/aggregate.py --preset lymphocytosis --store runs/lympho/store.zarr \
+        --before main~3 --heads abmil,maxpool,transformer
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ LEVERS = {
 }
 
 
-#: the cv of another revision's code, in a subprocess (prints [wall, {head: [s, auc]}])
+#: the cv of another revision's code, in a subprocess (prints [wall, {head: [s, auc]}] per
+#: clinical setting)
 BEFORE_CODE = """
 import json, sys, time
 sys.path.insert(0, {src!r})
@@ -54,25 +62,33 @@ except ImportError:
     from cellbag.aggregate import run_cv
 from cellbag.aggregate.synthetic import witness_store
 
-# the same cohort, written by that revision's store code (its format may be older)
-witness_store(sys.argv[1], 163, 0, 82, 1280, witnesses=5, seed=0)
-kw = {{"jobs": 1}} if "jobs" in run_cv.__code__.co_varnames else {{}}
-t = time.perf_counter()
-tb = run_cv(sys.argv[1], None, sys.argv[2], sys.argv[3], folds=int(sys.argv[4]),
-            repeats=int(sys.argv[5]), seed=0, threads=1, quiet=True, **kw)
-heads = {{r["head"]: [float(r["seconds"]), float(r["roc_auc"])] for _, r in tb.iterrows()}}
-print(json.dumps([time.perf_counter() - t, heads]))
+store, heads, out, folds, repeats, jobs, encoder = sys.argv[1:8]
+if {synthetic!r}:
+    # the same cohort, written by that revision's store code (its format may be older)
+    witness_store(store, 163, 0, 82, 1280, witnesses=5, seed=0)
+kw = {{"jobs": int(jobs)}} if "jobs" in run_cv.__code__.co_varnames else {{}}
+res = []
+for clinical in {clinicals!r}:
+    t = time.perf_counter()
+    tb = run_cv(store, encoder or None, heads, out + str(clinical), clinical=clinical,
+                folds=int(folds), repeats=int(repeats), seed=0, threads=1, quiet=True, **kw)
+    heads_ = {{r["head"]: [float(r["seconds"]), float(r["roc_auc"])] for _, r in tb.iterrows()}}
+    res.append([time.perf_counter() - t, heads_])
+print(json.dumps(res))
 """
 
 
-def one_cv(store: str, out: str, heads: str, folds: int, repeats: int, jobs: int, params: dict):
+def one_cv(
+    store: str, out: str, heads: str, folds: int, repeats: int, jobs: int, params: dict,
+    encoder: str | None = None, clinical: bool = True,
+) -> tuple[float, dict]:  # fmt: skip
     """Wall seconds of one cv, and per head (fit seconds summed over folds, ROC AUC)."""
     from cellbag.evaluate import run_cv
 
     t = time.perf_counter()
     table = run_cv(
-        store, None, heads, out, folds=folds, repeats=repeats, seed=0, head_params=params,
-        threads=1, quiet=True, jobs=jobs,
+        store, encoder, heads, out, clinical=clinical, folds=folds, repeats=repeats, seed=0,
+        head_params=params, threads=1, quiet=True, jobs=jobs,
     )  # fmt: skip
     wall = time.perf_counter() - t
     return wall, {
@@ -80,59 +96,91 @@ def one_cv(store: str, out: str, heads: str, folds: int, repeats: int, jobs: int
     }
 
 
-def preset(args: argparse.Namespace) -> None:
+def run_before(args: argparse.Namespace, tmp: str, store: str, heads: str, clinicals) -> list:
+    """The same cvs on the code of ``args.before`` (``git archive`` of its ``src``)."""
     import json
     import subprocess
     import sys
 
+    src = Path(tmp) / "before"
+    src.mkdir()
+    tar = subprocess.run(
+        ["git", "archive", args.before, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    code = BEFORE_CODE.format(
+        src=str(src / "src"), synthetic=not args.store, clinicals=list(clinicals)
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, store, heads, str(Path(tmp) / "before_run"),
+         str(args.folds), str(args.repeats), str(args.jobs), args.encoder or ""],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if res.returncode:
+        raise SystemExit(f"--before {args.before} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def preset(args: argparse.Namespace) -> None:
     from cellbag.aggregate.synthetic import witness_store
 
+    heads = args.heads or HEADS
+    what = (
+        f"store {args.store} (its training split)"
+        if args.store
+        else "163 patients x 82 cells x 1,280-d (synthetic)"
+    )
+    clinicals = (False, True) if args.store else (True,)
     print(
-        f"preset lymphocytosis: 163 patients x 82 cells x 1,280-d, {args.folds} folds x "
-        f"{args.repeats} repeats, nested thresholds (3 inner folds), with clinical; "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+        f"preset lymphocytosis: {what}, {args.folds} folds x {args.repeats} repeats, nested "
+        f"thresholds (3 inner folds), {'images only and fused' if args.store else 'fused'}, "
+        f"--jobs {args.jobs}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp) / "lympho.zarr")
-        witness_store(store, 163, 0, 82, 1280, witnesses=5, seed=0)
-        base = (store, args.folds, args.repeats)
-        before = None
-        if args.before:
-            src = Path(tmp) / "before"
-            src.mkdir()
-            tar = subprocess.run(
-                ["git", "archive", args.before, "src"], check=True, capture_output=True
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
-            code = BEFORE_CODE.format(src=str(src / "src"))
-            res = subprocess.run(
-                [sys.executable, "-c", code, str(Path(tmp) / "before.zarr"), HEADS,
-                 str(Path(tmp) / "before_run"), str(args.folds), str(args.repeats)],
-                capture_output=True, text=True,
+        if args.store:
+            store = before_store = args.store
+        else:
+            store = str(Path(tmp) / "lympho.zarr")
+            before_store = str(Path(tmp) / "before.zarr")
+            witness_store(store, 163, 0, 82, 1280, witnesses=5, seed=0)
+        before = run_before(args, tmp, before_store, heads, clinicals) if args.before else None
+        for i, clinical in enumerate(clinicals):
+            kind = "fused" if clinical else "images only"
+            wall, got = one_cv(
+                store, str(Path(tmp) / f"after{i}"), heads, args.folds, args.repeats,
+                args.jobs, {}, args.encoder, clinical,
             )  # fmt: skip
-            if res.returncode:
-                raise SystemExit(f"--before {args.before} failed:\n{res.stderr[-2000:]}")
-            before = json.loads(res.stdout.strip().splitlines()[-1])
-        wall1, heads = one_cv(*base[:1], str(Path(tmp) / "j1"), HEADS, *base[1:], 1, {})
-        wall2, heads2 = one_cv(*base[:1], str(Path(tmp) / "j2"), HEADS, *base[1:], 2, {})
-        print(f"{'head':<12} {'before s':>9} {'AUC':>6}   {'after s':>8} {'AUC':>6}")
-        for h, (sec, auc) in heads.items():
-            b = before[1].get(h) if before else None
-            left = f"{b[0]:9.1f} {b[1]:6.3f}" if b else f"{'-':>9} {'-':>6}"
-            print(f"{h:<12} {left}   {sec:8.1f} {auc:6.3f}")
-        if before:
-            print(f"whole cv, --jobs 1: before {before[0]:.1f} s, after {wall1:.1f} s")
-        same = all(heads[h][1] == heads2[h][1] for h in heads)
-        print(
-            f"whole cv wall: --jobs 1 {wall1:.1f} s, --jobs 2 {wall2:.1f} s, ratio "
-            f"{wall1 / wall2:.2f}x (same AUCs: {same})"
-        )
+            print(f"{kind}:")
+            print(f"  {'head':<12} {'before s':>9} {'AUC':>6}   {'after s':>8} {'AUC':>6}")
+            for h, (sec, auc) in got.items():
+                b = before[i][1].get(h) if before else None
+                left = f"{b[0]:9.1f} {b[1]:6.3f}" if b else f"{'-':>9} {'-':>6}"
+                print(f"  {h:<12} {left}   {sec:8.1f} {auc:6.3f}")
+            if before:
+                print(
+                    f"  whole cv, --jobs {args.jobs}: before {before[i][0]:.1f} s, after {wall:.1f} s"
+                )
+        if not args.store:
+            wall1, heads1 = one_cv(
+                store, str(Path(tmp) / "j1"), heads, args.folds, args.repeats, 1, {}
+            )
+            wall2, heads2 = one_cv(
+                store, str(Path(tmp) / "j2"), heads, args.folds, args.repeats, 2, {}
+            )
+            same = all(heads1[h][1] == heads2[h][1] for h in heads1)
+            print(
+                f"whole cv wall: --jobs 1 {wall1:.1f} s, --jobs 2 {wall2:.1f} s, ratio "
+                f"{wall1 / wall2:.2f}x (same AUCs: {same})"
+            )
         if args.levers:
-            print("levers (one head per cv, --jobs 1):")
+            print("levers (one head per cv):")
             for head, variants in LEVERS.items():
                 for i, params in enumerate([{}, *variants]):
                     out = str(Path(tmp) / f"lever_{head}_{i}")
-                    _, got = one_cv(store, out, head, *base[1:], 1, {head: params})
+                    _, got = one_cv(
+                        store, out, head, args.folds, args.repeats, args.jobs, {head: params},
+                        args.encoder,
+                    )  # fmt: skip
                     sec, auc = got[head]
                     print(
                         f"  {head:<12} {str(params or 'defaults'):<22} {sec:7.1f} s  AUC {auc:.3f}"
@@ -145,6 +193,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--preset: repeats of the k-fold")
     ap.add_argument("--before", default=None, help="--preset: a git revision to compare with")
     ap.add_argument("--levers", action="store_true", help="--preset: time the levers too")
+    ap.add_argument("--store", default=None, help="--preset: a real store instead of synthetic")
+    ap.add_argument("--encoder", default=None, help="--store: its encoder id")
+    ap.add_argument("--jobs", type=int, default=1, help="--preset: cv worker processes")
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--cells", type=int, default=100)
     ap.add_argument("--dim", type=int, default=384)

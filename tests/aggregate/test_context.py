@@ -108,3 +108,40 @@ def test_abmil_saved_before_the_context_loads_without_it(tmp_path):
     again = Head.load(tmp_path / "old")
     assert again.context is False
     np.testing.assert_allclose(again.predict_proba(bags), head.predict_proba(bags), rtol=1e-5)
+
+
+def test_masked_linear_is_the_layer_on_real_cells_and_zero_on_padding():
+    import torch
+
+    from cellbag.aggregate.torch_head import masked_linear
+    from cellbag.core.mil import pad_bags
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, 6, generator=g) for n in (3, 7, 1)]
+    w, b = torch.randn(4, 6, generator=g), torch.randn(4, generator=g)
+    x, mask = pad_bags(xs)
+    got = masked_linear(x, mask, w, b)
+    for j, z in enumerate(xs):
+        torch.testing.assert_close(got[j, : len(z)], z @ w.T + b)
+        assert not got[j, len(z) :].any()
+    torch.testing.assert_close(masked_linear(x[:1, :3], mask[:1, :3], w, b), xs[0][None] @ w.T + b)
+
+
+@pytest.mark.parametrize("name", ["abmil", "maxpool", "transformer"])
+def test_a_bag_scores_the_same_alone_and_padded_in_a_batch(name):
+    """The first layer skips the padded cells; what a bag gets does not depend on the
+    other bags of its batch (nor on their lengths)."""
+    import torch
+
+    from cellbag.core.mil import pad_bags
+
+    bags, y = _shifted_bags(n=12)
+    head = make_head(name, clinical=False, epochs=2, inner_folds=2).fit(bags, y)
+    module = head.modules_[0]
+    xs = head._tensors([bags[0][:5], bags[1], bags[2][:2]])
+    x, mask = pad_bags(xs)
+    with torch.no_grad():
+        batched, _ = module(x, mask)
+        for j, z in enumerate(xs):
+            alone, _ = module(z[None], torch.ones(1, len(z), dtype=torch.bool))
+            torch.testing.assert_close(batched[j], alone[0], rtol=1e-4, atol=1e-5)

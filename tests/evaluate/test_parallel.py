@@ -130,7 +130,37 @@ def test_a_config_with_an_unknown_setting_is_refused(tmp_path):
         read_config(tmp_path, CVConfig)
 
 
-def test_a_dask_cluster_gives_the_same_figures(tiny_store, one_job, tmp_path):
+#: where ``_fit_or_die`` leaves its mark (the workers inherit the environment)
+KILL_MARKER = "CELLBAG_TEST_KILL_MARKER"
+
+
+def _fit_or_die(data, task):
+    """``run_fold``, except that the first call on any worker kills its own process, as a
+    node lost mid-fit would (the marker file says it happened, once)."""
+    import os
+    import signal
+
+    from cellbag.evaluate.fitting import run_fold
+
+    try:
+        fd = os.open(os.environ[KILL_MARKER], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return run_fold(data, task)
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_dask_cluster_gives_the_same_figures_when_a_worker_dies(
+    tiny_store, one_job, tmp_path, monkeypatch
+):
+    """A LocalCluster of 2 processes, one of them killed (SIGKILL) in its first fit: Dask
+    reruns the lost fit elsewhere, and every figure equals the one-process run's."""
     pytest.importorskip("distributed")
+    import cellbag.evaluate.cv as cv_module
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_MARKER, str(marker))
+    monkeypatch.setattr(cv_module, "run_fold", _fit_or_die)
     _run(tiny_store, tmp_path / "run", cluster="local:2")
+    assert marker.exists()  # a worker did die mid-run
     assert figures(tmp_path / "run") == figures(one_job)

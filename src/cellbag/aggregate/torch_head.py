@@ -86,6 +86,20 @@ def inner_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
 
 
+def masked_linear(
+    x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` on the real cells of a padded batch only: (B, L, d) ->
+    (B, L, out), zeros at the padded positions (every head masks them downstream). The
+    first layer is nearly all of a head's arithmetic, and a random batch of real bags (16
+    to 198 cells on the lymphocytosis cohort) is about half padding: this halves it."""
+    if bool(mask.all()):
+        return torch.nn.functional.linear(x, weight, bias)
+    out = x.new_zeros(*mask.shape, weight.shape[0])
+    out[mask] = torch.nn.functional.linear(x[mask], weight, bias)
+    return out
+
+
 def eval_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     """Index batches sorted by length whose padded size stays under ``max_tokens`` cells."""
     order = np.argsort(lengths, kind="stable")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cellbag.aggregate.registry import register_head
-from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
+from cellbag.aggregate.torch_head import TRAIN, TorchHead, masked_linear, set_params_from
 from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, masked_mean
 
 #: leave-one-out logits (occlusion) are exact up to this many cells in a bag, linearised in
@@ -50,11 +50,10 @@ class ABMIL(nn.Module):
     def cells(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cell embeddings (B, L, hidden) of a padded batch."""
         if self.context_std is None:
-            return self.embed(x)
+            return torch.relu_(masked_linear(x, mask, self.embed[0].weight, self.embed[0].bias))
         w_eff, wc = self._split_weight()
         shift = self.embed[0].bias - masked_mean(x, mask) @ wc.T  # (B, hidden): one per bag
-        pre = (x.reshape(-1, x.shape[-1]) @ w_eff.T).view(*x.shape[:2], -1)
-        return torch.relu_(pre + shift.unsqueeze(1))
+        return torch.relu_(masked_linear(x, mask, w_eff) + shift.unsqueeze(1))
 
     def forward(self, x, mask, return_weights: bool = False):
         z, a = self.pool(self.cells(x, mask), mask)

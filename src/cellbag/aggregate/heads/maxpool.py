@@ -7,7 +7,7 @@ from torch import nn
 
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.registry import register_head
-from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
+from cellbag.aggregate.torch_head import TRAIN, TorchHead, masked_linear, set_params_from
 from cellbag.core.mil import masked_logmeanexp, masked_max, masked_softmax
 
 #: ``pool`` values: the smooth maximum log(mean_i exp(s_i)) or the hard maximum
@@ -22,7 +22,9 @@ class InstanceMax(nn.Module):
         self.pool = POOLS[pool]
 
     def forward(self, x, mask, return_weights: bool = False):
-        s = self.score(self.embed(x)).squeeze(-1)
+        linear, relu, dropout = self.embed
+        h = dropout(relu(masked_linear(x, mask, linear.weight, linear.bias)))
+        s = self.score(h).squeeze(-1)
         return self.pool(s, mask), masked_softmax(s, mask) if return_weights else None
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellbag.aggregate.registry import register_head
-from cellbag.aggregate.torch_head import TRAIN, TorchHead, set_params_from
+from cellbag.aggregate.torch_head import TRAIN, TorchHead, masked_linear, set_params_from
 from cellbag.core.mil import ClassifierOnPooled
 
 
@@ -63,7 +63,8 @@ class TransformerPool(nn.Module):
 
     def forward(self, x, mask, return_weights: bool = False):
         b = x.shape[0]
-        h = torch.cat([self.cls.expand(b, -1, -1), self.embed(x)], dim=1)
+        cells = masked_linear(x, mask, self.embed.weight, self.embed.bias)
+        h = torch.cat([self.cls.expand(b, -1, -1), cells], dim=1)
         m = torch.cat([torch.ones(b, 1, dtype=torch.bool), mask], dim=1)
         weights = None
         for i, block in enumerate(self.blocks):
