@@ -120,6 +120,27 @@ def test_calibration_improves_a_miscalibrated_score(kind):
     assert sum(b["n"] for b in rel) == 400
 
 
+def test_reliability_is_sklearns_calibration_curve_and_the_ece_shares_its_bins():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 300)
+    p = np.r_[rng.random(290), 0.0, 0.1, 0.1, 0.5, 0.5, 0.7, 0.9, 1.0, 1.0, 1.0]
+    rel = stats.reliability(y, p)
+    observed, mean_p = calibration_curve(y, p, n_bins=stats.CALIBRATION_BINS)
+    assert [b["observed"] for b in rel] == pytest.approx(observed.tolist())
+    assert [b["mean_probability"] for b in rel] == pytest.approx(mean_p.tolist())
+    assert sum(b["n"] for b in rel) == 300
+    # a bin holds its upper edge (sklearn's rule): 0.1 is in the first bin, 0.5 in the fifth
+    first = stats.reliability([0, 1], [0.0, 0.1])
+    assert [(b["bin_low"], b["bin_high"], b["n"]) for b in first] == [(0.0, 0.1, 2)]
+    assert stats.reliability([1], [0.5])[0]["bin_high"] == 0.5
+    # the ECE is the patients' weighted gap over the same bins
+    ece = sum(b["n"] * abs(b["mean_probability"] - b["observed"]) for b in rel) / 300
+    assert stats.patient_metrics(y, p, {})["ece"][0] == pytest.approx(ece)
+    assert stats.reliability([], []) == []
+
+
 def test_bootstrap_is_fast_enough_to_vectorise():
     """Not a timing test: 2,000 resamples are one matrix, no Python loop per resample."""
     y = np.r_[np.zeros(100), np.ones(100)].astype(int)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy import special
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from cellbag.aggregate.errors import AggregateError
@@ -153,13 +154,9 @@ def check_labels(y: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    """Log-odds of probabilities clipped to [1e-6, 1 - 1e-6]."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """Log-odds (``scipy.special.logit``) of probabilities clipped to [1e-6, 1 - 1e-6], so a
+    probability of exactly 0 or 1 gives a finite score."""
+    return special.logit(np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6))
 
 
 class LateFusion:
@@ -257,7 +254,7 @@ class Head(ClassifierMixin, BaseEstimator):
         if oof is not None and self.image_model:
             # each training bag's probability from models that did not see it (the fusion
             # stage, a handful of coefficients, is the one part fitted on all of them)
-            self.train_oof_proba_ = sigmoid(oof)
+            self.train_oof_proba_ = special.expit(oof)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -269,7 +266,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Probabilities (n, 2), columns in the order of ``classes_``."""
-        p = sigmoid(self.decision_function(X))
+        p = special.expit(self.decision_function(X))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.core.io import name_problem, shown_name
+from cellbag.data.labels import CLASS_NAMES
 from cellbag.errors import CellbagError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
@@ -192,7 +193,7 @@ _DATE_PATTERNS = (
 )
 _NUMBER = re.compile(r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$")
 _LABEL = re.compile(r"^(-1|0|1)([.]0+)?$")
-CLASS_NAMES = {"reactive": 0, "tumoral": 1}  # the class names a LABEL may also be written as
+_BY_NAME = {name: code for code, name in CLASS_NAMES.items()}  # a LABEL may be written so
 EARLIEST_DOB = pd.Timestamp("1900-01-01")
 
 
@@ -266,8 +267,8 @@ def parse_label(value: object, *, file: str, patient_id: str) -> object:
     if _blank(value):
         return pd.NA
     text = str(value).strip()
-    if text.lower() in CLASS_NAMES:
-        return CLASS_NAMES[text.lower()]
+    if text.lower() in _BY_NAME:
+        return _BY_NAME[text.lower()]
     if not _LABEL.match(text):
         raise CohortError(
             f"{file}: patient {patient_id}: invalid LABEL {value!r} (expected 0/reactive, "

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.data.cohort import Cohort, Problem
+from cellbag.data.labels import CLASS_NAMES, UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ def readiness(p: pd.DataFrame) -> tuple[str, list[str]]:
     n1 = int((labelled["label"] == 1).sum())
     balance = ""
     if n0 + n1:
-        balance = f"{n0} reactive / {n1} tumoral ({100 * n1 / (n0 + n1):.0f}% tumoral)"
+        r, t = CLASS_NAMES[0], CLASS_NAMES[1]
+        balance = f"{n0} {r} / {n1} {t} ({100 * n1 / (n0 + n1):.0f}% {t})"
         small = min(n0, n1)
         if small < DEFAULT_FOLDS:
-            which = "reactive" if n0 <= n1 else "tumoral"
+            which = CLASS_NAMES[0] if n0 <= n1 else CLASS_NAMES[1]
             findings.append(
                 f"only {small} {which} training patient(s): {DEFAULT_FOLDS}-fold cross-validation "
                 f"needs at least {DEFAULT_FOLDS} of each class (use --folds {max(2, small)})"
@@ -139,14 +141,9 @@ def _one_per_file(problems: tuple[Problem, ...]) -> tuple[Problem, ...]:
 def summarize(cohort: Cohort, extra_problems: list[Problem] | None = None) -> Summary:
     """Summary of a cohort (what ``cellbag inspect`` prints)."""
     p = cohort.patients
-    lab = (
-        p["label"]
-        .map({1: "tumoral", 0: "reactive"})
-        .astype(object)
-        .where(p["label"].notna(), "unknown")
-    )
+    lab = p["label"].map(CLASS_NAMES).astype(object).where(p["label"].notna(), UNKNOWN)
     counts = pd.crosstab(p["split"], lab).reindex(
-        columns=["reactive", "tumoral", "unknown"], fill_value=0
+        columns=[CLASS_NAMES[0], CLASS_NAMES[1], UNKNOWN], fill_value=0
     )
     counts = counts.reindex([x for x in ("train", "test") if x in counts.index])
     counts["total"] = counts.sum(axis=1)

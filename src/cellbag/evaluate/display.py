@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -108,32 +109,69 @@ def paired_lines(run_dir: Path) -> list[str]:
     return lines
 
 
-def roc_plot(oof: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """ROC curve of the patients' mean out-of-fold probability (thin: each repeat), Agg."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+#: line styles of the heads' ROC curves (colour alone lets a curve hide under another)
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
+
+
+def _roc(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    if len(np.unique(y)) < 2:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    fpr, tpr, _ = roc_curve(y, p)
+    return fpr, tpr, float(roc_auc_score(y, p))
+
+
+def roc_plot(
+    oofs: Mapping[str, pd.DataFrame],
+    path: Path,
+    title: str = "ROC, mean out-of-fold probability per patient",
+    bands: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """ROC curves of one or more heads (``name -> out-of-fold table`` with ``patient_id``,
+    ``repeat``, ``label``, ``probability``): thick, each patient's mean probability over the
+    repeats; thin, each repeat's pooled predictions. ``bands`` adds a text after a head's
+    AUC (its interval). PNG (Agg, no pyplot state); returns each head's mean-curve AUC
+    (NaN with one class)."""
+    from matplotlib import rcParams
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 4.6), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for _, g in oof.groupby("repeat"):
-        y, p = g["label"].to_numpy(), g["probability"].to_numpy()
-        if len(np.unique(y)) == 2:
-            fpr, tpr, _ = roc_curve(y, p)
-            ax.plot(fpr, tpr, lw=0.8, alpha=0.35, color="grey")
-    m = oof.groupby("patient_id").agg(label=("label", "first"), p=("probability", "mean"))
-    if m["label"].nunique() == 2:
-        fpr, tpr, _ = roc_curve(m["label"], m["p"])
-        auc = roc_auc_score(m["label"], m["p"])
-        ax.plot(fpr, tpr, lw=1.8, label=f"mean over repeats: AUC {auc:.3f}")
-        title = f"{title}\nROC of the mean out-of-fold probability (grey: each repeat)"
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    aucs: dict[str, float] = {}
+    for i, (name, oof) in enumerate(oofs.items()):
+        c = colors[i % len(colors)]
+        for _, rep in oof.groupby("repeat", sort=True):
+            fpr, tpr, _ = _roc(rep["label"].to_numpy(), rep["probability"].to_numpy())
+            ax.plot(fpr, tpr, color=c, alpha=0.25, lw=0.8)
+        m = oof.groupby("patient_id", sort=False).agg(
+            label=("label", "first"), probability=("probability", "mean")
+        )
+        fpr, tpr, auc = _roc(m["label"].to_numpy(), m["probability"].to_numpy())
+        aucs[name] = auc
+        band = (bands or {}).get(name, "")
+        # a style and a width of its own, earlier heads on top: no curve hides another
+        ax.plot(
+            fpr,
+            tpr,
+            color=c,
+            lw=max(1.2, 2.6 - 0.3 * i),
+            ls=LINE_STYLES[i % len(LINE_STYLES)],
+            zorder=10 + len(oofs) - i,
+            label=f"{name} (AUC {auc:.3f}{band})",
+        )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("Sensitivity")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    return aucs

@@ -105,8 +105,11 @@ def write_head_outputs(
         write_csv(
             head_dir / "contributions.csv", pd.concat(att, ignore_index=True).assign(kind=kind)
         )
+    clinical = "with" if key["clinical"] else "no"
     roc_plot(
-        oof, head_dir / "roc.png", title=f"{name} ({'with' if key['clinical'] else 'no'} clinical)"
+        {name: oof},
+        head_dir / "roc.png",
+        title=f"{name} ({clinical} clinical)\nROC, mean out-of-fold probability per patient",
     )
     config = {
         "key": key,

@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
+
+from cellbag.aggregate.base import logit
 
 #: confidence level of every interval
 LEVEL = 0.95
@@ -110,7 +113,7 @@ def patient_metrics(
             if prefix == "":
                 out["f1"] = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         out["brier"] = (w @ (p - y) ** 2) / wall
-        bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+        bins = calibration_bins(p)
         onehot = np.zeros((len(p), CALIBRATION_BINS))
         onehot[np.arange(len(p)), bins] = 1.0
         gap = (w * (p - y)) @ onehot  # per bin: sum of weight * (confidence - outcome)
@@ -249,7 +252,7 @@ def fit_calibrator(kind: str, y: np.ndarray, p: np.ndarray) -> dict:
 
         if len(np.unique(y)) < 2:
             return {"kind": kind, "a": 1.0, "b": 0.0}
-        lr = LogisticRegression(C=1e6).fit(_logit(p)[:, None], y)
+        lr = LogisticRegression(C=1e6).fit(logit(p)[:, None], y)
         return {"kind": kind, "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
     if kind == "isotonic":
         from sklearn.isotonic import IsotonicRegression
@@ -265,35 +268,42 @@ def apply_calibrator(state: Mapping | None, p: np.ndarray) -> np.ndarray:
     if not state:
         return p
     if state["kind"] == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-(state["a"] * _logit(p) + state["b"])))
+        return expit(state["a"] * logit(p) + state["b"])
     return np.interp(p, np.asarray(state["x"]), np.asarray(state["y"]))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
+def calibration_bins(p: np.ndarray, bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """Each probability's bin among ``bins`` equal-width ones, by the rule of
+    ``sklearn.calibration.calibration_curve`` (``strategy="uniform"``): a bin holds its upper
+    edge, so 0.1 is in the first bin (0, 0.1] and 0 too; the ECE and the reliability curve
+    share it."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.searchsorted(edges[1:-1], np.asarray(p, dtype=np.float64))
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
-    """Reliability curve: per non-empty bin of predicted probability, ``{bin_low,
-    bin_high, n, mean_probability, observed}`` (observed = share tumoral)."""
+    """Reliability curve (``sklearn.calibration.calibration_curve``, equal-width bins): per
+    non-empty bin of predicted probability, ``{bin_low, bin_high, n, mean_probability,
+    observed}`` (observed = share tumoral)."""
+    from sklearn.calibration import calibration_curve
+
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
-    b = np.minimum((p * bins).astype(int), bins - 1)
-    out = []
-    for k in range(bins):
-        m = b == k
-        if m.any():
-            out.append(
-                {
-                    "bin_low": k / bins,
-                    "bin_high": (k + 1) / bins,
-                    "n": int(m.sum()),
-                    "mean_probability": float(p[m].mean()),
-                    "observed": float(y[m].mean()),
-                }
-            )
-    return out
+    if len(p) == 0:
+        return []
+    observed, mean_probability = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    counts = np.bincount(calibration_bins(p, bins), minlength=bins)
+    filled = np.flatnonzero(counts)  # calibration_curve's bins, in order (empty ones dropped)
+    return [
+        {
+            "bin_low": float(k / bins),
+            "bin_high": float((k + 1) / bins),
+            "n": int(counts[k]),
+            "mean_probability": float(m),
+            "observed": float(o),
+        }
+        for k, m, o in zip(filled, mean_probability, observed, strict=True)
+    ]
 
 
 # ----------------------------------------------------------------------------- a run

@@ -10,63 +10,17 @@ from cellbag.core.io import atomic_path
 from cellbag.report.run import HeadRun
 
 
-def _roc(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    if len(np.unique(y)) < 2:
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    fpr, tpr, _ = roc_curve(y, p)
-    return fpr, tpr, float(roc_auc_score(y, p))
-
-
-#: line styles of the heads' ROC curves (colour alone lets a curve hide under another)
-LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
-
-
 def roc_figure(heads: list[HeadRun], out_png: Path) -> dict[str, float]:
     """ROC curves of every head over the patients' mean OOF probability (thin lines: each
-    repeat's pooled OOF predictions). Returns the AUC of each head's mean-probability curve."""
-    import matplotlib
+    repeat's pooled OOF predictions), with each head's 95% interval of ROC AUC. Returns the
+    AUC of each head's mean-probability curve."""
+    from cellbag.evaluate.display import roc_plot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    aucs: dict[str, float] = {}
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, h in enumerate(heads):
-        c = colors[i % len(colors)]
-        for _, rep in h.oof.groupby("repeat", sort=True):
-            fpr, tpr, _ = _roc(rep["label"].to_numpy(), rep["probability"].to_numpy())
-            ax.plot(fpr, tpr, color=c, alpha=0.25, lw=0.8)
-        t = h.patient_table()
-        fpr, tpr, auc = _roc(t["label"].to_numpy(), t["probability"].to_numpy())
-        aucs[h.name] = auc
+    bands = {}
+    for h in heads:
         ci = _figure(h, "roc_auc")
-        band = f" [{ci['ci95_low']:.2f}, {ci['ci95_high']:.2f}]" if ci else ""
-        # a style and a width of its own, earlier heads on top: no curve hides another
-        ax.plot(
-            fpr,
-            tpr,
-            color=c,
-            lw=max(1.2, 2.6 - 0.3 * i),
-            ls=LINE_STYLES[i % len(LINE_STYLES)],
-            zorder=10 + len(heads) - i,
-            label=f"{h.name} (AUC {auc:.3f}{band})",
-        )
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("1 − specificity")
-    ax.set_ylabel("Sensitivity")
-    ax.set_title("ROC, mean out-of-fold probability per patient", fontsize=10)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return aucs
+        bands[h.name] = f" [{ci['ci95_low']:.2f}, {ci['ci95_high']:.2f}]" if ci else ""
+    return roc_plot({h.name: h.oof for h in heads}, out_png, bands=bands)
 
 
 def _save(fig, out_png: Path) -> None:

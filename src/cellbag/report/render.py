@@ -17,13 +17,13 @@ from typing import Any
 import pandas as pd
 
 from cellbag.data.clinical import DEFAULT_REFERENCE_DATE
+from cellbag.data.labels import CLASS_NAMES
 from cellbag.evaluate.metrics import TITLES
 from cellbag.evaluate.stats import BEST_RULE, best_of
 from cellbag.report.explain import kind_text
 from cellbag.report.run import HeadRun, Metric
 from cellbag.report.thumbs import DISPLAY_SIZE
 
-LABELS = {1: "tumoral", 0: "reactive"}
 #: settings shown up front; the rest sit under "All settings"
 CONFIG_MAIN = (
     "encoder_id",
@@ -87,7 +87,7 @@ def data_value(x: float | None) -> str:
 
 
 def label_text(y: int | None) -> str:
-    return "unknown" if y is None else f"{y} {LABELS.get(int(y), '')}".strip()
+    return "unknown" if y is None else f"{y} {CLASS_NAMES.get(int(y), '')}".strip()
 
 
 @dataclass

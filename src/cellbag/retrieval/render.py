@@ -12,16 +12,8 @@ import pandas as pd
 
 from cellbag.core.io import write_bytes
 from cellbag.core.templates import render
+from cellbag.data.labels import label_name
 from cellbag.retrieval.faiss_index import RetrievalError
-
-LABEL_NAMES = {1: "tumoral", 0: "reactive"}
-
-
-def label_name(label: Any) -> str:
-    """'tumoral', 'reactive' or 'unknown' for a label value (1, 0, <NA>)."""
-    if label is None or pd.isna(label):
-        return "unknown"
-    return LABEL_NAMES.get(int(label), str(label))
 
 
 def _placeholder(size: int, text: str) -> Any:

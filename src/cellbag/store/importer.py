@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from cellbag.data.cohort import check_patient_id
+from cellbag.data.cohort import check_patient_id, natural_key
 from cellbag.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -65,10 +65,6 @@ class Bag:
     dim: int
     read: Callable[[], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
     """Returns (features (n, dim), cell ids or None, coords (n, k) or None)."""
-
-
-def _natural(text: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text)))
 
 
 # ------------------------------------------------------------------------------ sources
@@ -137,7 +133,7 @@ def h5_bags(folder: Path) -> tuple[list[Bag], str]:
         folder, layout = folder / "h5_files", "clam"
     files = sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in H5_SUFFIXES and p.name[0] != "."),
-        key=lambda p: _natural(p.stem),
+        key=lambda p: natural_key(p.stem),
     )
     if not files:
         raise FeatureImportError(f"{folder}: no .h5 files (expected <patient_id>.h5)")
@@ -234,7 +230,7 @@ def table_bags(path: Path) -> tuple[list[Bag], pd.DataFrame | None]:
     values = df[fcols].to_numpy(dtype=np.float32)
     groups = df.groupby(pcol, sort=False).indices
     bags = []
-    for pid in sorted(groups, key=_natural):
+    for pid in sorted(groups, key=natural_key):
         rows = groups[pid]
         ids = None if id_col is None else df[id_col].astype(str).to_numpy()[rows]
         if ids is not None and len(set(ids)) != len(ids):
@@ -296,7 +292,7 @@ def patients_table(
     if dup.any():
         pid = labels.loc[dup, "patient_id"].iloc[0]
         raise FeatureImportError(f"{where}: patient {pid} is listed twice")
-    unknown = sorted(set(labels["patient_id"]) - set(pids), key=_natural)
+    unknown = sorted(set(labels["patient_id"]) - set(pids), key=natural_key)
     if unknown:
         more = f" ({len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise FeatureImportError(f"{where}: patient {unknown[0]} has a label but no features{more}")
@@ -358,7 +354,7 @@ def patients_table(
             raise FeatureImportError(f"{where}: clinical column {clash[0]!r} is a reserved name")
         out = pd.concat([out, extra], axis=1)
     order = sorted(
-        range(len(out)), key=lambda i: (out["split"].iat[i] != "train", _natural(pids[i]))
+        range(len(out)), key=lambda i: (out["split"].iat[i] != "train", natural_key(pids[i]))
     )
     return out.iloc[order].reset_index(drop=True)
 

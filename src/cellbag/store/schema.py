@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cellbag.data.labels import CLASS_NAMES
+
 SCHEMA_VERSION = 1
 
 CELLS_COLUMNS = {
@@ -47,7 +49,9 @@ PATIENTS_COLUMNS = {
     "clinical_extra": "optional float64 (n_patients, k): further clinical features (imported); "
     "attribute 'columns' names them; NaN if unknown",
 }
-PATIENTS_CODES = {"label": {"0": "reactive", "1": "tumoral", "-1": "unknown (test patient)"}}
+PATIENTS_CODES = {
+    "label": {**{str(c): n for c, n in CLASS_NAMES.items()}, "-1": "unknown (test patient)"}
+}
 
 EMBEDDINGS = {
     "data": "float16 (n_cells, dim): one row per cell, in the order of cells/; "
