@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from cellbag.data import ClinicalScaler, raw_clinical
+from cellbag.data.clinical import FEATURE_NAMES
 
 
 def _patients() -> pd.DataFrame:
@@ -49,6 +54,39 @@ def test_scaler_is_fitted_on_training_patients_only() -> None:
     assert x_train.dtype == np.float32 and x_train.shape == (3, 6)
 
 
-def test_transform_before_fit_fails() -> None:
-    with pytest.raises(RuntimeError, match="fit"):
+def test_transform_before_fit_raises_not_fitted() -> None:
+    with pytest.raises(NotFittedError, match="fit"):
         ClinicalScaler().transform(_patients())
+    with pytest.raises(NotFittedError):
+        ClinicalScaler().to_dict()
+
+
+def test_scaler_is_a_scikit_learn_transformer() -> None:
+    p = _patients()
+    s = ClinicalScaler(reference_date="2010-01-01")
+    assert s.get_params() == {"reference_date": "2010-01-01"}
+    twin = clone(s)
+    assert twin.get_params() == s.get_params() and not hasattr(twin, "mean_")
+    x = s.fit_transform(p)
+    assert np.array_equal(x, ClinicalScaler("2010-01-01").fit(p).transform(p))
+    assert s.get_feature_names_out().tolist() == list(FEATURE_NAMES)
+    # in a pipeline, fit on the training rows only
+    pipe = make_pipeline(ClinicalScaler(), FunctionTransformer())
+    assert np.array_equal(
+        pipe.fit(p.iloc[:3]).transform(p), ClinicalScaler().fit(p.iloc[:3]).transform(p)
+    )
+
+
+def test_a_scaler_saved_before_it_was_an_estimator_still_loads() -> None:
+    """clinical.json as model folders hold it (and older ones without ``extra``)."""
+    saved = {
+        "reference_date": "2020-01-01",
+        "median": {"age": 40.0, "log_lymph_count": 2.0},
+        "mean": {"age": 45.0, "log_lymph_count": 2.5},
+        "std": {"age": 10.0, "log_lymph_count": 0.5},
+    }
+    s = ClinicalScaler.from_dict(saved)
+    x = s.transform(_patients())
+    assert x[0, 0] == pytest.approx((70.0 - 45.0) / 10.0, abs=1e-3)
+    assert x[2, 0] == pytest.approx((40.0 - 45.0) / 10.0)  # imputed with the saved median
+    assert s.to_dict() == {**saved, "extra": []}

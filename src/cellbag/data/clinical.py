@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 
 DEFAULT_REFERENCE_DATE = "2020-01-01"
 FEATURE_NAMES = ("age", "age_missing", "gender_M", "gender_F", "log_lymph_count", "lymph_missing")
@@ -105,63 +105,74 @@ def check_clinical(
         ClinicalScaler(reference_date).fit_transform(patients)
 
 
-@dataclass
-class ClinicalScaler:
-    """sklearn-style transformer: fit on training patients, transform any patients.
+class ClinicalScaler(TransformerMixin, BaseEstimator):
+    """A scikit-learn transformer from a patients table to scaled clinical features: fit
+    on training patients, transform any patients (``clone``, ``get_params`` and pipelines
+    work; ``transform`` before ``fit`` raises ``NotFittedError``).
 
-    Continuous features (age, log count) are imputed with the training median and
-    standardised with the training mean/std; indicators pass through.
+    Continuous features (age, log count, extra numeric columns) are imputed with the
+    training median and standardised with the training mean/std; indicators pass through.
+    Learned: ``median_``, ``mean_``, ``std_`` (column -> value), ``extra_`` (the extra
+    columns) and ``feature_names_`` (the output columns, also ``get_feature_names_out()``).
     """
 
-    reference_date: str = DEFAULT_REFERENCE_DATE
+    def __init__(self, reference_date: str = DEFAULT_REFERENCE_DATE) -> None:
+        self.reference_date = reference_date
 
-    def fit(self, patients: pd.DataFrame) -> ClinicalScaler:
+    def fit(self, patients: pd.DataFrame, y: object = None) -> ClinicalScaler:
+        """Learn the imputation and scaling of ``patients`` (``y`` is ignored)."""
         raw = raw_clinical(patients, self.reference_date)
-        self.median_ = {}
-        self.mean_ = {}
-        self.std_ = {}
-        self.extra_ = extra_clinical_columns(patients)
-        for col in ("age", "log_lymph_count", *self.extra_):
+        extra = extra_clinical_columns(patients)
+        median, mean, std = {}, {}, {}
+        for col in ("age", "log_lymph_count", *extra):
             v = raw[col]
             med = float(v.median()) if v.notna().any() else 0.0
             filled = v.fillna(med)
-            self.median_[col] = med
-            self.mean_[col] = float(filled.mean()) if len(filled) else 0.0
+            median[col] = med
+            mean[col] = float(filled.mean()) if len(filled) else 0.0
             sd = float(filled.std(ddof=0)) if len(filled) else 1.0
-            self.std_[col] = sd if sd > 1e-8 else 1.0
-        self.feature_names_ = [*FEATURE_NAMES, *self.extra_]
+            std[col] = sd if sd > 1e-8 else 1.0
+        self._set_state(median, mean, std, extra)
         return self
 
+    def _set_state(self, median: dict, mean: dict, std: dict, extra: list[str]) -> None:
+        self.median_, self.mean_, self.std_ = dict(median), dict(mean), dict(std)
+        self.extra_ = list(extra)
+        self.feature_names_ = [*FEATURE_NAMES, *self.extra_]
+
     def transform(self, patients: pd.DataFrame) -> np.ndarray:
-        if not hasattr(self, "mean_"):
-            raise RuntimeError("ClinicalScaler: call fit() first")
+        """Scaled features (n_patients, n_features) float32, columns ``feature_names_``."""
+        check_is_fitted(self, ("median_", "mean_", "std_", "extra_"))
         raw = raw_clinical(patients, self.reference_date)
-        extra = getattr(self, "extra_", [])
-        missing = [c for c in extra if c not in raw]
+        missing = [c for c in self.extra_ if c not in raw]
         if missing:
             from cellbag.data.cohort import CohortError
 
             raise CohortError(f"clinical column {missing[0]!r} is missing from the patients table")
-        for col in ("age", "log_lymph_count", *extra):
+        for col in ("age", "log_lymph_count", *self.extra_):
             raw[col] = (raw[col].fillna(self.median_[col]) - self.mean_[col]) / self.std_[col]
-        return raw[[*FEATURE_NAMES, *extra]].to_numpy(dtype=np.float32)
+        return raw[self.feature_names_].to_numpy(dtype=np.float32)
 
-    def fit_transform(self, patients: pd.DataFrame) -> np.ndarray:
-        return self.fit(patients).transform(patients)
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        """The output columns (``input_features`` is ignored: the input is a patients table)."""
+        check_is_fitted(self, "feature_names_")
+        return np.asarray(self.feature_names_, dtype=object)
 
     def to_dict(self) -> dict:
+        """The fitted state as JSON-able data (``clinical.json`` of a model folder)."""
+        check_is_fitted(self, ("median_", "mean_", "std_", "extra_"))
         return {
             "reference_date": self.reference_date,
             "median": self.median_,
             "mean": self.mean_,
             "std": self.std_,
-            "extra": list(getattr(self, "extra_", [])),
+            "extra": list(self.extra_),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> ClinicalScaler:
+        """A fitted scaler from :meth:`to_dict`'s data (``extra`` may be absent: older
+        folders)."""
         s = cls(reference_date=d["reference_date"])
-        s.median_, s.mean_, s.std_ = dict(d["median"]), dict(d["mean"]), dict(d["std"])
-        s.extra_ = list(d.get("extra", []))
-        s.feature_names_ = [*FEATURE_NAMES, *s.extra_]
+        s._set_state(d["median"], d["mean"], d["std"], d.get("extra", []))
         return s
