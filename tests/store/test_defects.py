@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from cellbag.cli import app
 from cellbag.data import Cohort, read_cohort
 from cellbag.store import Store, from_arrays
-from cellbag.store.importer import FeatureImportError, import_features
+from cellbag.store.errors import FeatureImportError
+from cellbag.store.importer import import_features
 from cellbag.store.sync import compare, file_digest
 
 

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cellbag.core.io import UnsafeName, name_problem, safe_child
-from cellbag.data.cohort import CohortError, check_patient_id
+from cellbag.data.cohort import check_patient_id
+from cellbag.data.errors import CohortError
 from cellbag.store import export_h5, from_arrays
-from cellbag.store.importer import FeatureImportError
+from cellbag.store.errors import FeatureImportError
 
 # plain names, path-like names and arbitrary text (control characters, long strings)
 _IDS = st.one_of(

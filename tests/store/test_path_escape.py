@@ -18,10 +18,10 @@ import pytest
 from cellbag.core.io import UnsafeName, name_problem, safe_child
 from cellbag.data import Cohort, CohortError, read_cohort
 from cellbag.store import Store, export_h5, from_arrays
-from cellbag.store.errors import StoreError
+from cellbag.store.errors import FeatureImportError, StoreError
 from cellbag.store.export import LAYOUTS
 from cellbag.store.feature_store import record_tables_digest
-from cellbag.store.importer import FeatureImportError, import_features
+from cellbag.store.importer import import_features
 
 ESCAPES = [
     "../../x",

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cellbag.store import LockError, Store, StoreError
-from cellbag.store.feature_store import CREATE_LOCK, CorruptStore, remove_store
+from cellbag.store.errors import CorruptStore
+from cellbag.store.feature_store import CREATE_LOCK, remove_store
 from cellbag.store.lock import JobLock
 from cellbag.store.verify import check_encoder, quick_check, verify
 

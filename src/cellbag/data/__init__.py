@@ -7,7 +7,7 @@ _EXPORTS = {
     "ClinicalScaler": "cellbag.data.clinical",
     "raw_clinical": "cellbag.data.clinical",
     "Cohort": "cellbag.data.cohort",
-    "CohortError": "cellbag.data.cohort",
+    "CohortError": "cellbag.data.errors",
     "Problem": "cellbag.data.cohort",
     "read_challenge": "cellbag.data.cohort",
     "read_cohort": "cellbag.data.cohort",

@@ -65,7 +65,7 @@ def raw_clinical(
     )
     late = dob_after(patients, reference_date)
     if late:
-        from cellbag.data.cohort import CohortError
+        from cellbag.data.errors import CohortError
 
         raise CohortError(late[0])
     age = (ref - dob).dt.days / 365.25
@@ -146,7 +146,7 @@ class ClinicalScaler(TransformerMixin, BaseEstimator):
         raw = raw_clinical(patients, self.reference_date)
         missing = [c for c in self.extra_ if c not in raw]
         if missing:
-            from cellbag.data.cohort import CohortError
+            from cellbag.data.errors import CohortError
 
             raise CohortError(f"clinical column {missing[0]!r} is missing from the patients table")
         for col in ("age", "log_lymph_count", *self.extra_):

@@ -21,15 +21,11 @@ import numpy as np
 import pandas as pd
 
 from cellbag.core.io import name_problem, shown_name
+from cellbag.data.errors import CohortError
 from cellbag.data.labels import CLASS_NAMES
-from cellbag.errors import CellbagError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 SPLITS = ("train", "test")
-
-
-class CohortError(CellbagError, ValueError):
-    """Bad input that stops reading: the message names the file and the patient."""
 
 
 def check_patient_id(

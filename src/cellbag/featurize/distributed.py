@@ -27,12 +27,9 @@ from datetime import timedelta
 from typing import Any
 
 from cellbag.featurize.errors import FeaturizeError
+from cellbag.featurize.errors import RankAborted as RankAborted  # the CLI, the pipeline
 
 DEFAULT_TIMEOUT_S = 3600.0  # setup of a large store and the slowest rank's tail fit well inside
-
-
-class RankAborted(FeaturizeError):
-    """This rank stops because rank 0 failed to set the job up (rank 0 says why)."""
 
 
 def launched_world_size() -> int:

@@ -21,3 +21,11 @@ class AdapterError(CellbagError, ValueError):
 
 class TrainingError(CellbagError, ValueError):
     """Bad input to MAE pretraining or fine-tuning (names the file, patient or model)."""
+
+
+class DecodeError(CellbagError, ValueError):
+    """A decode mode cannot be used as asked (names the mode and the device)."""
+
+
+class RankAborted(FeaturizeError):
+    """This rank stops because rank 0 failed to set the job up (rank 0 says why)."""

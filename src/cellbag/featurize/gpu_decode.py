@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from cellbag.errors import CellbagError
+from cellbag.featurize.errors import DecodeError
 from cellbag.featurize.images import Decoded, ImageBytes, decode_bytes, read_image_file
 
 # torchvision >= 0.29 warns that its image codecs move to TorchCodec; they are what runs here
@@ -55,10 +55,6 @@ DEVICE_RESIZE = {"bicubic": "bicubic", "bilinear": "bilinear"}
 READS_PER_TASK = 8  # files read by one thread-pool task on the GPU path
 _SOF_OK = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
 _SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker
-
-
-class DecodeError(CellbagError, ValueError):
-    """A decode mode cannot be used as asked (names the mode and the device)."""
 
 
 def resolve_decode(mode: str, device: str) -> str:

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from cellbag.errors import CellbagError
+from cellbag.retrieval.errors import RetrievalError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX = 50_000
@@ -74,14 +74,6 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.npy"
 INFO_FILE = "index.json"
-
-
-class RetrievalError(CellbagError, ValueError):
-    """A retrieval index or query cannot be built or answered as asked."""
-
-
-class StaleIndexError(RetrievalError):
-    """A saved index was built from other embeddings than the store now holds."""
 
 
 def default_threads() -> int:

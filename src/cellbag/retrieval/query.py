@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from cellbag.featurize.images import to_rgb  # the featurizer's own conversion
-from cellbag.retrieval.faiss_index import CellIndex, PositionFilter, RetrievalError
+from cellbag.retrieval.errors import RetrievalError
+from cellbag.retrieval.faiss_index import CellIndex, PositionFilter
 from cellbag.retrieval.store_index import (
     RetrievalWarning,
     _store_url,

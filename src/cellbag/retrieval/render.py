@@ -13,7 +13,7 @@ import pandas as pd
 from cellbag.core.io import write_bytes
 from cellbag.core.templates import render
 from cellbag.data.labels import label_name
-from cellbag.retrieval.faiss_index import RetrievalError
+from cellbag.retrieval.errors import RetrievalError
 
 
 def _placeholder(size: int, text: str) -> Any:

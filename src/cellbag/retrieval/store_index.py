@@ -28,12 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellbag.retrieval.faiss_index import (
-    CellIndex,
-    RetrievalError,
-    StaleIndexError,
-    normalize,
-)
+from cellbag.retrieval.errors import RetrievalError, StaleIndexError
+from cellbag.retrieval.faiss_index import CellIndex, normalize
 
 READ_ROWS = 65_536
 

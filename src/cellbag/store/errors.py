@@ -18,3 +18,15 @@ class EncoderNotReady(StoreError, KeyError):
 
 class LockError(StoreError):
     """Another live job holds the encoder's lock."""
+
+
+class StoreExists(StoreError):
+    """A store already lives at the path given to :meth:`Store.create`."""
+
+
+class CorruptStore(StoreError):
+    """Stored embeddings are missing, fail their checksum or hold non-finite values."""
+
+
+class FeatureImportError(StoreError):
+    """Features or labels that cannot be imported; the message names the file and patient."""

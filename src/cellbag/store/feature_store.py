@@ -52,7 +52,7 @@ import pandas as pd
 from cellbag import __version__
 from cellbag.data.cohort import check_patient_id
 from cellbag.store.blocks import block_range, n_blocks
-from cellbag.store.errors import EncoderNotReady, StoreError
+from cellbag.store.errors import CorruptStore, EncoderNotReady, StoreError, StoreExists
 from cellbag.store.fastread import LocalRowReader
 from cellbag.store.lock import LOCK_NAME, JobLock, LockError
 from cellbag.store.schema import write_schema
@@ -233,14 +233,6 @@ def chunk_error(error: BaseException) -> str:
         return "a chunk fails its crc32c checksum (corrupt file)"
     first = text.splitlines()[0] if text else type(error).__name__
     return f"an unreadable chunk ({type(error).__name__}: {first[:120]})"
-
-
-class StoreExists(StoreError):
-    """A store already lives at the path given to :meth:`Store.create`."""
-
-
-class CorruptStore(StoreError):
-    """Stored embeddings are missing, fail their checksum or hold non-finite values."""
 
 
 def _refuse_cohort(path: str) -> None:

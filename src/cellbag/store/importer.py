@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cellbag.data.cohort import check_patient_id, natural_key
-from cellbag.store.errors import StoreError
+from cellbag.store.errors import FeatureImportError
 
 if TYPE_CHECKING:
     from cellbag.store.feature_store import Store
@@ -49,10 +49,6 @@ PATIENT_ALIASES = ("patient_id", "id", "case_id", "patient")
 RESERVED = ("patient_id", "split", "label", "gender", "dob", "lymph_count", "n_cells", "offsets")
 ID_COLUMNS = ("slide_id", "filename")  # per-slide names in CLAM / STAMP tables, not features
 MAX_CATEGORIES = 20
-
-
-class FeatureImportError(StoreError):
-    """Features or labels that cannot be imported; the message names the file and patient."""
 
 
 @dataclass
