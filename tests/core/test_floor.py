@@ -12,7 +12,7 @@ import torch
 from cellbag.core.device import DeviceError, resolve_device
 from cellbag.core.io import atomic_path, file_sha256, save_safetensors, write_json
 from cellbag.core.pixels import flip_rotate, hwc_to_chw, normalize
-from cellbag.core.training import LoopState, cosine_schedule, train_loop, weight_decay_groups
+from cellbag.core.train_loop import LoopState, cosine_schedule, train_loop, weight_decay_groups
 
 
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):

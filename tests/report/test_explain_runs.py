@@ -15,7 +15,7 @@ from cellbag.aggregate.registry import make_head
 from cellbag.aggregate.synthetic import witness_cohort
 from cellbag.cli import app
 from cellbag.report import write_report
-from cellbag.report.runs import collect, rank, write_leaderboard
+from cellbag.report.leaderboard import collect, rank, write_leaderboard
 
 HEADS = ["meanpool", "maxpool", "lgbm", "abmil"]
 

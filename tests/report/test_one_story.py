@@ -55,7 +55,7 @@ def test_cv_runs_and_report_name_the_same_best_head(tied_run, tmp_path):
     from cellbag.cli.aggregate_cmds import best_line
     from cellbag.evaluate.display import comparison_table
     from cellbag.evaluate.run_folder import best_head
-    from cellbag.report.runs import collect, rank
+    from cellbag.report.leaderboard import collect, rank
 
     metrics = json.loads((tied_run / "meanpool" / "metrics.json").read_text())
     assert metrics["best"] == "abmil"  # what cv records

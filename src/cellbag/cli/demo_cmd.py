@@ -80,7 +80,7 @@ def demo_cmd(
         seed=seed,
         console=console,
     )
-    from cellbag.report.runs import collect, write_leaderboard
+    from cellbag.report.leaderboard import collect, write_leaderboard
 
     board = write_leaderboard(collect([run_dir.parent]), run_dir.parent / "leaderboard.html")
     if report:

@@ -74,7 +74,7 @@ def report_cmd(
 
 def _after_report(run_dir: Path, store: str | None) -> str:
     """Fit the best head of the run on every training patient."""
-    from cellbag.report.runs import best_head
+    from cellbag.report.leaderboard import best_head
 
     return _fit_line(best_head(run_dir), store)
 
@@ -123,8 +123,8 @@ def runs_cmd(
     from rich.table import Table
 
     from cellbag.evaluate.stats import BEST_RULE
-    from cellbag.report.run import METRIC_NAMES
-    from cellbag.report.runs import collect, key_columns, rank, write_leaderboard
+    from cellbag.report.cv_run import METRIC_NAMES
+    from cellbag.report.leaderboard import collect, key_columns, rank, write_leaderboard
 
     table = rank(collect(dirs), metric)
     out = out if out is not None else dirs[0] / "leaderboard.html"

@@ -21,7 +21,7 @@ import torch
 from cellbag.core.allocator import tune_allocator
 from cellbag.core.device import resolve_device
 from cellbag.core.pixels import flip_rotate
-from cellbag.core.training import LoopState, cosine_schedule, train_loop
+from cellbag.core.train_loop import LoopState, cosine_schedule, train_loop
 from cellbag.data.clinical import has_clinical_values
 from cellbag.distill.errors import DistillError
 from cellbag.distill.losses import LossWeights, distillation_loss

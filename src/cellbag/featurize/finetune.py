@@ -29,7 +29,7 @@ from torch import nn
 from cellbag.core.device import Device, resolve_device
 from cellbag.core.io import save_safetensors, write_json
 from cellbag.core.pixels import flip_rotate, normalize
-from cellbag.core.training import LoopState, cosine_schedule, seed_everything, train_loop
+from cellbag.core.train_loop import LoopState, cosine_schedule, seed_everything, train_loop
 from cellbag.featurize import adapters as ad
 from cellbag.featurize.errors import TrainingError
 from cellbag.featurize.training import (

@@ -32,7 +32,7 @@ from torch import nn
 from cellbag.core.device import resolve_device
 from cellbag.core.io import save_safetensors, write_json
 from cellbag.core.pixels import flip_rotate, normalize
-from cellbag.core.training import (
+from cellbag.core.train_loop import (
     LoopState,
     cosine_schedule,
     seed_everything,

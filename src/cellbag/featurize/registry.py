@@ -392,7 +392,7 @@ def encoder_id(prefix: str, ident: dict[str, Any]) -> str:
     return f"{prefix}-{digest}"
 
 
-def _build_model(model_name: str, image_size: int, source: str, seed: int) -> nn.Module:
+def _build_model(model_name: str, image_size: int, seed: int) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -457,7 +457,7 @@ def create_encoder(
         raise EncoderError(f"{name}: {e}") from None
     run = resolve_device(device, precision, error=EncoderError)
     dev, prec = str(run.device), run.precision
-    model = _build_model(model_name, size, source, seed)
+    model = _build_model(model_name, size, seed)
     w: Weights = apply_weights(model, source, model_name, seed=seed)
     adapter_doc: dict[str, Any] | None = None
     if adapter is not None:

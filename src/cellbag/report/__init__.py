@@ -9,9 +9,9 @@ from cellbag.core.lazy import lazy_exports
 _EXPORTS = {
     "write_report": "cellbag.report.build",
     "ReportError": "cellbag.report.errors",
-    "HeadRun": "cellbag.report.run",
-    "Run": "cellbag.report.run",
-    "load_run": "cellbag.report.run",
+    "HeadRun": "cellbag.report.cv_run",
+    "Run": "cellbag.report.cv_run",
+    "load_run": "cellbag.report.cv_run",
 }
 
 __all__ = sorted(_EXPORTS)

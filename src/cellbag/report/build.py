@@ -14,10 +14,10 @@ from cellbag.core.io import file_head_contains, refuse_foreign_folder, write_tex
 from cellbag.data.clinical import has_clinical_values, raw_clinical
 from cellbag.data.cohort import natural_key
 from cellbag.report import explain, render
+from cellbag.report.cv_run import HeadRun, Run, load_run
 from cellbag.report.errors import ReportError
 from cellbag.report.figures import calibration_figure, roc_figure, triage_figure
 from cellbag.report.neighbors import NeighborFinder
-from cellbag.report.run import HeadRun, Run, load_run
 from cellbag.report.thumbs import NO_IMAGE, Thumbnails
 
 #: bookkeeping fields of a store's encoder record, not worth a reader's time

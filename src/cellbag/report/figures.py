@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cellbag.core.io import atomic_path
-from cellbag.report.run import HeadRun
+from cellbag.report.cv_run import HeadRun
 
 
 def roc_figure(heads: list[HeadRun], out_png: Path) -> dict[str, float]:

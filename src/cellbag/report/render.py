@@ -20,8 +20,8 @@ from cellbag.data.clinical import DEFAULT_REFERENCE_DATE
 from cellbag.data.labels import CLASS_NAMES
 from cellbag.evaluate.metrics import TITLES
 from cellbag.evaluate.stats import BEST_RULE, best_of
+from cellbag.report.cv_run import HeadRun, Metric
 from cellbag.report.explain import kind_text
-from cellbag.report.run import HeadRun, Metric
 from cellbag.report.thumbs import DISPLAY_SIZE
 
 #: settings shown up front; the rest sit under "All settings"

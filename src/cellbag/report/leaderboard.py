@@ -16,8 +16,8 @@ import pandas as pd
 
 from cellbag.core.io import atomic_path, write_text
 from cellbag.evaluate.run_folder import is_head_folder
+from cellbag.report.cv_run import METRIC_NAMES, load_head
 from cellbag.report.errors import ReportError
-from cellbag.report.run import METRIC_NAMES, load_head
 
 #: the metric the leaderboard is ranked by unless asked otherwise: the one each run's
 #: ``best`` head is chosen by (run_folder.best_head), so the two answers agree
