@@ -22,7 +22,9 @@ before/after per head.
 ``--store STORE [--encoder ID]``: the same cvs on a real store's training split instead of
 the synthetic cohort (the real development patients), images only and fused with the
 clinical values, so a speed lever's cost in accuracy is read where it matters; the store
-is only read. ``--heads`` restricts the heads, ``--jobs`` runs the cvs on more cores.
+is only read. ``--heads`` restricts the heads, ``--jobs`` runs the cvs on more cores; with
+``--jobs 1`` each head runs in a cv of its own and its seconds are that cv's CPU time in
+the process (before/after ratios that hold on a machine loaded by other jobs).
 
     python benchmarks/aggregate.py --preset lymphocytosis [--repeats 3] [--before REV]
     python benchmarks/aggregate.py --preset lymphocytosis --store runs/lympho/store.zarr \
@@ -70,9 +72,17 @@ kw = {{"jobs": int(jobs)}} if "jobs" in run_cv.__code__.co_varnames else {{}}
 res = []
 for clinical in {clinicals!r}:
     t = time.perf_counter()
-    tb = run_cv(store, encoder or None, heads, out + str(clinical), clinical=clinical,
-                folds=int(folds), repeats=int(repeats), seed=0, threads=1, quiet=True, **kw)
-    heads_ = {{r["head"]: [float(r["seconds"]), float(r["roc_auc"])] for _, r in tb.iterrows()}}
+    heads_ = {{}}
+    for group in ([heads] if not {per_head!r} else heads.split(",")):
+        cpu = time.process_time()
+        tb = run_cv(store, encoder or None, group, out + str(clinical) + group,
+                    clinical=clinical, folds=int(folds), repeats=int(repeats), seed=0,
+                    threads=1, quiet=True, **kw)
+        cpu = time.process_time() - cpu
+        for _, r in tb.iterrows():
+            if r["head"] not in heads_:
+                s = cpu if {per_head!r} and r["head"] == group else float(r["seconds"])
+                heads_[r["head"]] = [s, float(r["roc_auc"])]
     res.append([time.perf_counter() - t, heads_])
 print(json.dumps(res))
 """
@@ -80,20 +90,32 @@ print(json.dumps(res))
 
 def one_cv(
     store: str, out: str, heads: str, folds: int, repeats: int, jobs: int, params: dict,
-    encoder: str | None = None, clinical: bool = True,
+    encoder: str | None = None, clinical: bool = True, per_head: bool = False,
 ) -> tuple[float, dict]:  # fmt: skip
-    """Wall seconds of one cv, and per head (fit seconds summed over folds, ROC AUC)."""
+    """Wall seconds of one cv, and per head (fit seconds summed over folds, ROC AUC).
+    ``per_head``: one cv per head, each head's seconds the CPU time of its cv in this
+    process (``--jobs 1``; on a loaded machine CPU time moves less than wall time)."""
     from cellbag.evaluate import run_cv
 
     t = time.perf_counter()
-    table = run_cv(
-        store, encoder, heads, out, clinical=clinical, folds=folds, repeats=repeats, seed=0,
-        head_params=params, threads=1, quiet=True, jobs=jobs,
-    )  # fmt: skip
-    wall = time.perf_counter() - t
-    return wall, {
-        r["head"]: (float(r["seconds"]), float(r["roc_auc"])) for _, r in table.iterrows()
-    }
+    got: dict = {}
+    for group in heads.split(",") if per_head else [heads]:
+        cpu = time.process_time()
+        table = run_cv(
+            store, encoder, group, f"{out}_{group}", clinical=clinical, folds=folds,
+            repeats=repeats, seed=0, head_params=params, threads=1, quiet=True, jobs=jobs,
+        )  # fmt: skip
+        cpu = time.process_time() - cpu
+        for _, r in table.iterrows():
+            if r["head"] not in got:
+                sec = cpu if per_head and r["head"] == group else float(r["seconds"])
+                got[r["head"]] = (sec, float(r["roc_auc"]))
+    return time.perf_counter() - t, got
+
+
+def per_head(args: argparse.Namespace) -> bool:
+    """Time each head by its own cv's CPU seconds (a real store, one process)."""
+    return bool(args.store) and args.jobs == 1
 
 
 def run_before(args: argparse.Namespace, tmp: str, store: str, heads: str, clinicals) -> list:
@@ -109,7 +131,10 @@ def run_before(args: argparse.Namespace, tmp: str, store: str, heads: str, clini
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
     code = BEFORE_CODE.format(
-        src=str(src / "src"), synthetic=not args.store, clinicals=list(clinicals)
+        src=str(src / "src"),
+        synthetic=not args.store,
+        clinicals=list(clinicals),
+        per_head=per_head(args),
     )
     res = subprocess.run(
         [sys.executable, "-c", code, store, heads, str(Path(tmp) / "before_run"),
@@ -148,14 +173,18 @@ def preset(args: argparse.Namespace) -> None:
             kind = "fused" if clinical else "images only"
             wall, got = one_cv(
                 store, str(Path(tmp) / f"after{i}"), heads, args.folds, args.repeats,
-                args.jobs, {}, args.encoder, clinical,
+                args.jobs, {}, args.encoder, clinical, per_head(args),
             )  # fmt: skip
             print(f"{kind}:")
-            print(f"  {'head':<12} {'before s':>9} {'AUC':>6}   {'after s':>8} {'AUC':>6}")
+            unit = "cpu s" if per_head(args) else "s"
+            print(
+                f"  {'head':<12} {'before ' + unit:>12} {'AUC':>6}   {'after ' + unit:>11} {'AUC':>6}"
+            )
             for h, (sec, auc) in got.items():
                 b = before[i][1].get(h) if before else None
-                left = f"{b[0]:9.1f} {b[1]:6.3f}" if b else f"{'-':>9} {'-':>6}"
-                print(f"  {h:<12} {left}   {sec:8.1f} {auc:6.3f}")
+                left = f"{b[0]:12.1f} {b[1]:6.3f}" if b else f"{'-':>12} {'-':>6}"
+                ratio = f"  {b[0] / sec:5.2f}x" if b and sec > 0 else ""
+                print(f"  {h:<12} {left}   {sec:11.1f} {auc:6.3f}{ratio}")
             if before:
                 print(
                     f"  whole cv, --jobs {args.jobs}: before {before[i][0]:.1f} s, after {wall:.1f} s"
@@ -247,12 +276,13 @@ def main() -> None:
             quiet=True,
             jobs=1,
         )
+        every_epoch = {"patience": args.epochs, "min_patience": args.epochs}
         runs = [
             ("abmil", {"epochs": args.epochs}, 10.0, "early stopping (default)"),
-            ("abmil", {"epochs": args.epochs, "patience": args.epochs}, 10.0, "all epochs"),
+            ("abmil", {"epochs": args.epochs, **every_epoch}, 10.0, "all epochs"),
             ("abmil", {"epochs": args.epochs, "context": False}, 10.0, "no bag context"),
             ("transformer", {"epochs": args.epochs}, 20.0, "early stopping (default)"),
-            ("transformer", {"epochs": args.epochs, "patience": args.epochs}, 20.0, "all epochs"),
+            ("transformer", {"epochs": args.epochs, **every_epoch}, 20.0, "all epochs"),
             ("lgbm", {}, 3.0, "num_threads=1 (default)"),
             ("lgbm", {"num_threads": args.threads}, 3.0, f"num_threads={args.threads}"),
             ("meanpool", {}, None, ""),

@@ -43,6 +43,7 @@ TRAIN = {
     "weight_decay": 1e-3,
     "batch_size": None,
     "patience": 15,
+    "min_patience": 5,
     "inner_folds": 3,
     "val_fraction": 0.2,
     "max_cells_train": 256,
@@ -62,6 +63,16 @@ def auto_batch_size(n_bags: int) -> int:
     32. With a fixed 32, a 30-patient cohort's inner models (~16 bags) took one step per
     epoch and some never learned (rare-key cohorts of 30: abmil 0.66 AUC, 0.81 with 4)."""
     return int(min(32, max(4, -(-n_bags // MIN_STEPS_PER_EPOCH))))
+
+
+def patience_after(best_epoch: int, patience: int, min_patience: int) -> int:
+    """Epochs a model waits for a better validation loss after its best epoch so far: the
+    best epoch's own number plus one, between ``min_patience`` and ``patience`` (patience
+    that grows with progress, the classic rule). A model still improving late waits the
+    full ``patience``; one whose best came in its first epochs, as on the real cohort's
+    bags (best epoch 0-2 in 14 of 15 folds), stops after ``min_patience`` instead of
+    training 15 more epochs that rarely find a better one."""
+    return int(min(patience, max(min_patience, best_epoch + 1)))
 
 
 def set_params_from(obj: object, params: dict) -> None:
@@ -216,6 +227,7 @@ class TorchHead(Head):
         keep_frac = 1.0 - float(self.instance_dropout)
         batch_size = self.batch_size or auto_batch_size(len(tr))
         best, best_state, best_epoch, since = np.inf, None, -1, 0
+        min_patience = getattr(self, "min_patience", self.patience)
         val_batches = self._padded(xs, va) if len(va) else None
         history: list[dict] = []
         for epoch in range(self.epochs):
@@ -250,7 +262,8 @@ class TorchHead(Head):
                 else:
                     since += 1
             history.append(rec)
-            if len(va) and since >= self.patience:
+            wait = patience_after(best_epoch, self.patience, min_patience)
+            if len(va) and since >= wait:
                 break
         if best_state is not None:
             module.load_state_dict(best_state)

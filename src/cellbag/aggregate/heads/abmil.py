@@ -162,6 +162,7 @@ class ABMILHead(TorchHead):
         weight_decay: float = TRAIN["weight_decay"],
         batch_size: int | None = TRAIN["batch_size"],
         patience: int = TRAIN["patience"],
+        min_patience: int = TRAIN["min_patience"],
         inner_folds: int = TRAIN["inner_folds"],
         val_fraction: float = TRAIN["val_fraction"],
         max_cells_train: int = TRAIN["max_cells_train"],

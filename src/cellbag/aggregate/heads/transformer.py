@@ -80,7 +80,12 @@ class TransformerHead(TorchHead):
     """Small transformer over the cells with a CLS token; ``cell_weights`` are the last
     layer's CLS attention over the cells (heads averaged, CLS self-weight removed).
     Dropout acts on the pooled CLS vector only (token-level dropout is slow on CPU and
-    the bags are already subsampled during training)."""
+    the bags are already subsampled during training).
+
+    Its patience stays fixed at ``patience`` (``min_patience`` = ``patience``), where the
+    other neural heads let it grow from 5 with the best epoch (``torch_head``): on the real
+    cohort's development patients the growing rule cost the transformer 0.007 ROC AUC
+    images only (0.870 -> 0.863, same splits), more than a speed lever may."""
 
     has_cell_weights = True
 
@@ -97,6 +102,7 @@ class TransformerHead(TorchHead):
         weight_decay: float = TRAIN["weight_decay"],
         batch_size: int | None = TRAIN["batch_size"],
         patience: int = TRAIN["patience"],
+        min_patience: int = TRAIN["patience"],
         inner_folds: int = TRAIN["inner_folds"],
         val_fraction: float = TRAIN["val_fraction"],
         max_cells_train: int = TRAIN["max_cells_train"],
