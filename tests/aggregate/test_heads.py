@@ -180,7 +180,7 @@ def test_bad_inputs_are_clear_errors():
         head.fit(bags[:1] + [np.zeros((3, 4), np.float32)] + bags[2:], y)
     with pytest.raises(AggregateError, match="both classes"):
         head.fit(bags, np.zeros(len(bags), int))
-    with pytest.raises(AggregateError, match="binary only"):
+    with pytest.raises(AggregateError, match="Only binary classification is supported"):
         head.fit(bags, np.arange(len(bags)) % 3)
     with pytest.raises(AggregateError, match="6 rows for 24 bags"):
         Bags(bags, clin[:6])

@@ -19,6 +19,7 @@ _EXPORTS = {
     "Bags": "cellbag.aggregate.base",
     "Head": "cellbag.aggregate.base",
     "AggregateError": "cellbag.aggregate.errors",
+    "HeadNotFittedError": "cellbag.aggregate.errors",
     "UnknownHeadError": "cellbag.aggregate.errors",
     "head_class": "cellbag.aggregate.registry",
     "list_heads": "cellbag.aggregate.registry",

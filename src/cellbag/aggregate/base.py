@@ -29,7 +29,7 @@ import numpy as np
 from scipy import special
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from cellbag.aggregate.errors import AggregateError
+from cellbag.aggregate.errors import AggregateError, HeadNotFittedError
 from cellbag.core.io import atomic_path, write_text
 
 STATE_VERSION = 2
@@ -145,11 +145,20 @@ def check_labels(y: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(y)
     if a.shape != (n,):
         raise AggregateError(f"labels: shape {a.shape}, expected ({n},)")
+    from sklearn.utils.multiclass import type_of_target
+
+    kind = type_of_target(a, input_name="labels")
+    if kind not in ("binary", "multiclass"):
+        raise AggregateError(
+            f"labels: Unknown label type: {kind} values; expected two classes (0/1 or two names)"
+        )
     classes = np.unique(a)
     if len(classes) < 2:
-        raise AggregateError("labels: training needs both classes")
+        raise AggregateError(f"labels: training needs both classes, got one class ({a[0]!r})")
     if len(classes) > 2:
-        raise AggregateError(f"labels: binary only, got {len(classes)} classes")
+        raise AggregateError(
+            f"labels: {len(classes)} classes given. Only binary classification is supported."
+        )
     return classes, (a == classes[1]).astype(np.int64)
 
 
@@ -233,6 +242,14 @@ class Head(ClassifierMixin, BaseEstimator):
     def fitted(self) -> bool:
         return hasattr(self, "dim_")
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # tumoral or reactive: two classes
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.fitted
+
     # -- scikit-learn interface -------------------------------------------------------------
     def fit(self, X: Any, y: Sequence[Any]) -> Head:
         """Train on bags (``X``: arrays or ``Bags``; its clinical features are used, by late
@@ -271,7 +288,8 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The class at probability 0.5."""
-        return self.classes_[(self.decision_function(X) >= 0).astype(int)]
+        z = self.decision_function(X)  # first: an unfitted head raises NotFittedError
+        return self.classes_[(z >= 0).astype(int)]
 
     def cell_weights(self, X: Any) -> list[np.ndarray]:
         """Per-cell pooling weights (each bag's weights sum to 1); attention heads only."""
@@ -285,7 +303,7 @@ class Head(ClassifierMixin, BaseEstimator):
         """Checked bags and clinical features (these only when ``clinical``: the image
         model alone needs none)."""
         if not self.fitted:
-            raise AggregateError(f"head {self.name!r}: call fit() first")
+            raise HeadNotFittedError(f"head {self.name!r}: call fit() first")
         bags, clin = as_bags(X)
         b = check_bags(bags, self.dim_)
         if not clinical:
@@ -378,7 +396,7 @@ class Head(ClassifierMixin, BaseEstimator):
         from safetensors.numpy import save_file
 
         if not self.fitted:
-            raise AggregateError(f"head {self.name!r}: nothing to save, call fit() first")
+            raise HeadNotFittedError(f"head {self.name!r}: nothing to save, call fit() first")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta, arrays, texts = self._get_state()
@@ -429,6 +447,8 @@ class Head(ClassifierMixin, BaseEstimator):
             if head.n_clinical_:
                 head.fusion_ = LateFusion().set_state(arrays)
             head._set_state(doc["meta"], arrays, texts)
+        except AggregateError:
+            raise
         except (OSError, KeyError, ValueError) as e:
             raise AggregateError(f"{folder}: unreadable saved head ({e})") from None
         return head

@@ -181,6 +181,8 @@ def load_model(folder: str | Path) -> FittedModel:
                 ClinicalScaler.from_dict(json.loads(cpath.read_text())) if cpath.is_file() else None
             )
             members.append(Member(head, scaler))
+    except AggregateError:  # a member's own one-line error (a ValueError too)
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise AggregateError(f"{path}: unreadable model ({e})") from None
     return FittedModel(folder, doc, members)
