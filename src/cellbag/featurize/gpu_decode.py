@@ -125,6 +125,7 @@ class _Timer:
         size: int,
         interp: str,
         crop: float = 1.0,
+        stain: str = "none",
     ):
         """Read ``path``; return its bytes when ``keep(bytes)``, else decode them with PIL."""
         t0 = time.perf_counter()
@@ -133,7 +134,7 @@ class _Timer:
         self.add("read", t1 - t0)
         if isinstance(raw, Decoded) or keep(raw):
             return raw
-        out = decode_bytes(raw, size, interp, crop)
+        out = decode_bytes(raw, size, interp, crop, stain)
         self.add("decode", time.perf_counter() - t1)
         return out
 
@@ -143,14 +144,21 @@ class CpuLoader:
 
     mode = "cpu"
 
-    def __init__(self, size: int, interpolation: str, workers: int, crop: float = 1.0) -> None:
-        self.size, self.interpolation, self.crop = size, interpolation, crop
+    def __init__(
+        self,
+        size: int,
+        interpolation: str,
+        workers: int,
+        crop: float = 1.0,
+        stain: str = "none",
+    ) -> None:
+        self.size, self.interpolation, self.crop, self.stain = size, interpolation, crop, stain
         self.pool = ThreadPoolExecutor(workers, "cellbag-decode")
         self.timer = _Timer()
 
     def _one(self, path: str) -> Decoded:
         return self.timer.read_then(
-            path, lambda raw: False, self.size, self.interpolation, self.crop
+            path, lambda raw: False, self.size, self.interpolation, self.crop, self.stain
         )
 
     def submit(self, paths: Sequence[str]) -> list[Future[Decoded]]:
@@ -185,12 +193,19 @@ class DeviceJpegLoader:
     mode = "gpu"
 
     def __init__(
-        self, size: int, interpolation: str, workers: int, device: str, crop: float = 1.0
+        self,
+        size: int,
+        interpolation: str,
+        workers: int,
+        device: str,
+        crop: float = 1.0,
+        stain: str = "none",
     ) -> None:
         import torch
 
         self.size, self.interpolation, self.device = size, interpolation, device
         self.crop = crop  # a centre crop is cut by PIL (the CPU path) before the resize
+        self.stain = stain  # so is a stain normalisation
         self.cuda = str(device).startswith("cuda")
         self.resize_mode = DEVICE_RESIZE.get(interpolation)
         self.pool = ThreadPoolExecutor(workers, "cellbag-read")
@@ -203,10 +218,12 @@ class DeviceJpegLoader:
     # ------------------------------------------------------------ read threads
     def _read(self, path: str) -> ImageBytes | Decoded:
         """Bytes of a JPEG the device will decode, else the CPU path's result."""
-        return self.timer.read_then(path, self._on_device, self.size, self.interpolation, self.crop)
+        return self.timer.read_then(
+            path, self._on_device, self.size, self.interpolation, self.crop, self.stain
+        )
 
     def _on_device(self, raw: ImageBytes) -> bool:
-        if self.crop < 1.0:
+        if self.crop < 1.0 or self.stain != "none":
             return False
         info = jpeg_info(raw.data)
         return info is not None and (info[:2] == (self.size, self.size) or bool(self.resize_mode))
@@ -275,7 +292,9 @@ class DeviceJpegLoader:
                 raws = [items[i] for i in jpegs]
                 for i, r, img in zip(jpegs, raws, self._device_decode(raws), strict=True):
                     if img is None:
-                        results[i] = decode_bytes(r, self.size, self.interpolation, self.crop)
+                        results[i] = decode_bytes(
+                            r, self.size, self.interpolation, self.crop, self.stain
+                        )
                         continue
                     results[i] = Decoded(self._resize(img), "", r.sha256, r.size, r.mtime_ns)
                     self.device_files += 1
@@ -330,12 +349,18 @@ class DeviceJpegLoader:
 
 
 def batch_loader(
-    mode: str, device: str, size: int, interpolation: str, workers: int, crop: float = 1.0
+    mode: str,
+    device: str,
+    size: int,
+    interpolation: str,
+    workers: int,
+    crop: float = 1.0,
+    stain: str = "none",
 ) -> CpuLoader | DeviceJpegLoader:
     """The loader for decode ``mode`` (``auto`` | ``cpu`` | ``gpu``) beside ``device``."""
     if resolve_decode(mode, device) == "gpu":
-        return DeviceJpegLoader(size, interpolation, workers, device, crop)
-    return CpuLoader(size, interpolation, workers, crop)
+        return DeviceJpegLoader(size, interpolation, workers, device, crop, stain)
+    return CpuLoader(size, interpolation, workers, crop, stain)
 
 
 def gpu_utilization(device: str = "cuda") -> str:

@@ -56,6 +56,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: ``--stain`` values: ``none`` (the pixels as read) or ``reinhard`` (:func:`reinhard`).
+STAINS = ("none", "reinhard")
+
+#: Reinhard's target, CIE L*a*b* (skimage's D65 ``rgb2lab``) per-channel mean and std of a
+#: typical May-Grünwald-Giemsa smear crop's centre (a violet lymphocyte on pale pink red
+#: cells): fixed literals, written once from the synthetic smears of
+#: :func:`cellbag.data.demo.render_cell` without a stain cast (centre 0.57, mean over 200
+#: seeded crops of the five cell types), never fitted on a cohort. Changing them changes
+#: every ``reinhard`` encoder id (they are part of the identity).
+REINHARD_MEAN = (72.45, 18.27, -7.34)
+REINHARD_STD = (16.44, 9.53, 14.19)
+
+
+def reinhard(rgb: np.ndarray) -> np.ndarray:
+    """Reinhard colour transfer of an RGB uint8 ``(h, w, 3)`` image: each L*a*b* channel
+    shifted and scaled to :data:`REINHARD_MEAN` / :data:`REINHARD_STD` (a constant channel
+    takes the reference mean); back to RGB uint8, out-of-gamut colours clipped."""
+    from skimage.color import lab2rgb, rgb2lab
+
+    lab = rgb2lab(rgb).reshape(-1, 3)
+    mu, sd = lab.mean(0), lab.std(0)
+    sd = np.where(sd < 1e-6, 1.0, sd)
+    out = (lab - mu) / sd * np.asarray(REINHARD_STD) + np.asarray(REINHARD_MEAN)
+    out[:, 0] = np.clip(out[:, 0], 0.0, 100.0)
+    # Z >= 0 in lab2rgb (what skimage would clip, with a warning per image)
+    out[:, 2] = np.minimum(out[:, 2], 200.0 * (out[:, 0] + 16.0) / 116.0)
+    back = lab2rgb(out.reshape(rgb.shape))
+    return np.clip(back * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def centre_box(width: int, height: int, crop: float) -> tuple[int, int, int, int]:
     """The centred square of side ``crop`` x the shorter side, as a PIL box."""
     side = max(1, int(round(min(width, height) * crop)))
@@ -64,14 +94,21 @@ def centre_box(width: int, height: int, crop: float) -> tuple[int, int, int, int
 
 
 def prepare(
-    img: Image.Image, size: int, interpolation: str = "bicubic", crop: float = 1.0
+    img: Image.Image,
+    size: int,
+    interpolation: str = "bicubic",
+    crop: float = 1.0,
+    stain: str = "none",
 ) -> np.ndarray:
     """RGB ``(size, size, 3)`` uint8 array of ``img`` (upright, converted, resized if needed).
     ``crop`` < 1 first keeps the centred square of that fraction of the shorter side: the
-    cell, without most of the smear around it."""
+    cell, without most of the smear around it. ``stain="reinhard"`` then matches the
+    colours to a fixed reference (:func:`reinhard`), before the resize."""
     rgb = to_rgb(ImageOps.exif_transpose(img))
     if crop < 1.0:
         rgb = rgb.crop(centre_box(*rgb.size, crop))
+    if stain == "reinhard":
+        rgb = Image.fromarray(reinhard(np.asarray(rgb, dtype=np.uint8)))
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), RESAMPLE.get(interpolation, Image.Resampling.BICUBIC))
     return np.array(rgb, dtype=np.uint8)  # a writable copy (torch refuses read-only)
@@ -113,22 +150,30 @@ def read_image_file(path: str | Path) -> ImageBytes | Decoded:
 
 
 def decode_bytes(
-    raw: ImageBytes, size: int, interpolation: str = "bicubic", crop: float = 1.0
+    raw: ImageBytes,
+    size: int,
+    interpolation: str = "bicubic",
+    crop: float = 1.0,
+    stain: str = "none",
 ) -> Decoded:
     """Prepare an image from its bytes with PIL; never raises for a bad image."""
     stat = {"size": raw.size, "mtime_ns": raw.mtime_ns}
     try:
         with Image.open(io.BytesIO(raw.data)) as img:
             img.load()
-            pixels = prepare(img, size, interpolation, crop)
+            pixels = prepare(img, size, interpolation, crop, stain)
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...)
         return Decoded(None, f"unreadable image: {image_error_text(e)}", raw.sha256, **stat)
     return Decoded(pixels, "", raw.sha256, **stat)
 
 
 def decode_file(
-    path: str | Path, size: int, interpolation: str = "bicubic", crop: float = 1.0
+    path: str | Path,
+    size: int,
+    interpolation: str = "bicubic",
+    crop: float = 1.0,
+    stain: str = "none",
 ) -> Decoded:
     """Read, hash and prepare one image file; never raises for a bad file."""
     raw = read_image_file(path)
-    return raw if isinstance(raw, Decoded) else decode_bytes(raw, size, interpolation, crop)
+    return raw if isinstance(raw, Decoded) else decode_bytes(raw, size, interpolation, crop, stain)

@@ -169,6 +169,7 @@ def run_featurize(
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
     crop: float | None = None,
+    stain: str | None = None,
     adapter: str | os.PathLike | None = None,
     batch_size: int = 64,
     device: str = "auto",
@@ -232,6 +233,7 @@ def run_featurize(
                     weights=weights,
                     image_size=image_size,
                     crop=crop,
+                    stain=stain,
                     adapter=adapter,
                     device=device,
                     precision=precision,
@@ -529,6 +531,7 @@ def _run_blocks(
         enc.interpolation,
         workers or default_workers(enc.device),
         enc.crop,
+        enc.stain,
     )
     writer = ThreadPoolExecutor(1, "cellbag-write")
     pending: deque[Any] = deque()

@@ -24,7 +24,14 @@ from cellbag import __version__
 from cellbag.core.device import Device, resolve_device
 from cellbag.core.pixels import hwc_to_chw, normalize
 from cellbag.featurize.errors import EncoderError
-from cellbag.featurize.images import PREPROCESSING, PREPROCESSING_VERSION, prepare
+from cellbag.featurize.images import (
+    PREPROCESSING,
+    PREPROCESSING_VERSION,
+    REINHARD_MEAN,
+    REINHARD_STD,
+    STAINS,
+    prepare,
+)
 from cellbag.featurize.morphometry import FEATURE_NAMES as MORPHOMETRY_FEATURES
 from cellbag.featurize.morphometry import MORPHOMETRY_VERSION
 from cellbag.featurize.morphometry import batch_features as morphometry_batch
@@ -243,6 +250,8 @@ class Encoder:
     metadata: dict[str, Any]
     #: the centred square kept before the resize, as a fraction of the shorter side
     crop: float = 1.0
+    #: colour normalisation after the crop, before the resize: ``none`` | ``reinhard``
+    stain: str = "none"
 
     def __repr__(self) -> str:
         return f"Encoder({self.id!r}, dim={self.dim}, device={self.device!r}, {self.precision})"
@@ -253,7 +262,7 @@ class Encoder:
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         """RGB uint8 ``(size, size, 3)`` pixels of an image (any mode, any size)."""
-        return prepare(img, self.image_size, self.interpolation, self.crop)
+        return prepare(img, self.image_size, self.interpolation, self.crop, self.stain)
 
     def transform(self, img: Image.Image) -> torch.Tensor:
         """The eval transform: PIL image -> normalised float tensor ``(3, size, size)``."""
@@ -303,12 +312,13 @@ class MorphometryEncoder(Encoder):
 
 
 def _morphometry_encoder(
-    name: str, size: int, weights: str | None, crop: float = 1.0
+    name: str, size: int, weights: str | None, crop: float = 1.0, stain: str = "none"
 ) -> MorphometryEncoder:
     if weights not in (None, "none"):
         raise EncoderError(f"{name} has no weights (it measures the pixels): drop --weights")
     ident = {
         **({} if crop >= 1.0 else {"crop": round(float(crop), 4)}),
+        **_stain_key(stain),
         "model": MORPHOMETRY,
         "version": MORPHOMETRY_VERSION,
         "image_size": int(size),
@@ -329,9 +339,10 @@ def _morphometry_encoder(
         "mean": [0.0, 0.0, 0.0],
         "std": [1.0, 1.0, 1.0],
         "interpolation": "bicubic",
-        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}resize {size}x{size} bicubic, "
-        "morphometry",
+        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}{_stain_text(stain)}"
+        f"resize {size}x{size} bicubic, morphometry",
         "crop": crop,
+        "stain": stain,
         "dim": len(MORPHOMETRY_FEATURES),
         "dtype": "float16",
         "precision": "fp32",
@@ -356,6 +367,7 @@ def _morphometry_encoder(
         device="cpu",
         metadata=metadata,
         crop=crop,
+        stain=stain,
     )
 
 
@@ -368,12 +380,15 @@ def identity(
     interpolation: str,
     adapter_sha256: str | None = None,
     crop: float = 1.0,
+    stain: str = "none",
 ) -> dict[str, Any]:
     """What changes the numbers: model, weights digest, input size, normalisation, adapter,
-    centre crop (recorded only when one is taken, so whole-image ids stay as they were)."""
+    centre crop and stain normalisation (each recorded only when taken, so ids without
+    them stay as they were)."""
     crop_key = {} if crop >= 1.0 else {"crop": round(float(crop), 4)}
     return {
         **crop_key,
+        **_stain_key(stain),
         "model": model,
         "weights_sha256": weights_sha256,
         "image_size": int(image_size),
@@ -423,6 +438,7 @@ def create_encoder(
     precision: str = "auto",
     seed: int = 0,
     crop: float | None = None,
+    stain: str | None = None,
 ) -> Encoder:
     """Build an encoder from a preset or any timm model name (timm's ``create_model`` verb).
 
@@ -432,6 +448,8 @@ def create_encoder(
     ``adapter``: a folder saved by :func:`cellbag.featurize.adapters.save_adapter`.
     ``crop``: keep the centred square of this fraction of each image's shorter side before
     the resize (default 1: the whole image); see :data:`SMEAR_CROP`.
+    ``stain``: ``none`` (default) or ``reinhard``: each image's colours matched to a fixed
+    reference after the crop (:func:`cellbag.featurize.images.reinhard`).
     """
     preset = get_preset(name)
     model_name = preset.model if preset else name
@@ -443,8 +461,13 @@ def create_encoder(
     crop = 1.0 if crop is None else float(crop)
     if not 0.1 <= crop <= 1.0:
         raise EncoderError(f"{name}: crop {crop} out of range (0.1..1, a fraction of the side)")
+    stain = "none" if stain is None else str(stain)
+    if stain not in STAINS:
+        raise EncoderError(f"--stain {stain!r} unknown: use one of {' | '.join(STAINS)}")
     if model_name == MORPHOMETRY:
-        return _morphometry_encoder(name, size, None if weights is None else str(weights), crop)
+        return _morphometry_encoder(
+            name, size, None if weights is None else str(weights), crop, stain
+        )
     if weights is None:
         if default_weights == REQUIRES_FILE:
             raise EncoderError(
@@ -472,7 +495,7 @@ def create_encoder(
     std = tuple(float(s) for s in cfg["std"])
     interpolation = str(cfg.get("interpolation", "bicubic"))
     adapter_sha = adapter_doc.get("sha256") if adapter_doc else None
-    ident = identity(model_name, w.sha256, size, mean, std, interpolation, adapter_sha, crop)
+    ident = identity(model_name, w.sha256, size, mean, std, interpolation, adapter_sha, crop, stain)
     eid = encoder_id(name if preset else model_name.replace("/", "_"), ident)
     if _is_cnn(model):
         model = model.to(memory_format=torch.channels_last)
@@ -493,9 +516,10 @@ def create_encoder(
         "mean": list(mean),
         "std": list(std),
         "interpolation": interpolation,
-        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}resize {size}x{size} "
-        f"{interpolation}, normalize mean/std",
+        "preprocessing": f"{PREPROCESSING}, {_crop_text(crop)}{_stain_text(stain)}"
+        f"resize {size}x{size} {interpolation}, normalize mean/std",
         "crop": crop,
+        "stain": stain,
         "dim": dim,
         "dtype": "float16",
         "precision": prec,
@@ -521,11 +545,24 @@ def create_encoder(
         device=dev,
         metadata=metadata,
         crop=crop,
+        stain=stain,
     )
 
 
 def _crop_text(crop: float) -> str:
     return "" if crop >= 1.0 else f"centre crop {crop:g} of the shorter side, "
+
+
+def _stain_key(stain: str) -> dict[str, Any]:
+    """The identity's stain entry: none without normalisation; the method and its
+    reference otherwise (a new reference is a new id)."""
+    if stain == "none":
+        return {}
+    return {"stain": stain, "stain_reference": [*REINHARD_MEAN, *REINHARD_STD]}
+
+
+def _stain_text(stain: str) -> str:
+    return "" if stain == "none" else f"{stain} stain normalisation (L*a*b*), "
 
 
 def encoder_from_metadata(info: dict[str, Any], device: str = "cpu") -> Encoder:
@@ -536,6 +573,7 @@ def encoder_from_metadata(info: dict[str, Any], device: str = "cpu") -> Encoder:
             weights=info.get("weights"),
             image_size=info.get("image_size"),
             crop=info.get("crop", 1.0),
+            stain=info.get("stain", "none"),
             adapter=info.get("adapter_path"),
             device=device,
             precision="auto" if device == "cpu" else info.get("precision", "auto"),
