@@ -23,15 +23,29 @@ def _human_bytes(n: float) -> str:
 
 @app.command("featurize")
 def featurize_cmd(
-    data: Path = typer.Argument(..., help="Cohort: a challenge-layout folder or a manifest CSV."),
+    data: Path = typer.Argument(
+        None,
+        help="Cohort: a challenge-layout folder or a manifest CSV (from --config when omitted).",
+        show_default=False,
+    ),
     store: str = typer.Argument(
-        ..., help="Feature store (a folder, or an fsspec URL); created if missing."
+        None,
+        help="Feature store (a folder, or an fsspec URL); created if missing (from --config "
+        "when omitted).",
+        show_default=False,
+    ),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="A featurize.yaml to replay (STORE/embeddings/ID/featurize.yaml); flags given "
+        "beside it override it.",
     ),
     encoder: str = typer.Option(
-        "tf_efficientnet_lite0",
+        None,
         "--encoder",
         "-e",
-        help="Preset (see `cellbag encoders`) or any timm model name.",
+        help="Preset (see `cellbag encoders`) or any timm model name. "
+        "[default: tf_efficientnet_lite0]",
     ),
     weights: str = typer.Option(
         None,
@@ -55,38 +69,45 @@ def featurize_cmd(
         "lymphocyte of a smear crop without most red cells; same cost per cell.",
     ),
     stain: str = typer.Option(
-        "none",
+        None,
         "--stain",
         help="none | reinhard: match each image's L*a*b* mean and std to a fixed smear "
-        "reference after the crop (a new encoder id; about 9 ms more per cell on one CPU core).",
+        "reference after the crop (a new encoder id; about 9 ms more per cell on one CPU "
+        "core). [default: none]",
     ),
     adapter: Path = typer.Option(
         None, "--adapter", help="Adapter folder saved by `cellbag finetune`."
     ),
     batch_size: int = typer.Option(
-        64, "--batch-size", "-b", min=1, help="Images per forward pass."
+        None, "--batch-size", "-b", min=1, help="Images per forward pass. [default: 64]"
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda. [default: auto]"),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16."
+        None,
+        "--precision",
+        help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16. [default: auto]",
     ),
     workers: int = typer.Option(
         None, "--workers", min=1, help="Image decoding threads (default: sized to the device)."
     ),
     decode: str = typer.Option(
-        "auto", "--decode", help="auto (gpu on CUDA) | cpu (PIL threads) | gpu (JPEGs on the GPU)."
+        None,
+        "--decode",
+        help="auto (gpu on CUDA) | cpu (PIL threads) | gpu (JPEGs on the GPU). [default: auto]",
     ),
     force: bool = typer.Option(
-        False,
+        None,
         "--force",
         help="Recompute this encoder's embeddings from scratch (a store of another cohort is "
         "replaced; a folder that is not a cellbag store never is).",
+        show_default=False,
     ),
     update: bool = typer.Option(
-        False,
+        None,
         "--update",
         help="Apply changed, added or removed images and label/clinical rows: re-embed them "
         "for every encoder in the store (without it, a changed cohort is refused).",
+        show_default=False,
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     chunk_rows: int = typer.Option(
@@ -102,8 +123,10 @@ def featurize_cmd(
 ) -> None:
     """Embed every cell of a cohort once into the feature store (resumable; a rerun is a no-op).
 
-    Under torchrun (WORLD_SIZE > 1) every process embeds its share of the blocks into the
-    same store: `torchrun --nproc_per_node=N -m cellbag featurize DATA STORE`.
+    The settings go to STORE/embeddings/ID/featurize.yaml: `cellbag featurize --config
+    FILE` replays the run (flags beside it override it). Under torchrun (WORLD_SIZE > 1)
+    every process embeds its share of the blocks into the same store:
+    `torchrun --nproc_per_node=N -m cellbag featurize DATA STORE`.
 
     \b
     Examples:
@@ -112,46 +135,65 @@ def featurize_cmd(
           --encoder vit_small_patch16_224 --device cuda
       cellbag featurize DATA store.zarr -e vit_small_patch16_224 \\
           -w mae/encoder.safetensors
+      cellbag featurize --config store.zarr/embeddings/ID/featurize.yaml \\
+          --batch-size 32
     """
-    from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
-    from cellbag.featurize.pipeline import run_featurize
+    import dataclasses
 
-    kw = dict(
+    from cellbag.featurize.config import FeaturizeConfig, read_config, with_flags
+    from cellbag.featurize.distributed import RankAborted, distributed, launched_world_size
+    from cellbag.featurize.pipeline import run_featurize_config
+
+    base = read_config(config) if config is not None else FeaturizeConfig()
+    cfg = with_flags(
+        base,
+        data=None if data is None else str(data),
+        store=store,
+        encoder=encoder,
         weights=weights,
         image_size=image_size,
         crop=crop,
         stain=stain,
-        adapter=adapter,
+        adapter=None if adapter is None else str(adapter),
         batch_size=batch_size,
+        device=device,
         precision=precision,
         workers=workers,
         decode=decode,
-        force=force,
-        update=update,
         chunk_rows=chunk_rows,
         block_rows=block_rows,
+        force=force,
+        update=update,
     )
+    if cfg.data is None or cfg.store is None:
+        missing = "DATA" if cfg.data is None else "STORE"
+        raise typer.BadParameter(
+            "give DATA and STORE, or --config STORE/embeddings/ID/featurize.yaml",
+            param_hint=missing,
+        )
+    store = cfg.store
     if launched_world_size() > 1:
-        with distributed(device) as job:
+        with distributed(cfg.device) as job:
             try:
-                report = run_featurize(
-                    data,
-                    store,
-                    encoder,
-                    device=job.device,
+                report = run_featurize_config(
+                    dataclasses.replace(cfg, device=job.device),
                     progress=not quiet and job.rank == 0,
                     coordinator=job,
-                    **kw,
                 )
             except RankAborted:
                 raise typer.Exit(2) from None  # rank 0 prints why
         if job.rank > 0:
             return
     else:
-        report = run_featurize(data, store, encoder, device=device, progress=not quiet, **kw)
+        report = run_featurize_config(cfg, progress=not quiet)
     _print_report(report)
     if not report.complete:
-        next_step("rerun the same command: it resumes where this one stopped")
+        again = (
+            f"cellbag featurize --config {shell_path(report.config_path)}"
+            if report.config_path
+            else "the same command"
+        )
+        next_step(f"rerun {again}: it resumes where this one stopped")
     else:
         runs = shell_path(_runs_dir(store, report.encoder_id))
         next_step(
@@ -214,6 +256,8 @@ def _print_report(report: FeaturizeReport) -> None:
         )
     state = "complete" if report.complete else "incomplete"
     console.print(f"encoder id: [bold]{report.encoder_id}[/] ({state})", highlight=False)
+    if report.config_path:
+        console.print(f"settings: {report.config_path} (replay with --config)", highlight=False)
 
 
 @app.command("encoders")

@@ -2,18 +2,18 @@
 dataclasses shared by the CLI and the Python API, written as ``config.yaml`` into every run
 or model folder and read back by ``--config`` (flags given beside it override it).
 
+The YAML reading and writing is :mod:`cellbag.core.config` (featurize uses it too).
 Unknown keys are an error (a typo is not a silent default). ``jobs`` and ``cluster`` say
 where the fits run, never what they compute: any value gives the same numbers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellbag.core.io import atomic_path
+from cellbag.core.config import override, read_yaml, to_dict, write_yaml  # noqa: F401 - API
 from cellbag.evaluate.errors import EvaluateError
 from cellbag.evaluate.stats import RESAMPLES, TRIAGE_SENSITIVITY
 
@@ -87,51 +87,16 @@ class FitConfig:
         self.params = dict(self.params or {})
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def write_config(cfg: Any, folder: str | Path) -> Path:
     """``folder/config.yaml``: every setting of ``cfg``, with the kind of run it is."""
-    import yaml
-
     path = Path(folder) / CONFIG_YAML
-    doc = {"cellbag": type(cfg).__name__, **to_dict(cfg)}
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_yaml(cfg, path)
     return path
 
 
 def read_config(path: str | Path, kind: type) -> Any:
     """The ``kind`` (CVConfig or FitConfig) held in a config.yaml (or a run folder)."""
-    import yaml
-
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_YAML
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise EvaluateError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise EvaluateError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise EvaluateError(f"{path}: expected a mapping of settings")
-    what = doc.pop("cellbag", kind.__name__)
-    if what != kind.__name__:
-        raise EvaluateError(f"{path}: holds a {what}, not a {kind.__name__}")
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise EvaluateError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    try:
-        return kind(**doc)
-    except (TypeError, ValueError) as e:
-        raise EvaluateError(f"{path}: {e}") from None
-
-
-def override(cfg: Any, **given: Any) -> Any:
-    """``cfg`` with the settings in ``given`` that are not None (flags beside --config)."""
-    return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    return read_yaml(path, kind, EvaluateError)

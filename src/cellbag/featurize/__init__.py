@@ -23,6 +23,8 @@ _EXPORTS = {
     "FeaturizeReport": "cellbag.featurize.pipeline",
     "featurize": "cellbag.featurize.pipeline",
     "run_featurize": "cellbag.featurize.pipeline",
+    "run_featurize_config": "cellbag.featurize.pipeline",
+    "FeaturizeConfig": "cellbag.featurize.config",
 }
 
 __all__ = sorted(_EXPORTS)

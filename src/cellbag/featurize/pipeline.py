@@ -25,6 +25,7 @@ import pandas as pd
 
 from cellbag.core.allocator import tune_allocator
 from cellbag.data import Cohort, read_cohort
+from cellbag.featurize.config import FeaturizeConfig
 from cellbag.featurize.errors import FeaturizeError
 from cellbag.featurize.gpu_decode import batch_loader
 from cellbag.featurize.images import Decoded
@@ -68,6 +69,9 @@ class FeaturizeReport:
     world: int = 1
     device: str = ""
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    #: where the run's settings were written (None: an Encoder object, or a URL store whose
+    #: filesystem does not take the file)
+    config_path: str | None = None
 
     @property
     def cells_per_s(self) -> float:
@@ -161,9 +165,54 @@ def _progress(enabled: bool):
     return progress_bar("cells", enabled=enabled)
 
 
+def run_featurize_config(
+    cfg: FeaturizeConfig,
+    *,
+    progress: bool = False,
+    on_block: Callable[[int], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    job_id: str | None = None,
+    coordinator: Detached | None = None,
+) -> FeaturizeReport:
+    """Run the featurize job that ``cfg`` describes (``cellbag featurize --config FILE``);
+    the other arguments say how this process takes part, as in :func:`run_featurize`."""
+    if cfg.store is None:
+        raise FeaturizeError("no store given: set `store` in the config (or give STORE)")
+    return run_featurize(
+        cfg.data,
+        cfg.store,
+        cfg.encoder,
+        progress=progress,
+        on_block=on_block,
+        rank=rank,
+        world=world,
+        job_id=job_id,
+        coordinator=coordinator,
+        **cfg.kwargs(),
+    )
+
+
+def _save_settings(cfg: FeaturizeConfig, store: Store, encoder_id: str) -> str | None:
+    """Write the run's settings beside the encoder's embeddings; None where a URL store's
+    filesystem does not take the file (the run goes on)."""
+    from cellbag.featurize.config import write_config
+
+    try:
+        return write_config(cfg, store.path, encoder_id)
+    except Exception as e:
+        if "://" in store.path and not store.path.startswith("file://"):
+            return None
+        if isinstance(e, OSError):
+            raise FeaturizeError(
+                f"{store.path}: cannot write the run's settings ({e.strerror or e})"
+            ) from None
+        raise
+
+
 def run_featurize(
-    data: Cohort | str | os.PathLike | None,
-    store_path: str | os.PathLike,
+    data: FeaturizeConfig | Cohort | str | os.PathLike | None,
+    store_path: str | os.PathLike | None = None,
     encoder: Encoder | str = DEFAULT_ENCODER,
     *,
     weights: str | os.PathLike | None = None,
@@ -189,6 +238,11 @@ def run_featurize(
 ) -> FeaturizeReport:
     """Embed every cell of a cohort with ``encoder`` into the store at ``store_path``.
 
+    ``data`` may be a :class:`~cellbag.featurize.config.FeaturizeConfig` instead: it then
+    holds every setting (:func:`run_featurize_config`). A run whose encoder is given by
+    name writes its settings to ``STORE/embeddings/<encoder id>/featurize.yaml``
+    (``report.config_path``; an :class:`Encoder` object passed in has none to write).
+
     Creates the store from ``data`` if missing (a store of another cohort is refused);
     skips blocks already done (a rerun is a no-op; a killed run resumes exactly);
     ``force`` recomputes everything. ``on_block(block)`` is called (in the writer
@@ -211,6 +265,39 @@ def run_featurize(
     from cellbag.featurize.distributed import Detached, RankAborted
     from cellbag.featurize.gpu_decode import resolve_decode
 
+    if isinstance(data, FeaturizeConfig):
+        return run_featurize_config(
+            data,
+            progress=progress,
+            on_block=on_block,
+            rank=rank,
+            world=world,
+            job_id=job_id,
+            coordinator=coordinator,
+        )
+    if store_path is None:
+        raise FeaturizeError("no store given: pass store_path (or a FeaturizeConfig)")
+    settings = None
+    if isinstance(encoder, str):
+        settings = FeaturizeConfig(
+            data=str(data.root) if isinstance(data, Cohort) else data,
+            store=store_path,
+            encoder=encoder,
+            weights=weights,
+            image_size=image_size,
+            crop=crop,
+            stain=stain,
+            adapter=adapter,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            workers=workers,
+            decode=decode,
+            chunk_rows=chunk_rows,
+            block_rows=block_rows,
+            force=force,
+            update=update,
+        )
     tune_allocator()  # no page-fault storm from each batch's activation buffers
     if batch_size < 1:
         raise FeaturizeError(f"batch size must be >= 1, got {batch_size}")
@@ -279,6 +366,8 @@ def run_featurize(
             decode=decode,
         )
         report.took_over_lock = lock.took_over
+        if rank == 0 and settings is not None:
+            report.config_path = _save_settings(settings, store, enc.id)
         report.sync = diff if lead else None
         _embed_share(store, enc, done, coord, batch_size, workers, progress, on_block, report)
     finally:
