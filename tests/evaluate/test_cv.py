@@ -41,6 +41,10 @@ def test_run_folder_layout(cv_run, store_path):
             "label",
             "youden_threshold",
             "triage_threshold",
+            # a fused image head keeps its log-odds as base + image + clinical terms
+            "log_odds_base",
+            "log_odds_image",
+            "log_odds_clinical",
         ]
         # one threshold per outer fold
         assert (oof.groupby(["repeat", "fold"])["triage_threshold"].nunique() == 1).all()

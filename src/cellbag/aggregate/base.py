@@ -190,6 +190,19 @@ class LateFusion:
         x = np.column_stack([z, clinical]).astype(np.float64)
         return ((x - self.mean_) / self.std_) @ self.coef_ + self.intercept_
 
+    def parts(self, z: np.ndarray, clinical: np.ndarray) -> dict[str, np.ndarray]:
+        """The fused log-odds as a sum of three terms, exactly (one linear model): ``base``
+        (the intercept), ``image`` (the image score's term) and ``clinical`` (the clinical
+        values' terms together), each (n,) float64."""
+        x = np.column_stack([z, clinical]).astype(np.float64)
+        terms = ((x - self.mean_) / self.std_) * self.coef_
+        n = len(x)
+        return {
+            "base": np.full(n, self.intercept_),
+            "image": terms[:, 0],
+            "clinical": terms[:, 1:].sum(axis=1),
+        }
+
     def state(self, prefix: str = "fusion.") -> dict[str, np.ndarray]:
         return {
             f"{prefix}mean": np.asarray(self.mean_, np.float64),
@@ -280,6 +293,17 @@ class Head(ClassifierMixin, BaseEstimator):
         with blas_single_thread():
             z = np.asarray(self._decision(b), dtype=np.float64)
         return self.fusion_.decision(z, c) if self.n_clinical_ else z
+
+    def decision_parts(self, X: Any) -> dict[str, np.ndarray] | None:
+        """Each bag's fused log-odds split into ``base`` + ``image`` + ``clinical`` terms
+        (they sum to :meth:`decision_function`); None for a head without late fusion of
+        an image score (images only, or the clinical baseline)."""
+        if not self.n_clinical_ or not self.image_model:
+            return None
+        b, c = self._inputs(X)
+        with blas_single_thread():
+            z = np.asarray(self._decision(b), dtype=np.float64)
+        return self.fusion_.parts(z, c)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Probabilities (n, 2), columns in the order of ``classes_``."""

@@ -28,6 +28,8 @@ class FoldResult:
     weights: list[np.ndarray] | None
     clinical_state: dict | None
     seconds: float
+    #: the test bags' fused log-odds as base + image + clinical terms (late fusion only)
+    parts: dict[str, np.ndarray] | None = None
 
 
 def clinical_fold(
@@ -80,7 +82,8 @@ def fit_fold(
     head.fit(x_tr, data.labels[train])
     proba = head.predict_proba(x_te)[:, 1]
     weights = cell_scores(head, x_te)
-    return FoldResult(head, proba, weights, state, time.perf_counter() - t0)
+    parts = head.decision_parts(x_te) if clinical else None
+    return FoldResult(head, proba, weights, state, time.perf_counter() - t0, parts)
 
 
 def cell_scores(head: Head, x: Bags) -> list[np.ndarray] | None:
@@ -139,6 +142,8 @@ def run_fold(data: BagSet, task: FoldTask) -> dict:
         "seconds": res.seconds,
         "best_epoch": getattr(res.head, "best_epoch_", None),
     }
+    if res.parts is not None:
+        rec["log_odds"] = {k: v.tolist() for k, v in res.parts.items()}
     own = getattr(res.head, "train_oof_proba_", None)
     t0 = time.perf_counter()
     if task.inner_folds and own is not None:

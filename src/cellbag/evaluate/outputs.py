@@ -21,6 +21,9 @@ from cellbag.evaluate.stats import (
     select_thresholds,
 )
 
+#: the terms of a fused head's log-odds (late fusion), columns ``log_odds_<term>``
+LOG_ODDS_TERMS = ("base", "image", "clinical")
+
 
 def fold_thresholds(
     data: BagSet, rec: dict, triage_sensitivity: float, calibrate: str | None
@@ -63,7 +66,8 @@ def write_head_outputs(
         raw = np.asarray(rec["probability"], dtype=np.float64)
         cal, thr = fold_thresholds(data, rec, triage_sensitivity, calibrate)
         p = apply_calibrator(cal, raw)
-        for pid, prob, praw, lab in zip(rec["patients"], p, raw, y, strict=True):
+        parts = rec.get("log_odds") or {}
+        for j, (pid, prob, praw, lab) in enumerate(zip(rec["patients"], p, raw, y, strict=True)):
             row = {
                 "patient_id": pid,
                 "repeat": rec["repeat"],
@@ -76,6 +80,9 @@ def write_head_outputs(
                 row["triage_threshold"] = thr["triage"]
             if cal is not None:
                 row["probability_raw"] = float(praw)
+            for term in LOG_ODDS_TERMS:
+                if term in parts:  # late fusion: the log-odds as base + image + clinical
+                    row[f"log_odds_{term}"] = float(parts[term][j])
             oof_rows.append(row)
         if rec.get("cell_weights") is not None:
             kind = rec.get("cell_kind", "attention")

@@ -165,6 +165,7 @@ def _head_view(
                 nn,
                 clinical.get(pid),
                 triage.get(pid),
+                _log_odds(r),
             )
         )
     roc_url = None
@@ -371,6 +372,15 @@ def _runs_link(run_folder: Path, out: Path) -> str | None:
         if cand.is_file():
             return os.path.relpath(cand, out)
     return None
+
+
+def _log_odds(row: Any) -> dict[str, float] | None:
+    """A fused head's log-odds terms of one patient (``patient_table`` row), or None
+    (images only, the clinical baseline, or folds computed before the terms were kept)."""
+    terms = {t: getattr(row, f"log_odds_{t}", None) for t in ("base", "image", "clinical")}
+    if any(v is None or pd.isna(v) for v in terms.values()):
+        return None
+    return {t: float(v) for t, v in terms.items()}
 
 
 def _triage_calls(oof: pd.DataFrame) -> dict[str, str]:

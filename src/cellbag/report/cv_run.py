@@ -66,7 +66,9 @@ class HeadRun:
         return None
 
     def patient_table(self) -> pd.DataFrame:
-        """One row per patient: label, mean/std OOF probability over repeats, prediction, correct."""
+        """One row per patient: label, mean/std OOF probability over repeats, prediction,
+        correct; for a fused head also the mean of each log-odds term (base, image,
+        clinical) over repeats."""
         g = self.oof.groupby("patient_id", sort=False)
         t = pd.DataFrame(
             {
@@ -76,6 +78,10 @@ class HeadRun:
                 "repeats": g["probability"].size().astype("int64"),
             }
         )
+        for term in ("base", "image", "clinical"):
+            col = f"log_odds_{term}"
+            if col in self.oof:  # late fusion: mean over repeats of each log-odds term
+                t[col] = g[col].mean()
         t.index = t.index.astype(object)
         t.index.name = "patient_id"
         t["predicted"] = (t["probability"] >= self.threshold).astype("int64")

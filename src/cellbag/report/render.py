@@ -122,6 +122,8 @@ class PatientView:
     neighbors: list[NeighborRow] | None = None  # None: not asked / not available
     clinical: dict[str, Any] | None = None  # age, gender, lymph_count (from the store)
     triage: str | None = None  # cytometry | spared (at the triage point, most repeats)
+    #: fused heads: the log-odds as base + image + clinical terms (mean over repeats)
+    log_odds: dict[str, float] | None = None
 
 
 @dataclass
@@ -404,6 +406,7 @@ def patient_records(patients: list[PatientView]) -> list[dict[str, Any]]:
             "predicted": p.predicted,
             "correct": p.correct,
             "clinical": p.clinical,
+            "log_odds": p.log_odds,
             "top_cells": [c.cell_id for c in p.top],
             "bottom_cells": [c.cell_id for c in p.bottom],
         }
