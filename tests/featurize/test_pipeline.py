@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -151,7 +152,8 @@ def test_featurize_cli(tmp_path, feat_cohort) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "encoder id: tf_efficientnet_lite0-" in res.output and "(complete)" in res.output
-    assert "1 unreadable image" in res.output and "zz_broken.jpg" in res.output
+    flat = re.sub(r"\s+", "", res.output)  # unwrapped: a long tmp path moves the breaks
+    assert "1unreadableimage" in flat and "zz_broken.jpg" in flat
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "nothing to do" in res.output
     res = runner.invoke(app, ["store", "info", str(store)])
