@@ -134,18 +134,18 @@ def test_a_config_with_an_unknown_setting_is_refused(tmp_path):
 KILL_MARKER = "CELLBAG_TEST_KILL_MARKER"
 
 
-def _fit_or_die(data, task):
-    """``run_fold``, except that the first call on any worker kills its own process, as a
-    node lost mid-fit would (the marker file says it happened, once)."""
+def _fit_or_die(data, tasks):
+    """``run_folds``, except that the first call on any worker kills its own process, as
+    a node lost mid-fit would (the marker file says it happened, once)."""
     import os
     import signal
 
-    from cellbag.evaluate.fitting import run_fold
+    from cellbag.evaluate.fitting import run_folds
 
     try:
         fd = os.open(os.environ[KILL_MARKER], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return run_fold(data, task)
+        return run_folds(data, tasks)
     os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -160,7 +160,7 @@ def test_a_dask_cluster_gives_the_same_figures_when_a_worker_dies(
 
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_MARKER, str(marker))
-    monkeypatch.setattr(cv_module, "run_fold", _fit_or_die)
+    monkeypatch.setattr(cv_module, "run_folds", _fit_or_die)
     _run(tiny_store, tmp_path / "run", cluster="local:2")
     assert marker.exists()  # a worker did die mid-run
     assert figures(tmp_path / "run") == figures(one_job)

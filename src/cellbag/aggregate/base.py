@@ -21,7 +21,10 @@ e.g. a LightGBM model) — never a pickle.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -236,6 +239,32 @@ class PlattScaling(LateFusion):
         return super().set_state(arrays, prefix)
 
 
+@dataclass
+class _SharedFit:
+    bags: list[np.ndarray]
+    state: dict[str, Any]
+    oof: np.ndarray | None
+
+
+#: image models fitted inside :func:`shared_fits`, by what decides them
+_SHARED_FITS: ContextVar[dict | None] = ContextVar("cellbag_shared_fits", default=None)
+
+
+@contextmanager
+def shared_fits() -> Iterator[None]:
+    """Within this block, a head whose image model is the very fit another head already
+    made here (same head class and settings but ``clinical``, the same bag arrays and
+    labels, hence the same seed) shares that model instead of training it again: the
+    ensemble's members and the stand-alone heads of one cv fold, or a fused head and its
+    image-only twin. Fits are deterministic for a seed, so the numbers are the ones a
+    refit gives; only the time differs. Off outside the block (nothing is kept)."""
+    token = _SHARED_FITS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_FITS.reset(token)
+
+
 class Head(ClassifierMixin, BaseEstimator):
     """Base class of every aggregator. Subclasses implement ``_fit`` (image model only),
     ``_decision`` (image log-odds of class 1), ``_get_state``/``_set_state`` and, for
@@ -267,15 +296,17 @@ class Head(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Sequence[Any]) -> Head:
         """Train on bags (``X``: arrays or ``Bags``; its clinical features are used, by late
         fusion, when ``self.clinical``)."""
-        bags, clin = as_bags(X)
-        bags = check_bags(bags)
+        given, clin = as_bags(X)
+        bags = check_bags(given)
+        # bags that were converted are new arrays: no other fit can share them
+        shareable = all(a is b for a, b in zip(given, bags, strict=True))
         use = bool(self.clinical) and clin is not None and clin.shape[1] > 0
         c = check_clinical(clin if use else None, len(bags))
         self.classes_, labels = check_labels(y, len(bags))
         self.dim_ = int(bags[0].shape[1])
         self.n_clinical_ = int(c.shape[1])
         with blas_single_thread():
-            oof = self._fit(bags, labels)
+            oof = self._fit_image(bags, labels) if shareable else self._fit(bags, labels)
             if self.n_clinical_:
                 if oof is None:
                     oof = self._inner_oof(bags, labels)
@@ -286,6 +317,32 @@ class Head(ClassifierMixin, BaseEstimator):
             # stage, a handful of coefficients, is the one part fitted on all of them)
             self.train_oof_proba_ = special.expit(oof)
         return self
+
+    def _fit_image(self, bags: list[np.ndarray], labels: np.ndarray) -> np.ndarray | None:
+        """``_fit``, or inside :func:`shared_fits` the image model of an earlier head that
+        made the very same fit (same class, settings but ``clinical``, bag arrays, labels):
+        its fitted attributes are shared, not refitted."""
+        memo = _SHARED_FITS.get()
+        if memo is None:
+            return self._fit(bags, labels)
+        params = {k: v for k, v in self.settings().items() if k != "clinical"}
+        key = (
+            type(self).__module__,
+            type(self).__qualname__,
+            json.dumps(params, sort_keys=True, default=repr),
+            tuple(id(b) for b in bags),
+            labels.tobytes(),
+        )
+        hit = memo.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit.bags, bags, strict=True)):
+            self.__dict__.update(hit.state)
+            return None if hit.oof is None else hit.oof.copy()
+        before = dict(self.__dict__)
+        oof = self._fit(bags, labels)
+        state = {k: v for k, v in self.__dict__.items() if k not in before or before[k] is not v}
+        # the entry holds the bags themselves, so their ids cannot be reused while it lives
+        memo[key] = _SharedFit(list(bags), state, None if oof is None else np.array(oof))
+        return oof
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Log-odds of ``classes_[1]`` per bag, float64 (n,)."""

@@ -40,7 +40,7 @@ from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.registry import make_head, parse_heads
 from cellbag.evaluate.config import INNER_FOLDS, CVConfig, write_config
 from cellbag.evaluate.errors import EvaluateError
-from cellbag.evaluate.fitting import FoldTask, fit_fold, run_fold
+from cellbag.evaluate.fitting import FoldTask, fit_fold, fold_groups, run_folds
 from cellbag.evaluate.fold_cache import FoldCache, fold_key
 from cellbag.evaluate.outputs import add_earlier_heads, write_head_outputs
 from cellbag.evaluate.parallel import StoreBags, run_grid
@@ -177,9 +177,12 @@ def evaluate_bags(
     caches: dict[str, FoldCache] = {}
     records: dict[str, list[dict | None]] = {}
     todo: list[tuple[str, int, FoldTask]] = []
+    members: dict[str, tuple[str, ...]] = {}
     for name in names:
         params = dict(cfg.head_params.get(name, {}))
-        settings = make_head(name, clinical=clinical, seed=cfg.seed, **params).settings()
+        head = make_head(name, clinical=clinical, seed=cfg.seed, **params)
+        settings = head.settings()
+        members[name] = tuple(getattr(head, "members", ()))
         cache = caches[name] = FoldCache(out / name, fold_key(name, settings, cfg, clinical, data))
         note = cache.open()
         if note:
@@ -208,16 +211,20 @@ def evaluate_bags(
     with progress_bar("fits", enabled=not quiet, console=console) as progress:
         bar = progress.add_task(f"cv {','.join(names)}", total=total, completed=total - len(todo))
 
-        def done(i: int, rec: dict) -> None:
-            name, k, _ = todo[i]
-            caches[name].put(rec)
-            records[name][k] = rec
-            progress.advance(bar)
+        def done(g: int, recs: list[dict]) -> None:
+            for i, rec in zip(groups[g], recs, strict=True):
+                name, k, _ = todo[i]
+                caches[name].put(rec)
+                records[name][k] = rec
+                progress.advance(bar)
 
+        # an ensemble fits in one worker with its members' folds, sharing their models
+        tasks = [t for _, _, t in todo]
+        groups = fold_groups(tasks, members)
         run_grid(
-            run_fold,
+            run_folds,
             data,
-            [t for _, _, t in todo],
+            [[tasks[i] for i in g] for g in groups],
             jobs=cfg.jobs,
             cluster=cfg.cluster,
             threads=cfg.threads,

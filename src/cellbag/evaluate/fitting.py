@@ -10,12 +10,13 @@ keeps and the outputs read).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cellbag.aggregate.bags import BagSet
-from cellbag.aggregate.base import Bags, Head, standardizer
+from cellbag.aggregate.base import Bags, Head, shared_fits, standardizer
 from cellbag.aggregate.errors import AggregateError
 from cellbag.aggregate.registry import make_head
 from cellbag.evaluate.splits import inner_splits
@@ -156,3 +157,41 @@ def run_fold(data: BagSet, task: FoldTask) -> dict:
         )
     rec["inner_seconds"] = time.perf_counter() - t0
     return rec
+
+
+def run_folds(data: BagSet, tasks: Sequence[FoldTask]) -> list[dict]:
+    """The records of several fits of one fold, in one worker, sharing every image model
+    two of them would both train (:func:`~cellbag.aggregate.base.shared_fits`): the
+    ensemble's members are the stand-alone heads of the same fold and seed. The numbers
+    are those of separate :func:`run_fold` calls."""
+    with shared_fits():
+        return [run_fold(data, t) for t in tasks]
+
+
+def fold_groups(tasks: Sequence[FoldTask], members: Mapping[str, Sequence[str]]) -> list[list[int]]:
+    """Indices of ``tasks`` in groups run together by :func:`run_folds`: a head made of
+    other heads (``members[head]``, the ensemble's) with those of its members that fit the
+    same fold (repeat, fold and seed) in this grid, members first; every other task alone.
+    Groups keep the order of their first task."""
+    by_fold: dict[tuple, dict[str, int]] = {}
+    for i, t in enumerate(tasks):
+        by_fold.setdefault((t.repeat, t.fold, t.seed, t.clinical), {})[t.head] = i
+    taken: set[int] = set()
+    grouped: dict[int, list[int]] = {}
+    for i, t in enumerate(tasks):
+        own = [
+            j
+            for name in members.get(t.head, ())
+            if (j := by_fold[(t.repeat, t.fold, t.seed, t.clinical)].get(name)) is not None
+            and j not in taken
+        ]
+        if own:
+            taken.update(own + [i])
+            grouped[min(own + [i])] = own + [i]
+    out = []
+    for i in range(len(tasks)):
+        if i in grouped:
+            out.append(grouped[i])
+        elif i not in taken:
+            out.append([i])
+    return out
