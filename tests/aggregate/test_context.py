@@ -113,7 +113,7 @@ def test_abmil_saved_before_the_context_loads_without_it(tmp_path):
 def test_masked_linear_is_the_layer_on_real_cells_and_zero_on_padding():
     import torch
 
-    from cellbag.aggregate.torch_head import masked_linear
+    from cellbag.aggregate.torch_head import bag_mean, masked_linear, pack_bags
     from cellbag.core.mil import pad_bags
 
     g = torch.Generator().manual_seed(0)
@@ -125,6 +125,12 @@ def test_masked_linear_is_the_layer_on_real_cells_and_zero_on_padding():
         torch.testing.assert_close(got[j, : len(z)], z @ w.T + b)
         assert not got[j, len(z) :].any()
     torch.testing.assert_close(masked_linear(x[:1, :3], mask[:1, :3], w, b), xs[0][None] @ w.T + b)
+    # the packed cells give the padded layout's rows, the real ones only
+    packed, pmask = pack_bags(xs)
+    assert packed.shape == (11, 6) and torch.equal(pmask, mask)
+    torch.testing.assert_close(masked_linear(packed, pmask, w, b), got)
+    torch.testing.assert_close(bag_mean(packed, pmask), torch.stack([z.mean(0) for z in xs]))
+    torch.testing.assert_close(bag_mean(x, mask), bag_mean(packed, pmask))
 
 
 @pytest.mark.parametrize("name", ["abmil", "maxpool", "transformer"])
@@ -133,6 +139,7 @@ def test_a_bag_scores_the_same_alone_and_padded_in_a_batch(name):
     other bags of its batch (nor on their lengths)."""
     import torch
 
+    from cellbag.aggregate.torch_head import pack_bags
     from cellbag.core.mil import pad_bags
 
     bags, y = _shifted_bags(n=12)
@@ -145,3 +152,6 @@ def test_a_bag_scores_the_same_alone_and_padded_in_a_batch(name):
         for j, z in enumerate(xs):
             alone, _ = module(z[None], torch.ones(1, len(z), dtype=torch.bool))
             torch.testing.assert_close(batched[j], alone[0], rtol=1e-4, atol=1e-5)
+        # the packed batch (what training and scoring feed) gives the padded batch's logits
+        packed, _ = module(*pack_bags(xs))
+        torch.testing.assert_close(packed, batched, rtol=1e-4, atol=1e-5)

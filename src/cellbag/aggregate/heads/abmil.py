@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from cellbag.aggregate.registry import register_head
-from cellbag.aggregate.torch_head import TRAIN, TorchHead, masked_linear, set_params_from
+from cellbag.aggregate.torch_head import (
+    TRAIN,
+    TorchHead,
+    bag_mean,
+    masked_linear,
+    set_params_from,
+)
 from cellbag.core.mil import ClassifierOnPooled, GatedAttentionPool, masked_mean
 
 #: ``skip`` of the attention pool to the bag mean: None (the pool alone), "concat" (the
@@ -57,11 +63,11 @@ class ABMIL(nn.Module):
         return w[:, : self.dim] + wc, wc
 
     def cells(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cell embeddings (B, L, hidden) of a padded batch."""
+        """Cell embeddings (B, L, hidden) of a batch (packed cells or padded, and its mask)."""
         if self.context_std is None:
             return torch.relu_(masked_linear(x, mask, self.embed[0].weight, self.embed[0].bias))
         w_eff, wc = self._split_weight()
-        shift = self.embed[0].bias - masked_mean(x, mask) @ wc.T  # (B, hidden): one per bag
+        shift = self.embed[0].bias - bag_mean(x, mask) @ wc.T  # (B, hidden): one per bag
         return torch.relu_(masked_linear(x, mask, w_eff) + shift.unsqueeze(1))
 
     def forward(self, x, mask, return_weights: bool = False):

@@ -62,7 +62,7 @@ class TransformerPool(nn.Module):
         self.classifier = ClassifierOnPooled(width, 0, dropout)
 
     def forward(self, x, mask, return_weights: bool = False):
-        b = x.shape[0]
+        b = mask.shape[0]
         cells = masked_linear(x, mask, self.embed.weight, self.embed.bias)
         h = torch.cat([self.cls.expand(b, -1, -1), cells], dim=1)
         m = torch.cat([torch.ones(b, 1, dtype=torch.bool), mask], dim=1)
