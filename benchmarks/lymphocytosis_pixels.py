@@ -1,6 +1,6 @@
 """Pixel-level levers of issue 30 §3 that `featurize` does not offer, as probe encoders.
 
-    python benchmarks/lymphocytosis_pixels.py STORE OUT_STORE {dihedral|patient-reinhard}
+    python benchmarks/lymphocytosis_pixels.py STORE OUT_STORE {dihedral|patient-reinhard|macenko}
         [--encoder ID] [--split train]
 
 ``STORE`` is a store featurized with lite0 (``--crop 0.57``, optionally ``--stain
@@ -19,6 +19,14 @@ base encoder's rows, which cv of the training split never reads):
   smear; per-patient normalisation keeps them. Label-free and per patient, so a new patient
   is normalised the same way.
 
+- ``macenko``: Macenko's stain normalisation of each image (after the crop): optical
+  densities, the two stain vectors from the extreme angles of their projection on the
+  plane of the two main directions, each stain's concentration scaled so its 99th
+  percentile matches the reference, then recomposed with the reference stain vectors. The
+  reference (:data:`MACENKO_STAINS`, :data:`MACENKO_MAX`) is, like Reinhard's, taken once
+  from the synthetic smears of ``cellbag demo-data`` (centre 0.57, 200 crops), never from a
+  cohort.
+
 Then ``cellbag cv OUT_STORE -e dihedral4 ...`` pairs with the base encoder's runs (same
 patients, same splits). Never commit the output: it is derived from patient images.
 """
@@ -32,6 +40,73 @@ import time
 
 import numpy as np
 from PIL import Image
+
+#: Macenko's reference: stain vectors (rows, unit optical-density directions) and the 99th
+#: percentile of each stain's concentration, from the demo's synthetic smears
+#: (:func:`macenko_stains` over the centres of 200 seeded crops of the five cell types)
+MACENKO_STAINS = ((0.0786, 0.7963, 0.5997), (0.7046, 0.7065, 0.0657))
+MACENKO_MAX = (1.2464, 1.8507)
+#: optical density below which a pixel is background (Macenko et al. 2009: 0.15)
+OD_MIN = 0.15
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(n, 3) optical densities of (n, 3) uint8 pixels."""
+    return -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
+
+
+def macenko_stains(pixels: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(stains (2, 3), max concentrations (2,)) of (n, 3) uint8 pixels: Macenko's two stain
+    vectors (the ``alpha`` and ``100 - alpha`` percentile angles of the stained pixels in
+    the plane of their two main optical-density directions; first the one that absorbs
+    more blue than red, the eosin-like pink) and the 99th percentile of each stain's
+    concentration."""
+    od = optical_density(pixels)
+    od = od[(od > OD_MIN).all(axis=1)]
+    if len(od) < 10:  # nothing stained: the reference itself
+        return np.asarray(MACENKO_STAINS), np.asarray(MACENKO_MAX)
+    _, vecs = np.linalg.eigh(np.cov(od.T))
+    plane = vecs[:, 1:3]  # the two largest directions
+    proj = od @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
+    a = plane @ np.array([np.cos(lo), np.sin(lo)])
+    b = plane @ np.array([np.cos(hi), np.sin(hi)])
+    a, b = (a if a[0] >= 0 else -a), (b if b[0] >= 0 else -b)
+    stains = np.stack([a, b]) if a[2] - a[0] >= b[2] - b[0] else np.stack([b, a])
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    conc = np.linalg.lstsq(stains.T, od.T, rcond=None)[0]
+    return stains, np.percentile(conc, 99, axis=1)
+
+
+def macenko(rgb: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image (h, w, 3) with its stains mapped onto the reference's."""
+    flat = rgb.reshape(-1, 3)
+    stains, cmax = macenko_stains(flat)
+    conc = np.linalg.lstsq(stains.T, optical_density(flat).T, rcond=None)[0]
+    conc *= (np.asarray(MACENKO_MAX) / np.maximum(cmax, 1e-6))[:, None]
+    out = 256.0 * np.exp(-(np.asarray(MACENKO_STAINS).T @ conc)) - 1.0
+    return np.clip(out.T + 0.5, 0, 255).astype(np.uint8).reshape(rgb.shape)
+
+
+def macenko_embeddings(enc, paths: list[str], batch: int = 64) -> np.ndarray:
+    """(n, d): embeddings of each cell's centre crop after Macenko's normalisation."""
+    from cellbag.featurize.images import centre_box
+
+    out = np.zeros((len(paths), enc.dim), np.float32)
+    t = time.time()
+    size = (enc.image_size, enc.image_size)
+    for i in range(0, len(paths), batch):
+        pixels = []
+        for p in paths[i : i + batch]:
+            im = Image.open(p).convert("RGB")
+            rgb = macenko(np.asarray(im.crop(centre_box(*im.size, enc.crop))))
+            pixels.append(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC)))
+        out[i : i + batch] = enc.forward_pixels(np.stack(pixels)).numpy()
+        if i % (20 * batch) == 0:
+            n = min(i + batch, len(paths))
+            print(f"  {n} cells, {n / (time.time() - t):.1f} cells/s", flush=True)
+    return out
 
 
 def base_rows(store, encoder: str, split: str) -> tuple[np.ndarray, list[str], list[str]]:
@@ -100,7 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store")
     ap.add_argument("out_store")
-    ap.add_argument("lever", choices=["dihedral", "patient-reinhard"])
+    ap.add_argument("lever", choices=["dihedral", "patient-reinhard", "macenko"])
     ap.add_argument("--encoder", default=None, help="the base encoder id (the store's only one)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--threads", type=int, default=2)
@@ -134,9 +209,12 @@ def main() -> None:
         gap = float(np.abs(views[0].astype(np.float16) - base[rows]).max())
         print(f"unrotated pass vs the store: max |difference| {gap:.2e}")
         probes = {"dihedral4": views.mean(0), "dihedral2": views[[0, 2]].mean(0)}
-    else:
+    elif args.lever == "patient-reinhard":
         enc = create_encoder(info.get("name", "tf_efficientnet_lite0"), crop=crop)
         probes = {"patient-reinhard": patient_reinhard(enc, paths, patients)}
+    else:
+        enc = create_encoder(info.get("name", "tf_efficientnet_lite0"), crop=crop)
+        probes = {"macenko": macenko_embeddings(enc, paths)}
     print(f"{args.lever}: {time.time() - t:.0f} s, {len(rows) / (time.time() - t):.1f} cells/s")
     for name, emb in probes.items():
         data = base.copy()
