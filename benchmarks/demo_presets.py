@@ -18,7 +18,13 @@ resamples (one bootstrap per cohort, averaged), with each cohort's value.
 held out as the test split, ~40 cells); the other presets at ``--patients`` x ``--cells``.
 
     python benchmarks/demo_presets.py [--presets fusion,rare-key,default] [--seeds 0,1,2]
-        [--patients 80] [--cells 40] [--out runs/presets]
+        [--patients 80] [--cells 40] [--out runs/presets] [--crop 1] [--stain none]
+
+Without ``--crop`` / ``--stain`` featurize takes its defaults (``auto``: on these smear
+crops the centre 0.57 and Reinhard's colours) and the cv runs go to ``image`` and ``fused``;
+given, featurize takes them (``--crop 1 --stain none``: the whole image as read), the store
+keeps both encoders, and the runs go to ``image-ENCODER_ID`` and ``fused-ENCODER_ID`` on the
+same cohorts and splits, so ``benchmarks/lymphocytosis_levers.py compare`` pairs them.
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ def cohort(preset: str, seed: int, args: argparse.Namespace) -> tuple[Path, dict
         # same patients (size and seed), or a store put there by hand: keep the store,
         # featurize re-embeds the images that changed (and refuses another cohort's store)
         keep = before is None or (before["size"] == list(size) and before["seed"] == seed)
-        for path in [data, root / "image", root / "fused"] + ([] if keep else [root]):
+        stale = [p for p in root.glob("image*") if p.is_dir()] + list(root.glob("fused*"))
+        for path in [data, *stale] + ([] if keep else [root]):
             shutil.rmtree(path, ignore_errors=True)
         make_demo_cohort(data, size[0], size[1], seed=seed, preset=preset, test_fraction=size[2])
         stamp.write_text(want)
@@ -138,6 +145,8 @@ def main() -> None:
         type=lambda v: tuple(int(x) for x in v.split("x")),
         help="PATIENTSxCELLS of the default preset (as `cellbag demo` draws it)",
     )
+    ap.add_argument("--crop", default=None, help="featurize --crop (default: auto)")
+    ap.add_argument("--stain", default=None, help="featurize --stain (default: auto)")
     ap.add_argument(
         "--reuse", action="store_true", help="reuse the heads' cv runs already in --out"
     )
@@ -158,10 +167,15 @@ def main() -> None:
         for seed in seeds:
             t = time.perf_counter()
             root, spec = cohort(preset, seed, args)
-            rep = run_featurize(root / "data", root / "store.zarr", progress=False, update=True)
+            rep = run_featurize(
+                root / "data", root / "store.zarr", crop=args.crop or "auto",
+                stain=args.stain or "auto",
+                progress=False, update=True,
+            )  # fmt: skip
+            tag = "" if args.crop is None and args.stain is None else f"-{rep.encoder_id}"
             truth = root / "data" / "ground_truth.csv"
             common = dict(folds=args.folds, repeats=args.repeats, seed=seed, threads=1, quiet=True)
-            runs = [("image", False)] + ([("fused", True)] if fused_claim else [])
+            runs = [("image" + tag, False)] + ([("fused" + tag, True)] if fused_claim else [])
             for folder, clinical in runs:
                 have = {h for h in heads if (root / folder / h / "oof_predictions.csv").is_file()}
                 todo = [h for h in heads if not (args.reuse and h in have)]
@@ -172,16 +186,20 @@ def main() -> None:
                     )  # fmt: skip
             n_pat, n_cells, _ = spec["size"]
             print(f"{preset}, cohort seed {seed}: {n_pat} patients x ~{n_cells} cells", flush=True)
-            labels = oof_table(root / "image" / heads[0]).groupby("patient_id")["label"].first()
+            labels = (
+                oof_table(root / f"image{tag}" / heads[0]).groupby("patient_id")["label"].first()
+            )
             paired = Paired(labels)
 
             if fused_claim:
-                print(f"  clinical     AUC {paired.add('clinical', root / 'fused' / 'clinical')}")
+                print(
+                    f"  clinical     AUC {paired.add('clinical', root / f'fused{tag}' / 'clinical')}"
+                )
             for h in heads:
-                line = f"  {h:<12} image {paired.add(h, root / 'image' / h)}"
+                line = f"  {h:<12} image {paired.add(h, root / f'image{tag}' / h)}"
                 if fused_claim:
-                    line += f"  fused {paired.add(h + '+clinical', root / 'fused' / h)}"
-                inst = instance_auc(root / "image" / h, truth, labels)
+                    line += f"  fused {paired.add(h + '+clinical', root / f'fused{tag}' / h)}"
+                inst = instance_auc(root / f"image{tag}" / h, truth, labels)
                 if inst is not None:
                     line += f"  instance AUC {inst:.3f}"
                 print(line, flush=True)

@@ -240,6 +240,10 @@ def compare(specs: list[str]) -> None:
         )
         return f"{d['difference']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
 
+    def tri(m, k):  # a run without nested thresholds (a probe) has no triage figures
+        v = m.get(k, {}).get("value")
+        return "—" if v is None or v != v else f"{v:.3f}"
+
     print(f"| run | ROC AUC | BA | Δ ROC AUC vs {base} | Δ BA | triage sensitivity | spared |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for h in oofs:
@@ -247,7 +251,7 @@ def compare(specs: list[str]) -> None:
         print(
             f"| {h} | {fig(m, 'roc_auc')} | {fig(m, 'balanced_accuracy')} | "
             f"{delta(h, 'roc_auc')} | {delta(h, 'balanced_accuracy')} | "
-            f"{m['triage_sensitivity']['value']:.3f} | {m['triage_spared']['value']:.3f} |"
+            f"{tri(m, 'triage_sensitivity')} | {tri(m, 'triage_spared')} |"
         )
 
 

@@ -1,6 +1,7 @@
 """Pixel-level levers of issue 30 §3 that `featurize` does not offer, as probe encoders.
 
-    python benchmarks/lymphocytosis_pixels.py STORE OUT_STORE {dihedral|patient-reinhard|macenko}
+    python benchmarks/lymphocytosis_pixels.py STORE OUT_STORE
+        {dihedral|patient-reinhard|macenko|mask}
         [--encoder ID] [--split train]
 
 ``STORE`` is a store featurized with lite0 (``--crop 0.57``, optionally ``--stain
@@ -27,6 +28,14 @@ base encoder's rows, which cv of the training split never reads):
   from the synthetic smears of ``cellbag demo-data`` (centre 0.57, 200 crops), never from a
   cohort.
 
+- ``mask``: cell masking. After the base encoder's own preprocessing (crop, stain,
+  resize), the lymphocyte is segmented by colour as ``--encoder morphometry`` finds it
+  (blue-violet, ``B > R``, the component nearest the centre, holes filled), its mask
+  dilated by :data:`MASK_MARGIN` pixels to keep the membrane, and every pixel outside it
+  set to ImageNet's mean colour (zero after the encoder's normalisation): the encoder sees
+  the cell alone, its size and shape kept (no resize to the mask). A crop where no cell is
+  found is left whole. The share of crops with a cell found is printed.
+
 Then ``cellbag cv OUT_STORE -e dihedral4 ...`` pairs with the base encoder's runs (same
 patients, same splits). Never commit the output: it is derived from patient images.
 """
@@ -46,6 +55,10 @@ from PIL import Image
 #: (:func:`macenko_stains` over the centres of 200 seeded crops of the five cell types)
 MACENKO_STAINS = ((0.0786, 0.7963, 0.5997), (0.7046, 0.7065, 0.0657))
 MACENKO_MAX = (1.2464, 1.8507)
+#: pixels by which the cell mask is dilated (at the encoder's input size) before masking
+MASK_MARGIN = 4
+#: the fill outside the cell: ImageNet's mean colour, zero after the encoder's normalisation
+MASK_FILL = (124, 116, 104)
 #: optical density below which a pixel is background (Macenko et al. 2009: 0.15)
 OD_MIN = 0.15
 
@@ -171,11 +184,48 @@ def patient_reinhard(enc, paths: list[str], patients: list[str], batch: int = 64
     return out
 
 
+def cell_mask(pixels: np.ndarray, margin: int = MASK_MARGIN) -> np.ndarray | None:
+    """Boolean (h, w) mask of the lymphocyte of uint8 RGB ``pixels``, dilated by
+    ``margin`` pixels (morphometry's segmentation); None when no cell is found."""
+    from scipy import ndimage as ndi
+
+    from cellbag.featurize.morphometry import _nearest_component
+
+    a = pixels.astype(np.float32)
+    h, w = a.shape[:2]
+    r, b = ndi.uniform_filter(a[..., 0], 3), ndi.uniform_filter(a[..., 2], 3)
+    blue = ndi.binary_opening((b - r) > 0, iterations=1)
+    cell = ndi.binary_fill_holes(_nearest_component(blue, ((h - 1) / 2.0, (w - 1) / 2.0)))
+    if cell.sum() < 20:
+        return None
+    return ndi.binary_dilation(cell, iterations=margin) if margin else cell
+
+
+def masked_embeddings(enc, paths: list[str], batch: int = 64) -> tuple[np.ndarray, float]:
+    """(n, d) embeddings of each cell alone (outside its mask: :data:`MASK_FILL`) and the
+    share of crops whose cell was found."""
+    out = np.zeros((len(paths), enc.dim), np.float32)
+    found, t = 0, time.time()
+    fill = np.asarray(MASK_FILL, np.uint8)
+    for i in range(0, len(paths), batch):
+        pix = np.stack([enc.prepare(Image.open(p)) for p in paths[i : i + batch]])
+        for j in range(len(pix)):
+            m = cell_mask(pix[j])
+            if m is not None:
+                pix[j][~m] = fill
+                found += 1
+        out[i : i + batch] = enc.forward_pixels(pix).numpy()
+        if i % (20 * batch) == 0:
+            n = min(i + batch, len(paths))
+            print(f"  {n} cells, {n / (time.time() - t):.1f} cells/s", flush=True)
+    return out, found / max(len(paths), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store")
     ap.add_argument("out_store")
-    ap.add_argument("lever", choices=["dihedral", "patient-reinhard", "macenko"])
+    ap.add_argument("lever", choices=["dihedral", "patient-reinhard", "macenko", "mask"])
     ap.add_argument("--encoder", default=None, help="the base encoder id (the store's only one)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--threads", type=int, default=2)
@@ -212,9 +262,14 @@ def main() -> None:
     elif args.lever == "patient-reinhard":
         enc = create_encoder(info.get("name", "tf_efficientnet_lite0"), crop=crop)
         probes = {"patient-reinhard": patient_reinhard(enc, paths, patients)}
-    else:
+    elif args.lever == "macenko":
         enc = create_encoder(info.get("name", "tf_efficientnet_lite0"), crop=crop)
         probes = {"macenko": macenko_embeddings(enc, paths)}
+    else:
+        enc = create_encoder(info.get("name", "tf_efficientnet_lite0"), crop=crop, stain=stain)
+        emb, share = masked_embeddings(enc, paths)
+        print(f"mask: a cell found in {share:.1%} of the crops")
+        probes = {"mask": emb}
     print(f"{args.lever}: {time.time() - t:.0f} s, {len(rows) / (time.time() - t):.1f} cells/s")
     for name, emb in probes.items():
         data = base.copy()

@@ -4,6 +4,7 @@ refused in one line; the store stays valid (``store verify``, root untouched).""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
@@ -63,7 +64,9 @@ def test_the_run_writes_its_settings_beside_the_embeddings(cli_run, feat_cohort)
     assert doc["encoder"] == "tf_efficientnet_lite0" and doc["weights"] == "none"
     assert (doc["image_size"], doc["batch_size"], doc["device"]) == (32, 8, "cpu")
     assert (doc["chunk_rows"], doc["block_rows"], doc["workers"]) == (4, 8, 1)
-    assert doc["force"] is False and doc["update"] is False and doc["stain"] == "none"
+    assert doc["force"] is False and doc["update"] is False
+    # --crop auto / --stain auto are recorded as what they resolved to on these smear crops
+    assert (doc["crop"], doc["stain"]) == (0.57, "reinhard")
     assert eid in path.read_text().splitlines()[0]  # the header names the encoder id
     assert read_config(path) == FeaturizeConfig(**{k: v for k, v in doc.items() if k != "cellbag"})
     # the store stays valid: nothing foreign at its root, verify passes
@@ -149,7 +152,8 @@ def test_python_api_takes_a_config(tmp_path, feat_cohort, tiny_spec, feat_kw) ->
     )
     r = run_featurize(cfg)
     assert r.complete and r.config_path == config_path(cfg.store, r.encoder_id)
-    assert read_config(r.config_path) == cfg
+    # the file holds what auto resolved to (smear crops: centre 0.57, Reinhard)
+    assert read_config(r.config_path) == dataclasses.replace(cfg, crop=0.57, stain="reinhard")
     again = run_featurize(read_config(r.config_path))
     assert again.encoder_id == r.encoder_id and again.cells_computed == 0
     # the keyword API writes the same file

@@ -48,7 +48,8 @@ def test_featurize_with_a_crop_stores_the_cropped_cells(feat_cohort, tmp_path, f
     TINY = tiny_spec
     path = tmp_path / "crop.zarr"
     kw = dict(feat_kw, weights="none", image_size=TINY["image_size"])
-    whole = run_featurize(feat_cohort, path, TINY["name"], **kw)
+    kw.update(stain="none")
+    whole = run_featurize(feat_cohort, path, TINY["name"], crop=1.0, **kw)
     crop = run_featurize(feat_cohort, path, TINY["name"], crop=0.5, **kw)
     store = crop.store
     assert crop.encoder_id != whole.encoder_id and store.is_complete(crop.encoder_id)

@@ -76,8 +76,14 @@ def cohort_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def encoder():
     from cellbag.featurize import create_encoder
+    from cellbag.featurize.smear import SMEAR_CROP, SMEAR_STAIN
 
-    return create_encoder("tf_efficientnet_lite0", weights="none", image_size=64, device="cpu")
+    # what --crop auto / --stain auto resolve to on these smear crops: the CLI runs below
+    # (torchrun, every rank looking at the images itself) must build this very encoder
+    return create_encoder(
+        "tf_efficientnet_lite0", weights="none", image_size=64, device="cpu",
+        crop=SMEAR_CROP, stain=SMEAR_STAIN,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +114,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, cohort_root, reference, 
     n = reference.store.n_cells
     assert f"embedded {n} cells by 2 ranks" in out.stdout
     assert out.stdout.count("encoder id:") == 1  # only rank 0 reports
+    assert "preprocessing (auto): smear crops" in " ".join(out.stdout.split())
     s = Store.open(path)
     eid = encoder.id
     _assert_same(s, reference, eid)

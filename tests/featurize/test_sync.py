@@ -275,7 +275,8 @@ def test_cli_bad_inputs_are_one_line(tmp_path, feat_cohort, second_encoder) -> N
     lock = store / "embeddings" / second_encoder.id / "job.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"pid": "abc", "host": os.uname().nodename, "job_id": "x"}))
-    assert "non-numeric pid" in run("featurize", str(root), str(store), *FEAT)
+    whole = ["--crop", "1", "--stain", "none"]  # the lock's encoder (auto would pick the recipe)
+    assert "non-numeric pid" in run("featurize", str(root), str(store), *FEAT, *whole)
     csv = root / "trainset" / "trainset_true.csv"
     text = csv.read_text().splitlines()
     text[1] = ",".join([text[1].split(",")[0], "inf", *text[1].split(",")[2:]])

@@ -59,21 +59,21 @@ def featurize_cmd(
         "--image-size",
         help="Input size in pixels (default: the preset's, e.g. 224; lite1 240, lite2 260).",
     ),
-    crop: float = typer.Option(
+    crop: str = typer.Option(
         None,
         "--crop",
-        min=0.1,
-        max=1.0,
-        help="Keep the centred square of this fraction of each image's shorter side before "
-        "the resize (default 1: whole image). 0.57 (the central 128 of 224 px) keeps the "
-        "lymphocyte of a smear crop without most red cells; same cost per cell.",
+        help="auto | a fraction (0.1..1): keep the centred square of this fraction of each "
+        "image's shorter side before the resize (1: the whole image). auto: 0.57 (the "
+        "central 128 of 224 px, the lymphocyte without most red cells) when a look at the "
+        "cohort's images finds smear crops centred on a small cell, else 1; same cost per "
+        "cell. [default: auto]",
     ),
     stain: str = typer.Option(
         None,
         "--stain",
-        help="none | reinhard: match each image's L*a*b* mean and std to a fixed smear "
-        "reference after the crop (a new encoder id; about 9 ms more per cell on one CPU "
-        "core). [default: none]",
+        help="auto | none | reinhard: match each image's L*a*b* mean and std to a fixed "
+        "smear reference after the crop (about 9 ms more per cell on one CPU core). auto: "
+        "reinhard on smear crops (as --crop auto decides), else none. [default: auto]",
     ),
     adapter: Path = typer.Option(
         None, "--adapter", help="Adapter folder saved by `cellbag finetune`."
@@ -256,6 +256,8 @@ def _print_report(report: FeaturizeReport) -> None:
         )
     state = "complete" if report.complete else "incomplete"
     console.print(f"encoder id: [bold]{report.encoder_id}[/] ({state})", highlight=False)
+    if report.preprocessing:
+        console.print(f"preprocessing (auto): {report.preprocessing}", highlight=False)
     if report.config_path:
         console.print(f"settings: {report.config_path} (replay with --config)", highlight=False)
 

@@ -38,8 +38,10 @@ class FeaturizeConfig:
     encoder: str = DEFAULT_ENCODER_NAME  # preset or timm model name
     weights: str | None = None  # none | hub | package:NAME | a file (None: the preset's)
     image_size: int | None = None  # None: the preset's
-    crop: float | None = None  # centred square kept before the resize (None: 1, whole image)
-    stain: str = "none"  # none | reinhard
+    # centred square kept before the resize: auto (0.57 on smear crops centred on a small
+    # cell, else 1: cellbag.featurize.smear) | a fraction | None (1, whole image)
+    crop: float | str | None = "auto"
+    stain: str = "auto"  # auto (reinhard on smear crops, else none) | none | reinhard
     adapter: str | None = None  # an adapter folder saved by `cellbag finetune`
     batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda
@@ -58,6 +60,13 @@ class FeaturizeConfig:
                 setattr(self, name, os.fspath(value))
         if self.stain is None:
             self.stain = "none"
+        if isinstance(self.crop, str) and self.crop != "auto":
+            try:
+                self.crop = float(self.crop)
+            except ValueError:
+                raise FeaturizeError(
+                    f"crop {self.crop!r}: give auto or a fraction of the side (0.1..1)"
+                ) from None
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`run_featurize` (all but data, store, encoder)."""

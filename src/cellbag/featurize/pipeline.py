@@ -64,6 +64,8 @@ class FeaturizeReport:
     write_wait_seconds: float = 0.0  # the model waiting for the writer
     read_seconds: float = 0.0  # file reads, summed over the read threads
     decode_seconds: float = 0.0  # image decoding, summed over threads (GPU: the decode thread)
+    #: what ``--crop auto`` / ``--stain auto`` decided, and why (None: neither was auto)
+    preprocessing: str | None = None
     decode: str = ""  # where images were decoded: cpu (PIL threads) | gpu (gpu_decode)
     rank: int = 0
     world: int = 1
@@ -217,8 +219,8 @@ def run_featurize(
     *,
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
-    crop: float | None = None,
-    stain: str | None = None,
+    crop: float | str | None = "auto",
+    stain: str | None = "auto",
     adapter: str | os.PathLike | None = None,
     batch_size: int = 64,
     device: str = "auto",
@@ -258,6 +260,12 @@ def run_featurize(
     ``update`` the store is brought up to date and the changed cells are re-embedded for
     every encoder in the store (a single process only).
 
+    ``crop`` and ``stain`` default to ``auto``: the centre crop 0.57 and Reinhard's colour
+    normalisation where a look at the cohort's images finds smear crops centred on a small
+    cell, else the whole image as read (:mod:`cellbag.featurize.smear`; what was decided is
+    ``report.preprocessing``, the resolved values are what the encoder id and its
+    ``featurize.yaml`` record). ``None`` is the whole image / no normalisation.
+
     ``decode``: ``cpu`` decodes with PIL in threads, ``gpu`` decodes JPEGs in batches on
     the encoder's CUDA device (:mod:`cellbag.featurize.gpu_decode`), ``auto`` picks ``gpu``
     when the encoder runs on CUDA.
@@ -278,6 +286,7 @@ def run_featurize(
     if store_path is None:
         raise FeaturizeError("no store given: pass store_path (or a FeaturizeConfig)")
     settings = None
+    look = None
     if isinstance(encoder, str):
         settings = FeaturizeConfig(
             data=str(data.root) if isinstance(data, Cohort) else data,
@@ -315,6 +324,9 @@ def run_featurize(
             if isinstance(encoder, Encoder):
                 enc = encoder
             else:
+                crop, stain, look = _resolve_auto(crop, stain, data, store_path)
+                if settings is not None:
+                    settings.crop, settings.stain = crop, stain
                 enc = create_encoder(
                     encoder,
                     weights=weights,
@@ -366,6 +378,7 @@ def run_featurize(
             decode=decode,
         )
         report.took_over_lock = lock.took_over
+        report.preprocessing = None if look is None else look.text()
         if rank == 0 and settings is not None:
             report.config_path = _save_settings(settings, store, enc.id)
         report.sync = diff if lead else None
@@ -387,6 +400,26 @@ def run_featurize(
         report.store = Store.open(report.store.path, mode="r+")
     report.unreadable = report.store.problems()[["cell_id", "path", "reason"]]
     return report
+
+
+def _resolve_auto(
+    crop: float | str | None,
+    stain: str | None,
+    data: Cohort | str | os.PathLike | None,
+    store_path: str | os.PathLike,
+) -> tuple[float | None, str | None, Any]:
+    """``crop`` and ``stain`` with each ``auto`` decided from a look at the cohort's images
+    (:func:`cellbag.featurize.smear.resolve`; the same sample on every rank), and the look."""
+    from cellbag.featurize import smear
+
+    if not smear.needs_look(crop, stain):
+        return (float(crop) if isinstance(crop, str) else crop), stain, None
+    if data is None:
+        paths = Store.open(store_path, mode="r").cells()["path"].astype(str).tolist()
+    else:
+        cohort = data if isinstance(data, Cohort) else read_cohort(data)
+        paths = cohort.cells["path"].astype(str).tolist()
+    return smear.resolve(crop, stain, paths)
 
 
 def _set_up(
