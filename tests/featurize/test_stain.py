@@ -40,6 +40,29 @@ def test_reinhard_moves_the_lab_mean_and_std_to_the_reference(cast):
     np.testing.assert_allclose(lab.std(0), REINHARD_STD, rtol=0.06)
 
 
+def _reinhard_skimage(rgb: np.ndarray) -> np.ndarray:
+    """The transfer through scikit-image's float64 conversions (stain_version 1)."""
+    from skimage.color import lab2rgb
+
+    lab = rgb2lab(rgb).reshape(-1, 3)
+    sd = np.where(lab.std(0) < 1e-6, 1.0, lab.std(0))
+    out = (lab - lab.mean(0)) / sd * np.asarray(REINHARD_STD) + np.asarray(REINHARD_MEAN)
+    out[:, 0] = np.clip(out[:, 0], 0.0, 100.0)
+    out[:, 2] = np.minimum(out[:, 2], 200.0 * (out[:, 0] + 16.0) / 116.0)
+    return np.clip(lab2rgb(out.reshape(rgb.shape)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reinhard_in_float32_is_scikit_images_to_one_level(seed):
+    rng = np.random.default_rng(seed)
+    img = np.concatenate(
+        [_smear(rng.integers(-40, 40, 3), seed), rng.integers(0, 256, (48, 48, 3))]
+    )
+    img = img.astype(np.uint8)  # a smear and every kind of colour, out-of-gamut ones included
+    diff = np.abs(reinhard(img).astype(int) - _reinhard_skimage(img).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 def test_reinhard_of_a_flat_image_is_the_reference_colour():
     out = reinhard(np.full((8, 8, 3), 90, np.uint8))
     assert out.dtype == np.uint8 and out.shape == (8, 8, 3)

@@ -69,21 +69,52 @@ REINHARD_MEAN = (72.45, 18.27, -7.34)
 REINHARD_STD = (16.44, 9.53, 14.19)
 
 
+#: bump when :func:`reinhard`'s pixels change (part of every ``reinhard`` encoder's id).
+#: 2: float32 colour conversions with a lookup table (1.6x faster than scikit-image's
+#: float64 ones; one value in ~60,000 differs by one level)
+REINHARD_VERSION = 2
+
+# sRGB (D65) <-> CIE XYZ <-> L*a*b*, as scikit-image's rgb2lab / lab2rgb define them
+_XYZ_FROM_RGB = np.array(
+    [[0.412453, 0.35758, 0.180423], [0.212671, 0.71516, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+#: linear RGB (rows) @ _TO_XYZ = XYZ / white
+_TO_XYZ = (_XYZ_FROM_RGB.T / _WHITE_D65).astype(np.float32)
+#: (XYZ / white) (rows) @ _TO_RGB = linear RGB
+_TO_RGB = (np.linalg.inv(_XYZ_FROM_RGB).T * _WHITE_D65[:, None]).astype(np.float32)
+#: the linear value of each uint8 sRGB level
+_LINEAR = np.where(
+    np.arange(256) / 255.0 > 0.04045,
+    ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
+    np.arange(256) / 255.0 / 12.92,
+).astype(np.float32)
+
+
 def reinhard(rgb: np.ndarray) -> np.ndarray:
     """Reinhard colour transfer of an RGB uint8 ``(h, w, 3)`` image: each L*a*b* channel
     shifted and scaled to :data:`REINHARD_MEAN` / :data:`REINHARD_STD` (a constant channel
-    takes the reference mean); back to RGB uint8, out-of-gamut colours clipped."""
-    from skimage.color import lab2rgb, rgb2lab
-
-    lab = rgb2lab(rgb).reshape(-1, 3)
-    mu, sd = lab.mean(0), lab.std(0)
+    takes the reference mean); back to RGB uint8, out-of-gamut colours clipped. The
+    conversions are scikit-image's (D65), in float32 (statistics in float64)."""
+    h, w = rgb.shape[:2]
+    t = _LINEAR[np.asarray(rgb, np.uint8).reshape(-1, 3)] @ _TO_XYZ
+    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16.0 / 116.0)
+    lab = np.empty_like(f)
+    lab[:, 0] = 116.0 * f[:, 1] - 16.0
+    lab[:, 1] = 500.0 * (f[:, 0] - f[:, 1])
+    lab[:, 2] = 200.0 * (f[:, 1] - f[:, 2])
+    mu, sd = lab.mean(0, dtype=np.float64), lab.std(0, dtype=np.float64)
     sd = np.where(sd < 1e-6, 1.0, sd)
-    out = (lab - mu) / sd * np.asarray(REINHARD_STD) + np.asarray(REINHARD_MEAN)
-    out[:, 0] = np.clip(out[:, 0], 0.0, 100.0)
-    # Z >= 0 in lab2rgb (what skimage would clip, with a warning per image)
-    out[:, 2] = np.minimum(out[:, 2], 200.0 * (out[:, 0] + 16.0) / 116.0)
-    back = lab2rgb(out.reshape(rgb.shape))
-    return np.clip(back * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    ref_mu, ref_sd = np.asarray(REINHARD_MEAN), np.asarray(REINHARD_STD)
+    lab = lab * (ref_sd / sd).astype(np.float32) + (ref_mu - mu * ref_sd / sd).astype(np.float32)
+    fy = (np.clip(lab[:, 0], 0.0, 100.0) + 16.0) / 116.0
+    f[:, 0] = lab[:, 1] / 500.0 + fy
+    f[:, 1] = fy
+    f[:, 2] = np.maximum(fy - lab[:, 2] / 200.0, 0.0)  # Z >= 0
+    t = np.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787)
+    lin = np.clip(t @ _TO_RGB, 0.0, 1.0)
+    s = np.where(lin > 0.0031308, 1.055 * np.power(lin, np.float32(1 / 2.4)) - 0.055, 12.92 * lin)
+    return (np.clip(s, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(h, w, 3)
 
 
 def centre_box(width: int, height: int, crop: float) -> tuple[int, int, int, int]:

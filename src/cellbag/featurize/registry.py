@@ -29,6 +29,7 @@ from cellbag.featurize.images import (
     PREPROCESSING_VERSION,
     REINHARD_MEAN,
     REINHARD_STD,
+    REINHARD_VERSION,
     STAINS,
     prepare,
 )
@@ -558,7 +559,11 @@ def _stain_key(stain: str) -> dict[str, Any]:
     reference otherwise (a new reference is a new id)."""
     if stain == "none":
         return {}
-    return {"stain": stain, "stain_reference": [*REINHARD_MEAN, *REINHARD_STD]}
+    return {
+        "stain": stain,
+        "stain_reference": [*REINHARD_MEAN, *REINHARD_STD],
+        "stain_version": REINHARD_VERSION,
+    }
 
 
 def _stain_text(stain: str) -> str:
