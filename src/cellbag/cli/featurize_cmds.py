@@ -72,7 +72,7 @@ def featurize_cmd(
         None,
         "--stain",
         help="auto | none | reinhard: match each image's L*a*b* mean and std to a fixed "
-        "smear reference after the crop (about 9 ms more per cell on one CPU core). auto: "
+        "smear reference after the crop (about 2 ms more per cell on one CPU core). auto: "
         "reinhard on smear crops (as --crop auto decides), else none. [default: auto]",
     ),
     adapter: Path = typer.Option(
