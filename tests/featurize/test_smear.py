@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cellbag.featurize import FeaturizeError, create_encoder, run_featurize
+from cellbag.featurize import EncoderError, FeaturizeError, create_encoder, run_featurize
 from cellbag.featurize.config import FeaturizeConfig, read_config
 from cellbag.featurize.smear import (
     SMEAR_CROP,
@@ -151,4 +151,7 @@ def test_a_crop_that_is_neither_auto_nor_a_number_is_one_line(feat_cohort, tmp_p
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "crop 'big'" in out.stderr
+    assert not (tmp_path / "s.zarr").exists()
+    with pytest.raises(EncoderError, match="crop 5.0 out of range"):  # a number, but no fraction
+        run_featurize(feat_cohort, tmp_path / "s.zarr", "tf_efficientnet_lite0", crop=5.0)
     assert not (tmp_path / "s.zarr").exists()
