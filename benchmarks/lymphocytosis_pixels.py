@@ -189,13 +189,9 @@ def cell_mask(pixels: np.ndarray, margin: int = MASK_MARGIN) -> np.ndarray | Non
     ``margin`` pixels (morphometry's segmentation); None when no cell is found."""
     from scipy import ndimage as ndi
 
-    from cellbag.featurize.morphometry import _nearest_component
+    from cellbag.featurize.morphometry import cell_region
 
-    a = pixels.astype(np.float32)
-    h, w = a.shape[:2]
-    r, b = ndi.uniform_filter(a[..., 0], 3), ndi.uniform_filter(a[..., 2], 3)
-    blue = ndi.binary_opening((b - r) > 0, iterations=1)
-    cell = ndi.binary_fill_holes(_nearest_component(blue, ((h - 1) / 2.0, (w - 1) / 2.0)))
+    cell = cell_region(pixels)
     if cell.sum() < 20:
         return None
     return ndi.binary_dilation(cell, iterations=margin) if margin else cell

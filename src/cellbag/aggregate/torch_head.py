@@ -320,7 +320,7 @@ class TorchHead(Head):
 
     # -- inference --------------------------------------------------------------------------
     def _padded(self, xs: list[torch.Tensor], idx: np.ndarray) -> list[tuple]:
-        """Bags ``idx`` as padded evaluation batches: (positions in idx, x, mask)."""
+        """Bags ``idx`` as evaluation batches of packed cells: (positions in idx, x, mask)."""
         lengths = np.array([xs[i].shape[0] for i in idx])
         return [
             (torch.as_tensor(sub), *pack_bags([xs[i] for i in idx[sub]]))

@@ -413,7 +413,7 @@ def _resolve_auto(
     from cellbag.featurize import smear
 
     if not smear.needs_look(crop, stain):
-        return (float(crop) if isinstance(crop, str) else crop), stain, None
+        return smear.resolve(crop, stain, [])  # nothing to look at
     if data is None:
         paths = Store.open(store_path, mode="r").cells()["path"].astype(str).tolist()
     else:

@@ -81,16 +81,11 @@ class SmearCheck:
 def centred_cell(rgb: np.ndarray) -> np.ndarray | None:
     """Boolean mask of the blue-violet object nearest the centre of an RGB uint8 image, or
     None when there is none within :data:`CENTRE_REACH` of the side from the centre."""
-    from scipy import ndimage as ndi
+    from cellbag.featurize.morphometry import cell_region
 
-    from cellbag.featurize.morphometry import _nearest_component
-
-    a = np.asarray(rgb, dtype=np.float32)
-    h, w = a.shape[:2]
-    r, b = ndi.uniform_filter(a[..., 0], 3), ndi.uniform_filter(a[..., 2], 3)
-    blue = ndi.binary_opening((b - r) > 0, iterations=1)
+    h, w = np.shape(rgb)[:2]
     centre = ((h - 1) / 2.0, (w - 1) / 2.0)
-    cell = ndi.binary_fill_holes(_nearest_component(blue, centre))
+    cell = cell_region(rgb)
     if cell.sum() < MIN_AREA * h * w:
         return None
     yy, xx = np.nonzero(cell)
