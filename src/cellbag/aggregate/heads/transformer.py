@@ -36,9 +36,15 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """The block over all tokens, or with ``cls_only`` the new CLS token alone (B, 1, d):
+        every token still gives its key and value, but only token 0 queries, O(L) instead
+        of O(L^2), and the feed-forward runs on one token. What the last block of the pool
+        needs, whose other outputs nothing reads."""
         b, n, d = x.shape
         q, k, v = self._qkv(x)
+        if cls_only:
+            q, x, n = q[:, :, :1], x[:, :1], 1
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         x = x + self.proj(o.transpose(1, 2).reshape(b, n, d))
         return x + self.ffn(self.ln2(x))
@@ -71,7 +77,7 @@ class TransformerPool(nn.Module):
             if return_weights and i == len(self.blocks) - 1:
                 a = block.cls_attention(h, m)[:, 1:]
                 weights = a / a.sum(1, keepdim=True).clamp_min(1e-12)
-            h = block(h, m)
+            h = block(h, m, cls_only=i == len(self.blocks) - 1)
         return self.classifier(self.norm(h[:, 0])), weights
 
 
@@ -80,12 +86,15 @@ class TransformerHead(TorchHead):
     """Small transformer over the cells with a CLS token; ``cell_weights`` are the last
     layer's CLS attention over the cells (heads averaged, CLS self-weight removed).
     Dropout acts on the pooled CLS vector only (token-level dropout is slow on CPU and
-    the bags are already subsampled during training).
+    the bags are already subsampled during training). The last block computes the CLS
+    token alone (``Block(cls_only=True)``): the same logits for O(L) attention, not O(L^2).
 
-    Its patience stays fixed at ``patience`` (``min_patience`` = ``patience``), where the
-    other neural heads let it grow from 5 with the best epoch (``torch_head``): on the real
-    cohort's development patients the growing rule cost the transformer 0.007 ROC AUC
-    images only (0.870 -> 0.863, same splits), more than a speed lever may."""
+    Its patience grows with the best epoch from ``min_patience`` to ``patience``, as the
+    other neural heads' (``torch_head``). It was fixed at 15 while the growing rule cost
+    0.007 ROC AUC on whole-image embeddings of the real cohort's development patients; on
+    today's default embeddings (centre crop, Reinhard) it costs -0.002 [-0.011, +0.006]
+    images only and -0.004 [-0.010, +0.001] fused, for 1.5x less training
+    (docs/benchmarks.md)."""
 
     has_cell_weights = True
 
@@ -102,7 +111,7 @@ class TransformerHead(TorchHead):
         weight_decay: float = TRAIN["weight_decay"],
         batch_size: int | None = TRAIN["batch_size"],
         patience: int = TRAIN["patience"],
-        min_patience: int = TRAIN["patience"],
+        min_patience: int = TRAIN["min_patience"],
         inner_folds: int = TRAIN["inner_folds"],
         val_fraction: float = TRAIN["val_fraction"],
         max_cells_train: int = TRAIN["max_cells_train"],
