@@ -258,6 +258,7 @@ class TorchHead(Head):
         rng = np.random.default_rng(seed)
         yt = torch.from_numpy(y.astype(np.float32))
         module = self.build_module(self.in_dim_)
+        offsets = self._prepare_module(module, xs, y, tr)
         n_pos = float(y[tr].sum())
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(tr) - n_pos) / max(n_pos, 1)))
         opt = adamw(module, self.lr, self.weight_decay)
@@ -268,6 +269,16 @@ class TorchHead(Head):
         min_patience = getattr(self, "min_patience", self.patience)
         val_batches = self._padded(xs, va) if len(va) else None
         history: list[dict] = []
+        untrained = self._start_candidate(module) if len(va) else None
+        if untrained is not None:
+            # a model of its own before any training (abmil's ``base``: the bag-mean
+            # regression alone); it competes with the best epoch once training has stopped
+            # (competing from the start, it cut the patience of models that learn slowly)
+            init = copy.deepcopy(module.state_dict())
+            module.load_state_dict(untrained)
+            val_logits = self._logits([module], xs, va, padded=val_batches)
+            start_loss = float(loss_fn(val_logits, yt[torch.as_tensor(va)]))
+            module.load_state_dict(init)
         for epoch in range(self.epochs):
             module.train()
             perm = tr[rng.permutation(len(tr))]
@@ -283,7 +294,10 @@ class TorchHead(Head):
                     else:
                         batch.append(xs[i])
                 x, mask = pack_bags(batch)
-                logits, _ = module(x, mask)
+                if offsets is None:
+                    logits, _ = module(x, mask)
+                else:
+                    logits, _ = module(x, mask, offset=offsets[torch.as_tensor(idx)])
                 loss = loss_fn(logits, yt[torch.as_tensor(idx)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -303,6 +317,8 @@ class TorchHead(Head):
             wait = patience_after(best_epoch, self.patience, min_patience)
             if len(va) and since >= wait:
                 break
+        if untrained is not None and start_loss <= best:
+            best_state, best_epoch = untrained, -1
         if best_state is not None:
             module.load_state_dict(best_state)
         else:
@@ -312,6 +328,19 @@ class TorchHead(Head):
         self.best_epochs_.append(best_epoch)
         self.history_.append(history)
         return module
+
+    def _prepare_module(
+        self, module: nn.Module, xs: list[torch.Tensor], y: np.ndarray, tr: np.ndarray
+    ) -> torch.Tensor | None:
+        """Fit what a module takes from its training bags before gradient descent (none
+        here; abmil's ``base``). May return fixed offsets of every bag (len(xs),), given
+        to the module in training as ``module(x, mask, offset=...)``."""
+        return None
+
+    def _start_candidate(self, module: nn.Module) -> dict | None:
+        """A state of the untrained module that competes in early stopping as epoch -1
+        (none here; abmil's ``base``: the base alone)."""
+        return None
 
     @property
     def best_epoch_(self) -> float:
