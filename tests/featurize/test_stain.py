@@ -83,15 +83,44 @@ def test_prepare_normalises_after_the_crop_before_the_resize(tmp_path):
     )
 
 
-def test_the_device_decoder_leaves_a_stained_jpeg_to_pil(tmp_path):
+@pytest.mark.parametrize("cast", [(0, 0, 0), (-40, 10, 30)])
+def test_reinhard_on_a_tensor_matches_the_cpu_pixels(cast):
+    import torch
+
+    from cellbag.featurize.gpu_decode import reinhard_tensor
+
+    rgb = _smear(cast, seed=3)
+    want = reinhard(rgb).astype(int)
+    got = reinhard_tensor(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    got = got.permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert np.mean(got == want) > 0.999
+
+
+def test_the_device_decoder_crops_and_stains_a_jpeg_itself(tmp_path):
+    big = np.asarray(Image.fromarray(_smear((-30, 20, 10))).resize((80, 64)))
+    Image.fromarray(big).save(tmp_path / "s.jpg", quality=95)
+    loader = DeviceJpegLoader(48, "bicubic", 1, "cpu", crop=0.57, stain="reinhard")
+    try:
+        got = loader.collect(loader.submit([str(tmp_path / "s.jpg")]))[0]
+    finally:
+        loader.close()
+    assert loader.device_files == 1 and loader.fallback_files == 0
+    want = decode_file(tmp_path / "s.jpg", 48, "bicubic", 0.57, "reinhard").pixels
+    diff = np.abs(np.asarray(got.pixels).astype(int) - want.astype(int))
+    # the device resize is within a grey level of PIL's, and so is its Reinhard
+    assert diff.max() <= 2 and diff.mean() < 0.3
+
+
+def test_the_device_decoder_leaves_a_crop_to_pil_without_a_torch_resize(tmp_path):
     Image.fromarray(_smear()).save(tmp_path / "s.jpg", quality=95)
-    loader = DeviceJpegLoader(48, "bicubic", 1, "cpu", stain="reinhard")
+    loader = DeviceJpegLoader(48, "lanczos", 1, "cpu", crop=0.57, stain="reinhard")
     try:
         got = loader.collect(loader.submit([str(tmp_path / "s.jpg")]))[0]
     finally:
         loader.close()
     assert loader.device_files == 0
-    want = decode_file(tmp_path / "s.jpg", 48, "bicubic", 1.0, "reinhard").pixels
+    want = decode_file(tmp_path / "s.jpg", 48, "lanczos", 0.57, "reinhard").pixels
     np.testing.assert_array_equal(np.asarray(got.pixels), want)
 
 
