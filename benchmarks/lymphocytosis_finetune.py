@@ -64,6 +64,56 @@ def mid_activations(enc, paths: list[str], batch: int = 64) -> np.ndarray:
     return out
 
 
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options the probes on lite0's cached activations share."""
+    ap.add_argument("--encoder", default=None)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--cache", default=None, help="an .npy of the cached activations")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def open_lite0(store_path: str, encoder: str | None, cache: str | None, threads: int):
+    """(store, encoder id, the lite0 encoder that made it, whether ``cache`` exists): the
+    store read-only, torch on ``threads`` threads and glibc tuned, as featurize runs."""
+    import torch
+
+    from cellbag.aggregate.bags import resolve_encoder
+    from cellbag.core.allocator import tune_allocator
+    from cellbag.featurize.registry import create_encoder
+    from cellbag.store.feature_store import Store
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tune_allocator()
+    torch.set_num_threads(threads)
+    store = Store.open(store_path, mode="r")
+    enc_id = resolve_encoder(store, encoder)
+    info = store.encoder_info(enc_id)
+    enc = create_encoder(
+        info.get("name", "tf_efficientnet_lite0"),
+        crop=float(info.get("crop", 1.0)),
+        stain=str(info.get("stain", "none")),
+    )
+    cached = bool(cache and os.path.exists(cache))
+    if enc.id != enc_id and not cached:  # cached activations were checked when computed
+        raise SystemExit(f"this code makes {enc.id}, the store holds {enc_id}")
+    return store, enc_id, enc, cached
+
+
+def cached_activations(enc, paths: list[str], cache: str | None, cached: bool) -> np.ndarray:
+    """``mid_activations`` of ``paths``, read from ``cache`` when it exists (its row count
+    checked), written there when given."""
+    if cached:
+        acts = np.load(cache)
+        if len(acts) != len(paths):
+            raise SystemExit(f"{cache}: {len(acts)} rows, the store has {len(paths)} cells")
+        return acts
+    acts = mid_activations(enc, paths)
+    if cache:
+        np.save(cache, acts)
+    return acts
+
+
 class Top:
     """The trainable top of lite0 and a linear read-out of its pooled features."""
 
@@ -149,55 +199,24 @@ def main() -> None:
     ap.add_argument("splits")
     ap.add_argument("out")
     ap.add_argument("--mode", choices=["finetune", "frozen"], default="finetune")
-    ap.add_argument("--encoder", default=None)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--cells", type=int, default=24, help="cells per patient per epoch")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--cache", default=None, help="an .npy of the cached activations")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_args(ap)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import pandas as pd
     import torch
 
-    from cellbag.aggregate.bags import resolve_encoder
-    from cellbag.core.allocator import tune_allocator
-    from cellbag.featurize.registry import create_encoder
-    from cellbag.store.feature_store import Store
-
-    tune_allocator()
-    torch.set_num_threads(args.threads)
-    store = Store.open(args.store, mode="r")
-    enc_id = resolve_encoder(store, args.encoder)
-    info = store.encoder_info(enc_id)
-    enc = create_encoder(
-        info.get("name", "tf_efficientnet_lite0"),
-        crop=float(info.get("crop", 1.0)),
-        stain=str(info.get("stain", "none")),
-    )
-    cached = bool(args.cache and os.path.exists(args.cache))
-    if enc.id != enc_id and not cached:  # cached activations were checked when computed
-        raise SystemExit(f"this code makes {enc.id}, the store holds {enc_id}")
-    cells = store.cells(enc_id)
-    pats = store.patients()
+    store, enc_id, enc, cached = open_lite0(args.store, args.encoder, args.cache, args.threads)
+    cells, pats = store.cells(enc_id), store.patients()
     train = pats[pats["split"].astype(str) == "train"]
     y_pat = dict(zip(train["patient_id"].astype(str), train["label"].astype(int), strict=True))
     keep = cells["patient_id"].astype(str).isin(y_pat).to_numpy()
     paths = cells["path"].astype(str).to_numpy()[keep].tolist()
     cell_pat = cells["patient_id"].astype(str).to_numpy()[keep]
     t0 = time.time()
-    if cached:
-        acts = np.load(args.cache, mmap_mode="r")
-        if len(acts) != len(paths):
-            raise SystemExit(f"{args.cache}: {len(acts)} rows, the store has {len(paths)} cells")
-    else:
-        acts = mid_activations(enc, paths)
-        if args.cache:
-            np.save(args.cache, acts)
-    acts = np.ascontiguousarray(acts)
+    acts = np.ascontiguousarray(cached_activations(enc, paths, args.cache, cached))
     t_cache = time.time() - t0
     with torch.inference_mode():  # the frozen top reproduces the store's embeddings
         m = enc.model

@@ -1,0 +1,204 @@
+"""Self-supervision of lite0's top on the cohort's own cells (issue 30 §3): a contrastive
+objective, from cached mid-level activations, measured beside the frozen encoder.
+
+    python benchmarks/lymphocytosis_ssl.py STORE OUT [--encoder ID] [--epochs 12]
+        [--batch 128] [--lr 1e-4] [--temperature 0.2] [--cache ACTS.npy]
+        [--heads meanpool,abmil,lgbm,svm] [--jobs 2] [--fused]
+
+``STORE`` holds a lite0 encoder (any ``--crop`` / ``--stain``) over both splits of a
+challenge-layout cohort (the training patients, labelled, and the unlabelled test ones).
+
+1. Every cell goes once through lite0 up to the end of ``blocks[5]`` (192 x 7 x 7 at 224
+   px, float16; ``--cache`` keeps them between runs), with the encoder's own
+   preprocessing (``lymphocytosis_finetune.mid_activations``).
+2. A copy of lite0's ImageNet top (``blocks[6]``, ``conv_head``, ``bn2``; batch-norm
+   statistics frozen) and a projection head (1,280 -> 512 -> 128) are trained with the
+   SimCLR objective (NT-Xent, ``--temperature``) on the cells of the **test split only**:
+   no label is read, and no patient whose figures are reported lent its cells, so the
+   figures are not transductive. Two views of a cell: a random symmetry of the square
+   (flips and 90-degree rotations of the activation map: a cell has no up), a random
+   window of 5 x 5 to 7 x 7 of the 7 x 7 map scaled back to 7 x 7 (nearest: a zoom, as
+   a random resized crop of the image), and channel dropout (0.1). A fixed schedule: nothing is chosen on the training patients.
+3. The adapted top embeds every training-split cell (the whole map, pooled: 1,280-d),
+   and the frozen top does the same (the control, equal to the store's rows up to the
+   float16 cache); both go through ``cellbag.evaluate.cross_validate`` (5-fold x 3,
+   seed 0, images only, the store's patient order), so ``OUT/ssl`` and ``OUT/frozen``
+   pair with each other and with ``cellbag cv`` runs of the same store
+   (``benchmarks/lymphocytosis_levers.py compare``); with ``--fused`` the same with the
+   clinical values (late fusion, as ``cellbag cv --clinical``) in ``OUT/*-fused``.
+
+Never commit OUT: it is derived from patient images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lymphocytosis_finetune import (  # noqa: E402
+    add_common_args,
+    cached_activations,
+    open_lite0,
+)
+
+
+def views(x, rng: np.random.Generator, drop: float = 0.1):
+    """A random view of each activation map of ``x`` (n, c, 7, 7): a symmetry of the
+    square, a window of 5 to 7 cells a side scaled back to the map's size, channel
+    dropout."""
+    import torch
+
+    maps = []
+    for a in x:
+        k = int(rng.integers(4))
+        a = torch.rot90(a, k, (1, 2))
+        if rng.random() < 0.5:
+            a = torch.flip(a, (2,))
+        s = int(rng.integers(5, a.shape[1] + 1))
+        i, j = (int(rng.integers(0, a.shape[1] - s + 1)) for _ in range(2))
+        a = a[:, i : i + s, j : j + s]
+        if s < x.shape[2]:  # back to the full map: the top's convolutions want 7 x 7
+            a = torch.nn.functional.interpolate(a[None], size=x.shape[2:], mode="nearest")[0]
+        keep = torch.from_numpy((rng.random(a.shape[0]) >= drop).astype(np.float32))
+        maps.append(a * keep[:, None, None] / (1 - drop))
+    return torch.stack(maps)
+
+
+def nt_xent(z1, z2, temperature: float):
+    """SimCLR's loss of two batches of projections (n, d): each view's positive is the
+    other view of its cell, its negatives the 2n - 2 other views."""
+    import torch
+    import torch.nn.functional as F
+
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    n = len(z1)
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def train_ssl(enc, acts: np.ndarray, args) -> object:
+    """The top, adapted by NT-Xent on ``acts`` (the test split's cells)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    m = enc.model
+    top = nn.Sequential(
+        copy.deepcopy(m.blocks[6]), copy.deepcopy(m.conv_head), copy.deepcopy(m.bn2)
+    )
+    for p in top.parameters():  # the encoder's own weights are frozen for inference
+        p.requires_grad_(True)
+    proj = nn.Sequential(nn.Linear(m.num_features, 512), nn.ReLU(), nn.Linear(512, 128))
+    opt = torch.optim.AdamW(
+        [
+            {"params": top.parameters(), "lr": args.lr},
+            {"params": proj.parameters(), "lr": 10 * args.lr},
+        ],
+        weight_decay=1e-4,
+    )
+    top.eval()  # batch-norm statistics stay ImageNet's; the weights train
+    t = time.time()
+    for epoch in range(args.epochs):
+        order = rng.permutation(len(acts))
+        total, steps = 0.0, 0
+        for s in range(0, len(order) - args.batch + 1, args.batch):
+            x = torch.from_numpy(acts[np.sort(order[s : s + args.batch])].astype(np.float32))
+            v1, v2 = views(x, rng), views(x, rng)
+            f = top(torch.cat([v1, v2])).mean((2, 3))
+            z = proj(f)
+            loss = nt_xent(z[: len(x)], z[len(x) :], args.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, steps = total + float(loss), steps + 1
+        print(
+            f"  epoch {epoch + 1}/{args.epochs}: loss {total / steps:.3f}, {time.time() - t:.0f} s",
+            flush=True,
+        )
+    return top
+
+
+def embed(top, acts: np.ndarray, batch: int = 256) -> np.ndarray:
+    import torch
+
+    top.eval()
+    with torch.inference_mode():
+        return np.concatenate(
+            [
+                top(torch.from_numpy(acts[s : s + batch].astype(np.float32))).mean((2, 3)).numpy()
+                for s in range(0, len(acts), batch)
+            ]
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store")
+    ap.add_argument("out")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.2)
+    ap.add_argument("--heads", default="meanpool,abmil,lgbm,svm")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--fused", action="store_true", help="also cv with the clinical values")
+    add_common_args(ap)
+    args = ap.parse_args()
+
+    import torch
+
+    from cellbag.aggregate import BagSet
+    from cellbag.evaluate import cross_validate
+
+    store, enc_id, enc, cached = open_lite0(args.store, args.encoder, args.cache, args.threads)
+    cells, pats = store.cells(enc_id), store.patients()
+    split = dict(zip(pats["patient_id"].astype(str), pats["split"].astype(str), strict=True))
+    cell_pat = cells["patient_id"].astype(str).to_numpy()
+    paths = cells["path"].astype(str).to_numpy().tolist()
+    t0 = time.time()
+    acts = cached_activations(enc, paths, args.cache, cached)
+    t_cache = time.time() - t0
+    is_test = np.array([split[p] == "test" for p in cell_pat])
+    print(f"{len(paths)} cells ({is_test.sum()} of test patients), activations in {t_cache:.0f} s")
+
+    t1 = time.time()
+    top = train_ssl(enc, acts[is_test], args)
+    t_ssl = time.time() - t1
+    frozen = torch.nn.Sequential(enc.model.blocks[6], enc.model.conv_head, enc.model.bn2)
+
+    train = pats[pats["split"].astype(str) == "train"]
+    ids = train["patient_id"].astype(str).tolist()
+    y = train["label"].astype(int).to_numpy()
+    rows = {p: np.flatnonzero(cell_pat == p) for p in ids}
+    heads = [h for h in args.heads.split(",") if h]
+    out = Path(args.out)
+    result = {"settings": vars(args), "encoder": enc_id, "cache_s": t_cache, "ssl_s": t_ssl}
+    clinical = train.drop(columns=["split", "label"], errors="ignore").reset_index(drop=True)
+    for name, model in (("frozen", frozen), ("ssl", top)):
+        keep = np.concatenate([rows[p] for p in ids])
+        feats = embed(model, acts[keep])
+        at = np.cumsum([0] + [len(rows[p]) for p in ids])
+        bags = [feats[at[i] : at[i + 1]] for i in range(len(ids))]
+        for what in ("images", "fused") if args.fused else ("images",):
+            data = BagSet.from_arrays(bags, y, ids, clinical if what == "fused" else None)
+            data.source = f"ssl-probe:{name}"
+            run = out / (name if what == "images" else f"{name}-fused")
+            t = time.time()
+            cross_validate(data, heads, run, clinical=what == "fused", folds=5, repeats=3,
+                           seed=args.seed, quiet=True, jobs=args.jobs)  # fmt: skip
+            result[f"cv_{name}_{what}_s"] = time.time() - t
+            print(f"{name}, {what}: cv {time.time() - t:.0f} s", flush=True)
+    (out / "ssl.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
