@@ -3,7 +3,7 @@ objective, from cached mid-level activations, measured beside the frozen encoder
 
     python benchmarks/lymphocytosis_ssl.py STORE OUT [--encoder ID] [--epochs 12]
         [--batch 128] [--lr 1e-4] [--temperature 0.2] [--cache ACTS.npy]
-        [--heads meanpool,abmil,lgbm,svm] [--jobs 2] [--fused]
+        [--heads meanpool,abmil,lgbm,svm] [--jobs 2] [--fused] [--cv-seed N]
 
 ``STORE`` holds a lite0 encoder (any ``--crop`` / ``--stain``) over both splits of a
 challenge-layout cohort (the training patients, labelled, and the unlabelled test ones).
@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--heads", default="meanpool,abmil,lgbm,svm")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--fused", action="store_true", help="also cv with the clinical values")
+    ap.add_argument("--cv-seed", type=int, default=None, help="the splits' seed (--seed)")
     add_common_args(ap)
     args = ap.parse_args()
 
@@ -193,8 +194,9 @@ def main() -> None:
             data.source = f"ssl-probe:{name}"
             run = out / (name if what == "images" else f"{name}-fused")
             t = time.time()
+            cv_seed = args.seed if args.cv_seed is None else args.cv_seed
             cross_validate(data, heads, run, clinical=what == "fused", folds=5, repeats=3,
-                           seed=args.seed, quiet=True, jobs=args.jobs)  # fmt: skip
+                           seed=cv_seed, quiet=True, jobs=args.jobs)  # fmt: skip
             result[f"cv_{name}_{what}_s"] = time.time() - t
             print(f"{name}, {what}: cv {time.time() - t:.0f} s", flush=True)
     (out / "ssl.json").write_text(json.dumps(result, indent=1))
