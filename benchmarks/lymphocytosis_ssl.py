@@ -120,7 +120,7 @@ def train_ssl(enc, acts: np.ndarray, args) -> object:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, steps = total + float(loss), steps + 1
+            total, steps = total + float(loss.detach()), steps + 1
         print(
             f"  epoch {epoch + 1}/{args.epochs}: loss {total / steps:.3f}, {time.time() - t:.0f} s",
             flush=True,
