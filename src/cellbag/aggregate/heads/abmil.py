@@ -198,10 +198,10 @@ class ABMILHead(TorchHead):
     ``base="mean"`` (off by default) makes the bag logit the sum of a fixed base and the
     attention model: the base is ``meanpool``'s regression (class-balanced logistic
     regression of the standardised bag means, L2 penalty ``base_C``), weighed by a learnt
-    ``base_scale`` (1 at the start), and the attention model corrects it. Every model trains against
-    out-of-fold base logits of its training bags (cross-fitted within them, so it learns
-    the base's errors on new bags, not its fit to bags it saw) and is validated with the
-    base fitted on all its training bags; once training stops, the base alone (the
+    ``base_scale`` (1 at the start), and the attention model corrects it. Every model
+    trains against out-of-fold base logits of its training bags (cross-fitted within them,
+    so it learns the base's errors on new bags, not its fit to bags it saw) and is
+    validated with the base fitted on all its training bags; once training stops, the base alone (the
     attention's output at zero) competes with the best epoch on the validation loss. The
     fitted head's base is the regression on all its training bags. Where the signal is
     diffuse and the mean of the cells carries it, abmil then no longer loses to the mean:
@@ -209,7 +209,8 @@ class ABMILHead(TorchHead):
     [-0.000, +0.079]; with the seed-1 splits 0.845 -> 0.889, +0.044 [+0.008, +0.086];
     meanpool 0.892 and 0.889). Where a few cells decide, the base's noise costs:
     MNIST-bags -0.023, Elephant -0.015 accuracy, the `default` demo preset up to -0.058
-    ROC AUC. Not the default, for that (docs/real-cohort.md, *Attention on real bags*).
+    ROC AUC. Not the default, for that (docs/real-cohort.md, *Attention on top of the
+    mean*).
     """
 
     has_cell_weights = True
@@ -278,7 +279,7 @@ class ABMILHead(TorchHead):
 
     def _prepare_module(
         self, module: nn.Module, xs: list[torch.Tensor], y: np.ndarray, tr: np.ndarray
-    ) -> None:
+    ) -> torch.Tensor | None:
         """With ``base="mean"``: the base fitted on this model's training bags ``tr``
         only (what its validation loss and out-of-fold scores read), and the training
         offsets: each bag of ``tr`` scored by the base fitted on the other bags of ``tr``
@@ -291,7 +292,7 @@ class ABMILHead(TorchHead):
         from sklearn.model_selection import StratifiedKFold
 
         k = int(min(5, np.bincount(y[tr]).min()))
-        if k < 2:
+        if k < 2:  # too few bags of a class to cross-fit: the module's own base
             return None
         offsets = torch.zeros(len(xs))
         means = torch.stack([x.mean(0) for x in xs])
