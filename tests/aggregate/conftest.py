@@ -62,3 +62,27 @@ def cv_run(store_path, tmp_path_factory):
 def witness():
     """Held-out witness data: train on 100 bags, test on 60."""
     return witness_cohort(160, 40, 32, witnesses=3, seed=0)
+
+
+def _check_saves_loads_and_explains(head, bags, bag, tmp_path):
+    """``head`` saved and loaded decides the same; its occlusion of ``bag`` is the log-odds
+    of the bag less each cell, recomputed exactly; its cell weights sum to 1. Returns the
+    loaded head."""
+    import numpy as np
+
+    from cellbag.aggregate import Head
+
+    again = Head.load(head.save(tmp_path / "h"))
+    np.testing.assert_allclose(again.predict_proba(bags), head.predict_proba(bags), atol=1e-6)
+    full = head.decision_function([bag])[0]
+    loo = np.array([head.decision_function([np.delete(bag, i, 0)])[0] for i in range(len(bag))])
+    np.testing.assert_allclose(head._occlusion([bag])[0], full - loo, atol=1e-5)
+    w = head.cell_weights([bag])[0]
+    assert w.shape == (len(bag),) and np.isclose(w.sum(), 1.0)
+    return again
+
+
+@pytest.fixture
+def saves_loads_and_explains():
+    """The check every head option that changes the module's state goes through."""
+    return _check_saves_loads_and_explains
