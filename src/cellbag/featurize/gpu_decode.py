@@ -274,8 +274,9 @@ class DeviceJpegLoader:
         return info[:2] == (self.size, self.size) or bool(self.resize_mode)
 
     def _recipe(self, img: Any) -> Any:
-        """The centre crop and the stain normalisation of a decoded ``(3, H, W)`` image, on
-        the device, as :func:`cellbag.featurize.images.prepare` does them on the CPU."""
+        """The centre crop and the stain normalisation of a decoded ``(C, H, W)`` image, on
+        the device, as :func:`cellbag.featurize.images.prepare` does them on the CPU; a
+        grey image becomes three channels first."""
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)
         if self.crop < 1.0:
@@ -287,7 +288,8 @@ class DeviceJpegLoader:
 
     # ------------------------------------------------------------ decode thread
     def _resize(self, img: Any) -> Any:
-        """``(C, H, W)`` uint8 -> ``(size, size, 3)`` uint8, resized in two passes like PIL.
+        """``(3, H, W)`` uint8 (after :meth:`_recipe`) -> ``(size, size, 3)`` uint8, resized
+        in two passes like PIL.
 
         PIL resamples one axis, rounds and clips to uint8, then the other: bicubic overshoot
         is clipped in between. Doing the same (horizontal first, vertical first for images
@@ -297,8 +299,6 @@ class DeviceJpegLoader:
         """
         import torch.nn.functional as F
 
-        if img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
         h, w = int(img.shape[1]), int(img.shape[2])
         if (h, w) != (self.size, self.size):
             x = img[None].float()
