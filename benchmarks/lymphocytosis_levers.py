@@ -8,7 +8,8 @@ below) exactly as ``cellbag cv --folds 5 --repeats 3 --seed 0 --jobs 1`` does (t
 splits, fold seeds, inner folds and thresholds), so its runs pair with ``cellbag cv`` runs
 of the same store. ``compare`` prints each run's ROC AUC and balanced accuracy with their
 95% bootstrap intervals, the paired difference to ``BASE`` on the same 2,000 resamples
-(seed 0), and the triage figures. The probe heads (not part of cellbag):
+(seed 0), the triage figures, and the reactive patients a cut chosen in hindsight on
+the same scores would spare (a bound on any threshold rule, not a result). The probe heads (not part of cellbag):
 
 - ``{meanpool,svm,lgbm}_bag{z,scale,center}``: each patient's cells standardised by its
   own bag before the head: ``(x - m) / s``, ``x / s`` or ``x - m`` (``m``, ``s`` the bag's
@@ -47,6 +48,9 @@ from cellbag.aggregate.heads.lgbm import LGBMHead
 from cellbag.aggregate.heads.pooling import MeanPoolHead
 from cellbag.aggregate.heads.svm import KernelSVMHead
 from cellbag.aggregate.registry import register_head
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lymphocytosis import hindsight_spared, triage_target  # noqa: E402
 
 BASES = {"meanpool": MeanPoolHead, "svm": KernelSVMHead, "lgbm": LGBMHead}
 
@@ -244,14 +248,19 @@ def compare(specs: list[str]) -> None:
         v = m.get(k, {}).get("value")
         return "—" if v is None or v != v else f"{v:.3f}"
 
-    print(f"| run | ROC AUC | BA | Δ ROC AUC vs {base} | Δ BA | triage sensitivity | spared |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for h in oofs:
+    print(
+        f"| run | ROC AUC | BA | Δ ROC AUC vs {base} | Δ BA | triage sensitivity | spared "
+        "| spared by a cut in hindsight |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for h, s in zip(oofs, specs, strict=True):
         m = per_head[h]["metrics"]
+        c = hindsight_spared(oofs[h], triage_target(Path(s.split("=", 1)[1]).parent))
         print(
             f"| {h} | {fig(m, 'roc_auc')} | {fig(m, 'balanced_accuracy')} | "
             f"{delta(h, 'roc_auc')} | {delta(h, 'balanced_accuracy')} | "
-            f"{tri(m, 'triage_sensitivity')} | {tri(m, 'triage_spared')} |"
+            f"{tri(m, 'triage_sensitivity')} | {tri(m, 'triage_spared')} | "
+            f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}] |"
         )
 
 
