@@ -157,3 +157,40 @@ def test_cli_errors_are_one_line(store_path, tmp_path, monkeypatch, capsys):
         monkeypatch, capsys, "predict", tmp_path / "none", store_path, "--out", tmp_path / "s.csv"
     )
     assert code == 2 and "no model.json" in io.err
+
+
+@pytest.mark.parametrize(
+    "where, name",
+    [
+        ("member", "../elsewhere"),
+        ("member", "/tmp"),
+        ("text", "../../outside.txt"),
+        ("text", "/dev/zero"),  # would never finish reading
+        ("text", "link.txt"),  # a link inside the folder that points out of it
+    ],
+)
+def test_a_model_folder_cannot_point_outside_itself(store_path, tmp_path, where, name):
+    # model folders come from others: the names in their json are data, never paths
+    from cellbag.aggregate.base import Head
+    from cellbag.errors import CellbagError
+
+    fit_model(str(store_path), "lgbm", tmp_path / "m", params={"n_estimators": 5})
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a user's file")
+    (tmp_path / "elsewhere").mkdir()
+    member = tmp_path / "m" / "member0"
+    if where == "member":
+        doc_path, key = tmp_path / "m" / "model.json", "members"
+    else:
+        doc_path, key = member / "head.json", "texts"
+        (member / "link.txt").symlink_to(outside)
+    doc = json.loads(doc_path.read_text())
+    doc[key] = [name]
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(CellbagError, match="cannot name a file here") as err:
+        if where == "member":
+            load_model(tmp_path / "m")
+        else:
+            Head.load(member)
+    assert "\n" not in str(err.value) and repr(name) in str(err.value)
+    assert outside.read_text() == "a user's file"

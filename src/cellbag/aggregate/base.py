@@ -33,7 +33,7 @@ from scipy import special
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from cellbag.aggregate.errors import AggregateError, HeadNotFittedError
-from cellbag.core.io import atomic_path, write_text
+from cellbag.core.io import atomic_path, safe_child, write_text
 
 STATE_VERSION = 2
 #: inner folds that give the training bags their out-of-fold image scores for late fusion
@@ -521,7 +521,12 @@ class Head(ClassifierMixin, BaseEstimator):
                 )
             head = make_head(doc["head"], **dict(doc["params"]))
             arrays = load_file(str(folder / "head.safetensors"))
-            texts = {f: (folder / f).read_text() for f in doc.get("texts", [])}
+            # a saved head is data from others: its text files are plain names inside
+            # the folder (a name like ``../x`` or a link out of it is refused, not read)
+            texts = {
+                f: safe_child(folder, f, error=AggregateError, what="saved text file").read_text()
+                for f in doc.get("texts", [])
+            }
             head.classes_ = np.asarray(doc["classes"])
             head.dim_ = int(doc["dim"])
             head.n_clinical_ = int(doc["n_clinical"])

@@ -25,6 +25,7 @@ import pandas as pd
 from cellbag.aggregate.bags import BagSet, load_bags, open_store
 from cellbag.aggregate.base import Bags, Head
 from cellbag.aggregate.errors import AggregateError
+from cellbag.core.io import safe_child
 from cellbag.core.threads import default_threads, torch_threads
 from cellbag.evaluate.run_folder import (
     RunFolderError,
@@ -175,8 +176,10 @@ def load_model(folder: str | Path) -> FittedModel:
             raise ValueError("not a cellbag model")
         members = []
         for name in doc["members"]:
-            head = Head.load(folder / name)
-            cpath = folder / name / "clinical.json"
+            # names from the folder's own json: plain sub-folders of it, never a path out
+            member = safe_child(folder, name, error=AggregateError, what="member")
+            head = Head.load(member)
+            cpath = member / "clinical.json"
             scaler = (
                 ClinicalScaler.from_dict(json.loads(cpath.read_text())) if cpath.is_file() else None
             )
