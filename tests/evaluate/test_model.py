@@ -165,7 +165,7 @@ def test_cli_errors_are_one_line(store_path, tmp_path, monkeypatch, capsys):
         ("member", "../elsewhere"),
         ("member", "/tmp"),
         ("text", "../../outside.txt"),
-        ("text", "/dev/zero"),  # would never finish reading
+        ("text", "/dev/zero"),  # would fill the memory
         ("text", "link.txt"),  # a link inside the folder that points out of it
     ],
 )
