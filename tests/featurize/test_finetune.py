@@ -107,3 +107,27 @@ def test_bad_inputs(tmp_path):
         app, ["finetune", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"]
     )
     assert result.exit_code != 0
+
+
+def test_a_full_finetune_records_whose_labels_trained_it(run, tmp_path):
+    """`--adapter none` trains every encoder weight on the training patients' labels: its
+    weights file says whose, featurizing with it carries that into the encoder metadata,
+    where `cv` and `fit` refuse to score those patients (tests/aggregate/test_nested.py).
+    With an adapter the weights file is the frozen base and records nobody."""
+    from safetensors import safe_open
+
+    from cellbag.featurize import create_encoder
+
+    data, tuned, _ = run
+    with safe_open(str(tuned / "encoder.safetensors"), "pt") as f:
+        assert "cellbag_label_patients" not in (f.metadata() or {})
+    out = tmp_path / "full"
+    finetune(data, out, encoder=MODEL, weights="none", adapter="none", epochs=1,
+             image_size=SIZE, batch_size=16, device="cpu", progress=False)  # fmt: skip
+    train = sorted(json.loads((out / "split.json").read_text())["train"])
+    with safe_open(str(out / "encoder.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["cellbag_label_patients"]) == train
+    assert json.loads(meta["cellbag_image_patients"]) == train
+    enc = create_encoder(MODEL, weights=str(out / "encoder.safetensors"), image_size=SIZE)
+    assert enc.metadata["label_patients"] == train == enc.metadata["image_patients"]

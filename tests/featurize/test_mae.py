@@ -96,6 +96,19 @@ def test_only_training_split_by_default(mae_run):
     assert summary["n_images"] == n_train and summary["splits"] == ["train"]
     assert summary["finished"] and summary["epochs_done"] == 2
     assert summary["global_step"] == 2 * (n_train // 16)
+    # whose cells shaped it: in mae.json and in the encoder file, which carries it to the
+    # store (cv then marks figures on these patients as transductive)
+    from safetensors import safe_open
+
+    from cellbag.featurize import create_encoder
+
+    train = cohort_cells(demo_cohort(), splits=("train",))
+    ids = sorted(train["patient_id"].astype(str).unique())
+    assert summary["image_patients"] == ids
+    with safe_open(str(out / "encoder.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["cellbag_image_patients"]) == ids
+    enc = create_encoder(MODEL, weights=str(out / "encoder.safetensors"), image_size=SIZE)
+    assert enc.metadata["image_patients"] == ids and enc.metadata["label_patients"] is None
 
 
 def test_checkpoint_reaches_the_featurizer_and_changes_embeddings(mae_run):
@@ -167,8 +180,19 @@ def test_include_test_is_opt_in(tmp_path):
     s = pretrain_mae(
         demo_cohort(), tmp_path / "t", include_test=True, max_steps=1, progress=False, **kw
     )
-    n_all = len(cohort_cells(demo_cohort(), splits=("train", "test")))
-    assert s["n_images"] == n_all and s["transductive"]
+    every = cohort_cells(demo_cohort(), splits=("train", "test"))
+    assert s["n_images"] == len(every) and s["transductive"]
+    assert s["image_patients"] == sorted(every["patient_id"].astype(str).unique())
+    # the test split alone: the patients cv scores stay new to the encoder
+    s = pretrain_mae(
+        demo_cohort(), tmp_path / "o", test_only=True, max_steps=1, progress=False, **kw
+    )
+    test = cohort_cells(demo_cohort(), splits=("test",))
+    assert s["n_images"] == len(test) and s["splits"] == ["test"]
+    assert s["image_patients"] == sorted(test["patient_id"].astype(str).unique())
+    with pytest.raises(TrainingError, match="one of --include-test and --test-only"):
+        pretrain_mae(demo_cohort(), tmp_path / "x", include_test=True, test_only=True, **kw)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_bad_inputs(tmp_path):

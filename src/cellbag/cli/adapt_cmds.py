@@ -64,6 +64,12 @@ def pretrain_mae_cmd(
         help="Also pretrain on the test split's images (transductive: their pixels, never "
         "labels, shape the encoder; do not use when the test set must stay unseen).",
     ),
+    test_only: bool = typer.Option(
+        False,
+        "--test-only",
+        help="Pretrain on the test split's images only: the training patients that `cellbag "
+        "cv` scores stay new to the encoder, so its figures are not transductive.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for order, masks and augmentation."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (bf16 on GPU)."),
     workers: int = typer.Option(
@@ -84,6 +90,8 @@ def pretrain_mae_cmd(
 
     Writes OUT/encoder.safetensors, a plain timm state dict:
     `cellbag featurize DATA STORE --encoder MODEL --weights OUT/encoder.safetensors`.
+    It records the patients whose images trained it: `cellbag cv` on those patients marks
+    its figures as transductive (`--test-only` keeps the scored patients out).
 
     \b
     Examples:
@@ -106,6 +114,7 @@ def pretrain_mae_cmd(
         batch_size=batch_size,
         image_size=image_size,
         include_test=include_test,
+        test_only=test_only,
         seed=seed,
         device=device,
         workers=workers,

@@ -282,7 +282,7 @@ def evaluate_bags(
 
 def run_config(cfg: CVConfig, console: Any = None, quiet: bool = False) -> pd.DataFrame:
     """Run a :class:`CVConfig` (what ``cellbag cv`` and ``cellbag cv --config`` call)."""
-    from cellbag.evaluate.leaks import guard
+    from cellbag.evaluate.leaks import guard, transductive
 
     if cfg.store is None or cfg.out is None:
         raise EvaluateError("a cv run needs a store and a run folder (--out)")
@@ -296,6 +296,11 @@ def run_config(cfg: CVConfig, console: Any = None, quiet: bool = False) -> pd.Da
         pass
     data = guard(data, info, cfg.holdout_finetuned, "cellbag cv")
     extra = {"store": str(st.path), "encoder_info": json.loads(json.dumps(info, default=str))}
+    marked = transductive(list(data.patient_ids), info)
+    if marked is not None:
+        extra["transductive"] = marked
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {marked['note']}", highlight=False)
     source = StoreBags(str(st.path), data.encoder_id, "train", tuple(data.patient_ids), data.digest)
     cfg = dataclasses.replace(cfg, store=str(st.path))
     return evaluate_bags(data, cfg, source, console=console, quiet=quiet, extra_config=extra)

@@ -17,6 +17,7 @@ Output folder ``CKPT_DIR``: ``encoder.safetensors`` (the base weights, a timm st
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -303,8 +304,26 @@ def finetune(
     # 3. save: base weights, adapter, head, split, metrics
     out.mkdir(parents=True, exist_ok=True)
     base_sd = ad.base_state_dict(model)
+    provenance = {}
+    if adapter == "none":
+        # a full fine-tune: these weights learnt from the training patients' labels and
+        # images (the validation patients are only scored); the file says so, featurizing with it
+        # carries the record into the store, where `cv` and `fit` refuse those patients
+        # (with an adapter, this file is the frozen base and the adapter holds the record)
+        seen = {*train_ids, *(wsource.get("image_patients") or [])}
+        provenance = {
+            "cellbag_label_patients": json.dumps(
+                sorted({*train_ids, *(wsource.get("label_patients") or [])})
+            ),
+            "cellbag_image_patients": json.dumps(sorted(seen)),
+        }
     enc_sha = save_safetensors(
-        base_sd, out / ENCODER_FILE, format="timm", model=encoder, image_size=image_size
+        base_sd,
+        out / ENCODER_FILE,
+        format="timm",
+        model=encoder,
+        image_size=image_size,
+        **provenance,
     )
     if adapter != "none":
         ad.save_adapter(

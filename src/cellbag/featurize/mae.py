@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,8 @@ class MAEConfig:
     decoder_heads: int = 8
     norm_pix_loss: bool = True
     include_test: bool = False
+    #: the test split's cells only: no patient that ``cv`` scores lends its pixels
+    test_only: bool = False
     seed: int = 0
     save_every: int = 500
 
@@ -248,6 +250,7 @@ class MAEConfig:
         "decoder_heads",
         "norm_pix_loss",
         "include_test",
+        "test_only",
         "seed",
     )
 
@@ -256,12 +259,28 @@ class MAEConfig:
         return self.base_lr * self.batch_size / 256
 
 
-def export_encoder(mae: MaskedAutoencoder, path: str | Path, config: MAEConfig) -> str:
-    """Save the encoder as a plain timm state dict; returns its sha256."""
+def export_encoder(
+    mae: MaskedAutoencoder,
+    path: str | Path,
+    config: MAEConfig,
+    image_patients: list[str] | None = None,
+    label_patients: list[str] | None = None,
+) -> str:
+    """Save the encoder as a plain timm state dict; returns its sha256. ``image_patients``
+    (the patients whose cells it was pretrained on) goes into the file's metadata
+    (``cellbag_image_patients``): featurizing with it carries the record into the store,
+    where ``cellbag cv`` marks the figures of those patients as transductive.
+    ``label_patients``: the labels its starting weights were fine-tuned on, passed on
+    (``cellbag cv`` refuses to score those patients)."""
     sd = mae.encoder.state_dict()
-    return save_safetensors(
-        sd, path, format="timm", model=config.model, image_size=config.image_size, source="mae"
+    meta: dict[str, Any] = dict(
+        format="timm", model=config.model, image_size=config.image_size, source="mae"
     )
+    if image_patients is not None:
+        meta["cellbag_image_patients"] = json.dumps(sorted(image_patients))
+    if label_patients:
+        meta["cellbag_label_patients"] = json.dumps(sorted(label_patients))
+    return save_safetensors(sd, path, **meta)
 
 
 _MODEL, _OPTIM = "model/", "optimizer/"
@@ -328,6 +347,7 @@ def pretrain_mae(
     batch_size: int | None = None,
     image_size: int | None = None,
     include_test: bool = False,
+    test_only: bool = False,
     seed: int = 0,
     device: str | None = None,
     workers: int | None = None,
@@ -340,13 +360,18 @@ def pretrain_mae(
 
     ``weights`` None means the preset's default source (``hub`` for ViTs); ``image_size``
     None the preset's size. Images come from the training split only unless ``include_test`` (a transductive
-    choice: the test images, never their labels, shape the encoder). ``max_steps`` stops
+    choice: the test images, never their labels, shape the encoder) or ``test_only`` (the
+    test split's images only: the patients ``cellbag cv`` scores stay new to the encoder,
+    so its figures are not transductive). The patients whose images trained it go into
+    ``encoder.safetensors`` and ``mae.json`` (``image_patients``). ``max_steps`` stops
     early after that many optimiser steps in this call (a checkpoint is written), which
     is how tests simulate an interruption. ``max_seconds`` stops after the step that
     spends that wall-clock budget in this call (a time-boxed run, e.g. to measure steps/s
     on a lent GPU): the checkpoint is written, so a rerun resumes. Returns the summary
     written to ``mae.json``.
     """
+    if include_test and test_only:
+        raise TrainingError("choose one of --include-test and --test-only")
     if not 0.0 < mask_ratio < 1.0:
         raise TrainingError(f"mask ratio must be in (0, 1), got {mask_ratio}")
     if epochs < 1:
@@ -368,6 +393,7 @@ def pretrain_mae(
         epochs=int(epochs),
         batch_size=int(bs),
         include_test=bool(include_test),
+        test_only=bool(test_only),
         seed=int(seed),
         **options,
     )
@@ -380,7 +406,9 @@ def pretrain_mae(
     if ckpt_path.exists():
         saved = read_checkpoint(ckpt_path)
         old = saved["config"]
-        diff = [k for k in MAEConfig.IDENTITY if old.get(k) != getattr(cfg, k)]
+        # a setting added since the checkpoint was made counts at its default
+        defaults = {f.name: f.default for f in fields(MAEConfig)}
+        diff = [k for k in MAEConfig.IDENTITY if old.get(k, defaults[k]) != getattr(cfg, k)]
         if diff:
             raise TrainingError(
                 f"{ckpt_path}: checkpoint was made with other settings ({', '.join(diff)}); "
@@ -388,7 +416,7 @@ def pretrain_mae(
             )
 
     seed_everything(cfg.seed)
-    splits = ("train", "test") if cfg.include_test else ("train",)
+    splits = ("test",) if cfg.test_only else ("train", "test") if cfg.include_test else ("train",)
     cells = cohort_cells(data, splits=splits)
     if len(cells) < cfg.batch_size:
         raise TrainingError(
@@ -515,7 +543,13 @@ def pretrain_mae(
             "max_steps" if max_steps is not None and steps_now >= max_steps else "max_seconds"
         )
 
-    sha = export_encoder(mae, out / ENCODER_FILE, cfg)
+    # the starting weights' own record joins (pretraining continued from a cellbag file)
+    image_patients = sorted(
+        set(cells["patient_id"].astype(str)) | set(wsource.get("image_patients") or [])
+    )
+    sha = export_encoder(
+        mae, out / ENCODER_FILE, cfg, image_patients, wsource.get("label_patients")
+    )
     unreadable = dict(dataset.unreadable)
     summary = {
         "config": asdict(cfg),
@@ -523,6 +557,8 @@ def pretrain_mae(
         "n_images": len(dataset),
         "splits": list(splits),
         "transductive": cfg.include_test,
+        # whose cells shaped the encoder (also in encoder.safetensors, for featurize)
+        "image_patients": image_patients,
         "epochs_done": epoch,
         "global_step": global_step,
         "finished": epoch >= cfg.epochs,

@@ -512,6 +512,10 @@ def create_encoder(
         "default_weights": default_weights,
         "weights_sha256": w.sha256,
         "weights_file": w.file,
+        # whose images (self-supervision) or labels (a full fine-tune) trained the weights,
+        # as their file records it: cv marks figures transductive / refuses (leaks.py)
+        "image_patients": (w.provenance or {}).get("image_patients"),
+        "label_patients": (w.provenance or {}).get("label_patients"),
         "image_size": size,
         "default_image_size": default_size,
         "mean": list(mean),

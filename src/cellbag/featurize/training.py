@@ -157,7 +157,7 @@ class Backbone:
     model: nn.Module
     name: str  # the preset or timm name asked for
     architecture: str  # the timm model name
-    weights: dict[str, Any]  # {"source", "sha256"}
+    weights: dict[str, Any]  # {"source", "sha256"[, "image_patients", "label_patients"]}
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -184,7 +184,16 @@ def build_backbone(
         model=model,
         name=name,
         architecture=str(enc.metadata["model"]),
-        weights={"source": enc.metadata["weights"], "sha256": enc.metadata["weights_sha256"]},
+        weights={
+            "source": enc.metadata["weights"],
+            "sha256": enc.metadata["weights_sha256"],
+            # what the starting weights record of their own training (a cellbag file)
+            **{
+                k: enc.metadata[k]
+                for k in ("image_patients", "label_patients")
+                if enc.metadata.get(k)
+            },
+        },
         image_size=enc.image_size,
         mean=tuple(enc.mean),
         std=tuple(enc.std),

@@ -76,6 +76,47 @@ class Weights:
     source: str  # 'none' | 'hub' | 'package:...' | absolute file path
     sha256: str
     file: str | None = None
+    #: whose images / labels trained these weights, as the file records them
+    #: (``file_provenance``); empty for anything cellbag did not train
+    provenance: dict[str, list[str]] | None = None
+
+
+#: what a weights file written by cellbag may record about its training, as safetensors
+#: metadata ``cellbag_<key>``: a JSON list of patient ids
+PROVENANCE_KEYS = ("image_patients", "label_patients")
+
+
+def file_provenance(path: str | Path) -> dict[str, list[str]]:
+    """The patients whose images (``image_patients``: self-supervision) or labels
+    (``label_patients``: a full fine-tune) trained a ``.safetensors`` weights file, as
+    cellbag wrote them into its metadata; {} for other files or files without them. A
+    malformed record is a one-line :class:`WeightsError` (it is data, never code)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # read_state_dict names a corrupt file the same way
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: cannot read weights ({msg})") from None
+    out: dict[str, list[str]] = {}
+    for key in PROVENANCE_KEYS:
+        raw = meta.get(f"cellbag_{key}")
+        if raw is None:
+            continue
+        try:
+            ids = json.loads(raw)
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise WeightsError(f"{path}: its cellbag_{key} record is not a list of patient ids")
+        out[key] = ids
+    return out
 
 
 def _truthy(value: str | None) -> bool:
@@ -313,4 +354,5 @@ def apply_weights(model: nn.Module, source: str, model_name: str, seed: int = 0)
         return load_package(model, source, model_name)
     path = hub_file(model, model_name) if source == "hub" else Path(source)
     load_into(model, read_state_dict(path), str(path))
-    return Weights(source, file_sha256(path), str(path))
+    prov = file_provenance(path) if source != "hub" else {}
+    return Weights(source, file_sha256(path), str(path), prov or None)

@@ -164,7 +164,8 @@ class Summary:
     rule: str
     verdicts: list[tuple[str, bool]]  # (line, whether the pair shows a difference)
     figures: list[tuple[Metric, str]]  # (figure, plain language)
-    warnings: list[tuple[str, str]]  # (kind, text): small-cohort, zero-width, triage-missed
+    #: (kind, text): small-cohort, transductive, zero-width, triage-missed
+    warnings: list[tuple[str, str]]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -225,6 +226,22 @@ def summary(
                 f"Small cohort: {n_tumoral} tumoral and {n_reactive} reactive labelled patients "
                 f"(under {SMALL_CLASS} in a class): intervals are wide and the ranking of heads "
                 "is fragile; confirm on more patients before relying on a head.",
+            )
+        )
+    marked = next(
+        (h.config["transductive"] for h in heads if isinstance(h.config.get("transductive"), dict)),
+        None,
+    )
+    if marked is not None:
+        n, of = marked.get("image_patients"), marked.get("of")
+        warnings.append(
+            (
+                "transductive",
+                f"Transductive figures: the encoder was pretrained (self-supervised) on the "
+                f"images of {n} of these {of} patients, their pixels but never their labels. "
+                "To the encoder they are not new patients, so these figures may be higher "
+                "than on patients it never saw; pretrain on other patients' cells (the "
+                "unlabelled test split) for figures that are not.",
             )
         )
     figures: list[tuple[Metric, str]] = []

@@ -58,6 +58,9 @@ PORTABLE_KEYS = (
     "preprocessing",
     "precision",
     "adapter_sha256",
+    # whose images / labels trained the encoder (a cellbag weights file's record)
+    "image_patients",
+    "label_patients",
     "identity",
     "versions",
     "source",
