@@ -57,3 +57,11 @@ def test_cv_marks_figures_transductive_when_the_encoder_saw_the_patients_images(
     assert "transductive" not in {
         a["data-warning"] for tag, a in page.elements if "data-warning" in a
     }
+    # the leaderboard across both runs says which one is transductive
+    from cellbag.report.leaderboard import collect, write_leaderboard
+
+    table = collect([tmp_path / "r", tmp_path / "t"]).set_index("run")
+    assert table.loc[str(out), "transductive"] == "6 of 24"
+    assert table.loc[str(tmp_path / "t"), "transductive"] == ""
+    html = write_leaderboard(table.reset_index(), tmp_path / "lb.html").read_text()
+    assert html.count('class="transductive"') == 1 and "transductive (6 of 24)" in html

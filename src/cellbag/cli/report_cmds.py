@@ -139,12 +139,18 @@ def runs_cmd(
         t.add_row(
             str(i + 1),
             Path(r["run"]).name,
-            str(r["encoder_id"]),
+            str(r["encoder_id"]) + (" (transductive)" if r.get("transductive") else ""),
             str(r["head"]),
             {True: "yes", False: "no"}.get(r["clinical"], "?"),
             *(f"{r[k]:.3f} [{r[f'{k}_lo']:.3f}, {r[f'{k}_hi']:.3f}]" for k in keys),
         )
     console.print(t)
+    if table["transductive"].astype(bool).any():
+        console.print(
+            "transductive: the encoder was pretrained on the images of patients the run "
+            "scores; those figures may be higher than on patients it never saw.",
+            style="yellow",
+        )
     console.print(
         f"Within a run the best head is {BEST_RULE}, as cv and the report say. A rank is no "
         "verdict: overlapping intervals mean no demonstrated difference.",

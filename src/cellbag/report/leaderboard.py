@@ -63,6 +63,8 @@ def collect(dirs: list[str | Path]) -> pd.DataFrame:
             "interval": _interval_text(raw.get("interval")),
             "store": cfg.get("store") or _run_store(folder.parent),
             "folder": str(folder),
+            # "6 of 24": the encoder was pretrained on the images of patients it scores
+            "transductive": _transductive_text(cfg.get("transductive")),
         }
         for m in h.metrics:
             row[f"{m.key}"] = m.value
@@ -74,6 +76,12 @@ def collect(dirs: list[str | Path]) -> pd.DataFrame:
             f"no cv runs under {', '.join(map(str, dirs))} (run `cellbag cv STORE --out DIR` first)"
         )
     return pd.DataFrame(rows)
+
+
+def _transductive_text(doc: Any) -> str:
+    if isinstance(doc, dict) and doc.get("image_patients"):
+        return f"{doc['image_patients']} of {doc.get('of', '?')}"
+    return ""
 
 
 def _interval_text(doc: Any) -> str:
@@ -163,6 +171,7 @@ def write_leaderboard(table: pd.DataFrame, out: str | Path, metric: str = DEFAUL
                 "encoder_id": r["encoder_id"],
                 "head": r["head"],
                 "clinical": {True: "yes", False: "no"}.get(r["clinical"], "?"),
+                "transductive": r.get("transductive") or "",
                 "figures": {k: (r[k], r[f"{k}_lo"], r[f"{k}_hi"]) for k in keys},
             }
         )
