@@ -90,3 +90,36 @@ def test_a_scaler_saved_before_it_was_an_estimator_still_loads() -> None:
     assert x[0, 0] == pytest.approx((70.0 - 45.0) / 10.0, abs=1e-3)
     assert x[2, 0] == pytest.approx((40.0 - 45.0) / 10.0)  # imputed with the saved median
     assert s.to_dict() == {**saved, "extra": []}
+
+
+@pytest.mark.parametrize("dates", ["datetime", "text"])
+def test_a_cv_fold_scales_what_the_scaler_scales_on_its_rows(dates) -> None:
+    """cross-validation computes the raw features of the whole table once and takes each
+    fold's rows (dates as text are parsed with the fold's rows, as before): the same
+    scaled features and state as a scaler fitted on that fold's patients table."""
+    from cellbag.aggregate import BagSet
+    from cellbag.evaluate import fitting
+
+    rng = np.random.default_rng(0)
+    n = 30
+    p = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "gender": rng.choice(["M", "F", None], n),
+            "dob": pd.to_datetime("1930-01-01") + pd.to_timedelta(rng.integers(0, 20000, n), "D"),
+            "lymph_count": np.where(rng.random(n) < 0.2, np.nan, rng.lognormal(2, 1, n)),
+            "hb": rng.normal(13, 2, n),  # an extra numeric column
+        }
+    )
+    if dates == "text":
+        p["dob"] = p["dob"].dt.strftime("%Y-%m-%d")
+    data = BagSet.from_arrays([np.zeros((2, 3))] * n, np.arange(n) % 2, list(p["patient_id"]), p)
+    for seed in (0, 1):
+        idx = np.random.default_rng(seed).permutation(n)
+        train, test = np.sort(idx[:20]), np.sort(idx[20:])
+        got_tr, got_te, state = fitting.clinical_fold(data, train, test)
+        ref = ClinicalScaler().fit(data.patients.iloc[train])
+        assert np.array_equal(got_tr, ref.transform(data.patients.iloc[train]))
+        assert np.array_equal(got_te, ref.transform(data.patients.iloc[test]))
+        assert state == ref.to_dict() and "hb" in state["extra"]
+    assert (fitting._RAW is not None and fitting._RAW[0] is data.patients) == (dates == "datetime")

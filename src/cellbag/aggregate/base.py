@@ -21,6 +21,7 @@ e.g. a LightGBM model) — never a pickle.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -544,9 +545,21 @@ def blas_single_thread():
     """Context: numpy's BLAS on one thread. The matrices here are small; two OpenBLAS
     threads on a busy 2-core machine made a 384x384 eigh 15x slower in our measurements.
     (torch's own intra-op threads are left alone.)"""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(1, user_api="blas")
+    global _BLAS
+    # a controller finds the loaded libraries by scanning the process's memory map (~5 ms
+    # each time: 2 s of a fused meanpool cv); it is made again once a module was imported
+    # since, as that may have loaded another BLAS
+    ctl, n_modules = _BLAS
+    if ctl is None or n_modules != len(sys.modules):
+        ctl = ThreadpoolController()
+        _BLAS = (ctl, len(sys.modules))
+    return ctl.limit(limits=1, user_api="blas")
+
+
+#: (the threadpoolctl controller, how many modules were imported when it was made)
+_BLAS: tuple[Any, int] = (None, -1)
 
 
 def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -121,8 +121,14 @@ class ClinicalScaler(TransformerMixin, BaseEstimator):
 
     def fit(self, patients: pd.DataFrame, y: object = None) -> ClinicalScaler:
         """Learn the imputation and scaling of ``patients`` (``y`` is ignored)."""
-        raw = raw_clinical(patients, self.reference_date)
-        extra = extra_clinical_columns(patients)
+        return self.fit_raw(
+            raw_clinical(patients, self.reference_date), extra_clinical_columns(patients)
+        )
+
+    def fit_raw(self, raw: pd.DataFrame, extra: list[str]) -> ClinicalScaler:
+        """``fit`` on rows of :func:`raw_clinical` computed beforehand (a cross-validation
+        computes them once for all its folds: the dates are what takes time), ``extra``
+        the extra numeric columns (:func:`extra_clinical_columns`)."""
         median, mean, std = {}, {}, {}
         for col in ("age", "log_lymph_count", *extra):
             v = raw[col]
@@ -143,7 +149,12 @@ class ClinicalScaler(TransformerMixin, BaseEstimator):
     def transform(self, patients: pd.DataFrame) -> np.ndarray:
         """Scaled features (n_patients, n_features) float32, columns ``feature_names_``."""
         check_is_fitted(self, ("median_", "mean_", "std_", "extra_"))
-        raw = raw_clinical(patients, self.reference_date)
+        return self.transform_raw(raw_clinical(patients, self.reference_date))
+
+    def transform_raw(self, raw: pd.DataFrame) -> np.ndarray:
+        """``transform`` of rows of :func:`raw_clinical` (left unchanged)."""
+        check_is_fitted(self, ("median_", "mean_", "std_", "extra_"))
+        raw = raw.copy()
         missing = [c for c in self.extra_ if c not in raw]
         if missing:
             from cellbag.data.errors import CohortError
