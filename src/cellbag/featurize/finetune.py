@@ -304,19 +304,21 @@ def finetune(
     # 3. save: base weights, adapter, head, split, metrics
     out.mkdir(parents=True, exist_ok=True)
     base_sd = ad.base_state_dict(model)
-    provenance = {}
+    # whose images and labels trained this file: what its starting weights record, and
+    # for a full fine-tune the training patients (their labels and images; the validation
+    # patients are only scored). Featurizing with it carries the record into the store,
+    # where `cv` and `fit` refuse label patients and mark image patients transductive. With
+    # an adapter this file is the frozen base: the adapter holds the training patients.
+    images = set(wsource.get("image_patients") or [])
+    labels = set(wsource.get("label_patients") or [])
     if adapter == "none":
-        # a full fine-tune: these weights learnt from the training patients' labels and
-        # images (the validation patients are only scored); the file says so, featurizing with it
-        # carries the record into the store, where `cv` and `fit` refuse those patients
-        # (with an adapter, this file is the frozen base and the adapter holds the record)
-        seen = {*train_ids, *(wsource.get("image_patients") or [])}
-        provenance = {
-            "cellbag_label_patients": json.dumps(
-                sorted({*train_ids, *(wsource.get("label_patients") or [])})
-            ),
-            "cellbag_image_patients": json.dumps(sorted(seen)),
-        }
+        images |= set(train_ids)
+        labels |= set(train_ids)
+    provenance = {
+        f"cellbag_{key}": json.dumps(sorted(ids))
+        for key, ids in (("image_patients", images), ("label_patients", labels))
+        if ids
+    }
     enc_sha = save_safetensors(
         base_sd,
         out / ENCODER_FILE,
