@@ -32,6 +32,13 @@ def test_cv_marks_figures_transductive_when_the_encoder_saw_the_patients_images(
     test_ids = pats.loc[pats["split"] == "test", "patient_id"].astype(str).tolist()
     st.add_embeddings("ssl", x, {"name": "synthetic", "dim": 8, "image_patients": seen})
     st.add_embeddings("ssl-test", x, {"name": "synthetic", "dim": 8, "image_patients": test_ids})
+    # `store info` says whose cells trained the encoder
+    monkeypatch.setattr(sys, "argv", ["cellbag", "store", "info", str(path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    said = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "trained on the images of 6 patient(s), the labels of 0" in said
+    assert "cannot compare" in said  # a synthetic store has no cohort to compare with
     out = tmp_path / "r"
     argv = ["cellbag", "cv", str(path), "-e", "ssl", "--head", "meanpool", "--no-clinical"]
     argv += ["--folds", "3", "--repeats", "1", "--inner-folds", "2", "--out", str(out), "-q"]

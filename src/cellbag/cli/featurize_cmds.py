@@ -291,13 +291,20 @@ def _cohort_for(s, data: Path | None):  # noqa: ANN001, ANN202
     import warnings
 
     from cellbag.data import read_cohort
+    from cellbag.data.errors import CohortError
 
-    root = data if data is not None else Path(s.attrs["cohort"].get("root", ""))
-    if data is None and (s.imported or not root.exists()):
+    recorded = s.attrs["cohort"]
+    root = data if data is not None else Path(recorded.get("root", ""))
+    if data is None and (s.imported or recorded.get("layout") == "synthetic" or not root.exists()):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return read_cohort(root)
+        try:
+            return read_cohort(root)
+        except CohortError:
+            if data is not None:
+                raise
+            return None  # the recorded folder holds no cohort now: nothing to compare
 
 
 @store_app.command("info")
@@ -336,7 +343,9 @@ def store_info_cmd(
     console.print(f"patients: {len(pts)} ({splits}); cells: {s.n_cells}")
     cohort = _cohort_for(s, data)
     if cohort is None:
-        console.print("sync: cohort not found here; cannot compare", highlight=False)
+        console.print(
+            "sync: cohort not found here (or not readable); cannot compare", highlight=False
+        )
     else:
         diff = compare(s, cohort)
         state = (
@@ -375,6 +384,15 @@ def store_info_cmd(
             f"(sha256 {str(info.get('weights_sha256', ''))[:12]})",
             highlight=False,
         )
+        from cellbag.evaluate.leaks import image_patients, label_patients
+
+        seen, tuned = image_patients(info), label_patients(info)
+        if seen or tuned:  # whose cells trained the encoder (cv marks / refuses them)
+            console.print(
+                f"      trained on the images of {len(seen)} patient(s), the labels of "
+                f"{len(tuned)} (cv marks the first transductive, refuses the second)",
+                highlight=False,
+            )
     bad = s.problems()
     if len(bad):
         console.print(f"[yellow]{len(bad)} unreadable cell(s):")
