@@ -94,6 +94,19 @@ def nt_xent(z1, z2, temperature: float):
     return F.cross_entropy(sim, target)
 
 
+def trainable_top(m):
+    """A copy of lite0's top (``blocks[6]``, ``conv_head``, ``bn2``) whose weights train
+    (the encoder's own are frozen for inference)."""
+    from torch import nn
+
+    top = nn.Sequential(
+        copy.deepcopy(m.blocks[6]), copy.deepcopy(m.conv_head), copy.deepcopy(m.bn2)
+    )
+    for p in top.parameters():
+        p.requires_grad_(True)
+    return top
+
+
 def train_ssl(enc, acts: np.ndarray, args) -> object:
     """The top, adapted by NT-Xent on ``acts`` (the test split's cells)."""
     import torch
@@ -102,11 +115,7 @@ def train_ssl(enc, acts: np.ndarray, args) -> object:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     m = enc.model
-    top = nn.Sequential(
-        copy.deepcopy(m.blocks[6]), copy.deepcopy(m.conv_head), copy.deepcopy(m.bn2)
-    )
-    for p in top.parameters():  # the encoder's own weights are frozen for inference
-        p.requires_grad_(True)
+    top = trainable_top(m)
     proj = nn.Sequential(nn.Linear(m.num_features, 512), nn.ReLU(), nn.Linear(512, 128))
     opt = torch.optim.AdamW(
         [
@@ -148,11 +157,7 @@ def train_dino(enc, acts: np.ndarray, args) -> object:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     m = enc.model
-    top = nn.Sequential(
-        copy.deepcopy(m.blocks[6]), copy.deepcopy(m.conv_head), copy.deepcopy(m.bn2)
-    )
-    for p in top.parameters():
-        p.requires_grad_(True)
+    top = trainable_top(m)
     head = nn.Sequential(nn.Linear(m.num_features, 512), nn.GELU(), nn.Linear(512, 256))
     protos = nn.utils.parametrizations.weight_norm(nn.Linear(256, 1024, bias=False))
     protos.parametrizations.weight.original0.data.fill_(1.0)
